@@ -1,0 +1,205 @@
+"""The long-running filter process: sockets, threads, logging, systemd integration.
+
+Under systemd the listening socket comes from a ``.socket`` unit
+(``Accept=no``): systemd holds it open across restarts, so Postfix's
+connections wait in the backlog while a new process starts instead of being
+refused. One process serves all connections, one thread each, so the
+per-account Swift token and keep-alive connections are shared.
+"""
+
+import ipaddress
+import logging
+import os
+import selectors
+import signal
+import socket
+import stat
+import sys
+import threading
+
+from systemd.daemon import listen_fds
+from systemd.daemon import notify as sd_notify
+from systemd.journal import JournalHandler
+
+from . import config as config_module
+from .delivery import Deliverer
+from .naming import MaildirNamer
+from .smtp import SmtpSession
+from .storage import SwiftStore
+
+log = logging.getLogger(__name__)
+
+EX_CONFIG = 78  # sysexits.h; systemd shows it as "exited, status=78/CONFIG"
+
+
+def configure_logging(target="auto", level=logging.INFO):
+    """Log to journald with structured fields under systemd, else to stderr."""
+    if target == "auto":
+        target = "journal" if os.environ.get("JOURNAL_STREAM") else "stderr"
+    if target == "journal":
+        handler = JournalHandler(SYSLOG_IDENTIFIER="swiftdrop")
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("swiftdrop: %(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # swiftclient and urllib3 log request details (headers) at debug level.
+    for noisy in ("swiftclient", "urllib3", "requests", "keystoneclient", "keystoneauth"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class UnsafeListenAddress(ValueError):
+    """The filter must only be reachable by Postfix: loopback or a unix socket."""
+
+
+def bind_listener(spec):
+    """Bind ``unix:/path``, ``HOST:PORT`` or ``[V6]:PORT``; refuse non-loopback hosts."""
+    if spec.startswith("unix:"):
+        path = spec[len("unix:"):]
+        if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(path)
+    else:
+        host, _, port = spec.rpartition(":")
+        host = host.strip("[]")
+        if not _is_loopback(host):
+            raise UnsafeListenAddress(f"{spec}: the filter listens on loopback only")
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, int(port)))
+    listener.listen(128)
+    return listener
+
+
+def inherited_listeners():
+    """Sockets passed by systemd socket activation, checked to be loopback or unix."""
+    listeners = [socket.socket(fileno=fd) for fd in listen_fds()]
+    for listener in listeners:
+        if listener.family in (socket.AF_INET, socket.AF_INET6):
+            host = listener.getsockname()[0]
+            if not _is_loopback(host):
+                raise UnsafeListenAddress(f"systemd passed a socket on {host}: loopback only")
+    return listeners
+
+
+def _is_loopback(host):
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def notify(state):
+    """Tell systemd about our state when it asked to be told (Type=notify)."""
+    if os.environ.get("NOTIFY_SOCKET"):
+        sd_notify(state)
+
+
+class Server:
+    """Accepts on every listener; serves each connection in its own thread."""
+
+    def __init__(self, listeners, make_session, max_connections=200):
+        self.listeners = listeners
+        self.make_session = make_session
+        self.slots = threading.BoundedSemaphore(max_connections)
+        self.sessions = set()
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self._wake_reader, self._wake_writer = socket.socketpair()
+
+    def stop(self):
+        """Stop accepting; safe to call from a signal handler."""
+        self.stopping.set()
+        self._wake_writer.send(b"x")
+
+    def run(self, grace=90):
+        """Serve until stop(); then let running sessions finish for up to `grace` seconds."""
+        with selectors.DefaultSelector() as selector:
+            for listener in self.listeners:
+                selector.register(listener, selectors.EVENT_READ)
+            selector.register(self._wake_reader, selectors.EVENT_READ)
+            while not self.stopping.is_set():
+                if not self.slots.acquire(timeout=1):
+                    continue
+                ready = [key.fileobj for key, _ in selector.select()
+                         if key.fileobj is not self._wake_reader]
+                if not ready or self.stopping.is_set():
+                    self.slots.release()
+                    continue
+                self.accept(ready[0])
+        for listener in self.listeners:
+            listener.close()
+        self.wait_for_sessions(grace)
+
+    def accept(self, listener):
+        try:
+            connection, _ = listener.accept()
+        except OSError as error:
+            self.slots.release()
+            log.warning("accept failed: %s", error)
+            return
+        thread = threading.Thread(target=self.serve_connection, args=(connection,), daemon=True)
+        with self.lock:
+            self.sessions.add(thread)
+        thread.start()
+
+    def serve_connection(self, connection):
+        try:
+            with connection:
+                self.make_session(connection).serve()
+        except Exception:
+            log.exception("session failed")
+        finally:
+            with self.lock:
+                self.sessions.discard(threading.current_thread())
+            self.slots.release()
+
+    def wait_for_sessions(self, grace):
+        with self.lock:
+            running = list(self.sessions)
+        if running:
+            log.info("waiting for %d session(s) to finish", len(running))
+        for thread in running:
+            thread.join(grace)
+
+
+def serve(options):
+    """Entry point of ``swiftdrop serve``; returns the process exit status."""
+    configure_logging(options.log_target)
+    try:
+        config = config_module.load(options.config)
+        listeners = ([bind_listener(spec) for spec in options.listen] if options.listen
+                     else inherited_listeners())
+    except (config_module.ConfigError, UnsafeListenAddress, OSError) as error:
+        log.error("cannot start: %s", error)
+        return EX_CONFIG
+    if not listeners:
+        log.error("cannot start: no socket from systemd and no --listen given")
+        return EX_CONFIG
+    namer = MaildirNamer(options.hostname)
+    deliver = Deliverer(config, SwiftStore(), namer, options.store_timeout)
+
+    def make_session(connection):
+        return SmtpSession(connection, deliver, hostname=namer.hostname,
+                           max_message_size=options.max_message_size,
+                           spool_dir=options.spool_dir, idle_timeout=options.idle_timeout)
+
+    server = Server(listeners, make_session, options.max_connections)
+
+    def on_signal(signum, frame):
+        notify("STOPPING=1")
+        server.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    where = ", ".join(str(listener.getsockname()) for listener in listeners)
+    log.info("serving on %s with %d destination(s) from %s",
+             where, len(config.destinations), config.path)
+    notify("READY=1")
+    server.run(grace=options.store_timeout + 10)
+    log.info("stopped")
+    return 0

@@ -1,0 +1,113 @@
+import textwrap
+
+import pytest
+
+from swiftdrop.config import ConfigError, load
+
+BASE = """
+[DEFAULT]
+recipient = DEFAULT
+container = fallback
+authurl = http://127.0.0.1:8080/auth/v1.0
+user = test:tester
+key = testing
+"""
+
+
+def write(tmp_path, text):
+    path = tmp_path / "swiftdrop.ini"
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def error_for(tmp_path, text):
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, text))
+    return caught.value
+
+
+def test_named_sections_inherit_default_and_blank_values_drop_keys(tmp_path):
+    config = load(write(tmp_path, BASE + """
+        tenant_name = inherited
+        [PRODUCTION]
+        recipient = Swiftdrop@example.com, other@example.com
+        container = production
+        tenant_name =
+        timeout = 5
+    """))
+    default, production = config.destinations
+    assert default.section == "DEFAULT" and default.recipients == ()
+    assert production.recipients == ("swiftdrop@example.com", "other@example.com")
+    assert production.container == "production"
+    assert production.account.user == "test:tester"
+    assert production.account.tenant_name is None
+    assert production.account.timeout == 5.0
+    assert default.account.tenant_name == "inherited"
+
+
+def test_keystone_v3_options_become_os_options(tmp_path):
+    config = load(write(tmp_path, BASE + """
+        auth_version = 3
+        os_options_project_name = project
+        os_options_user_domain_name = Default
+        [OTHER]
+        recipient = a@b.example
+        os_options_project_name = other
+    """))
+    default, other = config.destinations
+    assert default.account.auth_version == "3"
+    assert dict(default.account.os_options) == {"project_name": "project",
+                                                "user_domain_name": "Default"}
+    assert dict(other.account.os_options) == {"project_name": "other",
+                                              "user_domain_name": "Default"}
+
+
+def test_sections_with_equal_settings_share_one_account(tmp_path):
+    config = load(write(tmp_path, BASE + "[A]\nrecipient = a@x.example\ncontainer = a\n"))
+    assert config.destinations[0].account == config.destinations[1].account
+    assert config.destinations[0].target != config.destinations[1].target
+
+
+def test_key_is_not_in_the_repr(tmp_path):
+    config = load(write(tmp_path, BASE))
+    assert "testing" not in repr(config)
+    assert "testing" not in config.catch_all.account.describe()
+
+
+@pytest.mark.parametrize(("text", "section", "key", "words"), [
+    ("[OTHER]\nrecipient = a@b.example\ncontainer = c\n", "DEFAULT", None, "section missing"),
+    (BASE + "contianer = typo\n", "DEFAULT", "contianer", "unknown key"),
+    (BASE + "os_options_project = p\n", "DEFAULT", "os_options_project", "unknown os_options"),
+    (BASE.replace("container = fallback\n", ""), "DEFAULT", "container", "required"),
+    (BASE + "auth_version = 4\n", "DEFAULT", "auth_version", "not one of"),
+    (BASE + "timeout = soon\n", "DEFAULT", "timeout", "not a number"),
+    (BASE + "retries = -1\n", "DEFAULT", "retries", "at least 0"),
+    (BASE + "insecure = maybe\n", "DEFAULT", "insecure", "not a boolean"),
+    (BASE + "[P]\ncontainer = p\n", "P", "recipient", "required"),
+    (BASE + "[P]\nrecipient = nobody\n", "P", "recipient", "not a full address"),
+    (BASE + "[P]\nrecipient = a@x.example\n[Q]\nrecipient = A@X.example\n", "Q", "recipient",
+     "already routed by [P]"),
+    (BASE.replace("recipient = DEFAULT", "recipient = a@x.example"), "DEFAULT", "recipient",
+     "catch-all"),
+    (BASE.replace("key = testing", "key = abc,def"), "DEFAULT", "key", "quote it"),
+    (BASE.replace("authurl = http", "authurl = ftp"), "DEFAULT", "authurl", "http(s) URL"),
+    (BASE + "cacert = /nonexistent/ca.pem\n", "DEFAULT", "cacert", "not a file"),
+    (BASE + "[P]\nrecipient = a@x.example\ncontainer = a/b\n", "P", "container", "not a valid"),
+])
+def test_bad_config_names_file_section_and_key(tmp_path, text, section, key, words):
+    error = error_for(tmp_path, text)
+    assert (error.section, error.key) == (section, key)
+    assert str(error).startswith(str(tmp_path / "swiftdrop.ini") + ": ")
+    assert f"[{section}]" in str(error)
+    assert words in str(error)
+    if key:
+        assert f"] {key}: " in str(error)
+
+
+def test_unreadable_and_unparsable_files(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load(str(tmp_path / "missing.ini"))
+    with pytest.raises(ConfigError, match="swiftdrop.ini: .*line"):
+        load(write(tmp_path, BASE + "[broken\n"))
+    with pytest.raises(ConfigError, match="outside any section"):
+        load(write(tmp_path, "container = x\n" + BASE))
