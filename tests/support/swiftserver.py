@@ -1,0 +1,444 @@
+"""A real OpenStack Swift on 127.0.0.1 for tests.
+
+SwiftDrop relies on Swift's exact semantics (conditional PUT with
+``If-None-Match: *``, ETag verification, server-side copy, tempauth token
+expiry, container listings), so tests run against Swift's own server code
+instead of a mock that could only imitate them.
+
+Two halves live here:
+
+* a launcher, ``python3 -m tests.support.swiftserver --workdir DIR --port
+  PORT --memcache HOST:PORT``, that runs proxy, account, container and object
+  servers in ONE eventlet process (one replica, one device, storage under
+  DIR) and prints ``READY <port>`` once it accepts requests;
+* :class:`SwiftServer`, which pytest uses to run that launcher plus the
+  memcached that tempauth needs to store its tokens.
+
+The launcher needs Debian's ``python3-swift``; the pytest side needs only
+``swiftclient``. Both halves import lazily: the launcher must monkey-patch
+before swift is imported, and neither should pay for the other's imports.
+"""
+# ruff: noqa: PLC0415 (lazy imports on purpose, see above)
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import http.client
+import os
+import pathlib
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import typing
+import warnings
+
+if typing.TYPE_CHECKING:
+    import swiftclient
+
+HOST = "127.0.0.1"
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+ACCOUNTS = {
+    "test": ("test:tester", "testing"),
+    "test2": ("test2:tester2", "testing2"),
+    "test3": ("test3:tester3", "testing3"),
+}
+DEVICE = "sda1"
+# 2**4 partitions are plenty for one device; the count only shapes the
+# directory layout. It must stay fixed so that restarts find old data.
+PART_POWER = 4
+STORAGE_SERVERS = ("account", "container", "object")
+
+# The hash suffix must never change: object paths on disk derive from it.
+SWIFT_CONF = """\
+[swift-hash]
+swift_hash_path_suffix = swiftdrop-tests
+
+[storage-policy:0]
+name = Policy-0
+default = yes
+"""
+
+COMMON_CONF = """\
+[DEFAULT]
+swift_dir = {workdir}
+devices = {workdir}/devices
+mount_check = false
+log_udp_host = {host}
+log_udp_port = {log_port}
+"""
+
+STORAGE_CONF = """\
+[app:main]
+use = egg:swift#{server}
+"""
+
+PROXY_CONF = """\
+[pipeline:main]
+pipeline = catch_errors gatekeeper healthcheck proxy-logging cache
+    listing_formats bulk tempauth copy slo dlo versioned_writes
+    proxy-logging proxy-server
+
+[app:proxy-server]
+use = egg:swift#proxy
+allow_account_management = true
+account_autocreate = true
+
+[filter:tempauth]
+use = egg:swift#tempauth
+token_life = {token_life}
+{users}
+
+[filter:cache]
+use = egg:swift#memcache
+memcache_servers = {memcache}
+
+[filter:catch_errors]
+use = egg:swift#catch_errors
+[filter:gatekeeper]
+use = egg:swift#gatekeeper
+[filter:healthcheck]
+use = egg:swift#healthcheck
+[filter:proxy-logging]
+use = egg:swift#proxy_logging
+[filter:listing_formats]
+use = egg:swift#listing_formats
+[filter:bulk]
+use = egg:swift#bulk
+[filter:copy]
+use = egg:swift#copy
+[filter:slo]
+use = egg:swift#slo
+[filter:dlo]
+use = egg:swift#dlo
+[filter:versioned_writes]
+use = egg:swift#versioned_writes
+"""
+
+
+# --------------------------------------------------------------------------
+# Launcher (runs in the child process)
+# --------------------------------------------------------------------------
+
+
+def write_configs(workdir: pathlib.Path, log_port: int, memcache: str,
+                  token_life: int) -> dict[str, pathlib.Path]:
+    """Write swift.conf and one paste config per server; return the latter.
+
+    Everything is rewritten from the command line on each start, so a
+    workdir never carries stale settings into the next run.
+    """
+    (workdir / "devices" / DEVICE).mkdir(parents=True, exist_ok=True)
+    (workdir / "swift.conf").write_text(SWIFT_CONF)
+    common = COMMON_CONF.format(workdir=workdir, host=HOST, log_port=log_port)
+    users = "\n".join(
+        f"user_{user.replace(':', '_')} = {key} .admin"
+        for user, key in ACCOUNTS.values())
+    paths = {}
+    for server in STORAGE_SERVERS:
+        paths[server] = workdir / f"{server}-server.conf"
+        paths[server].write_text(common + STORAGE_CONF.format(server=server))
+    paths["proxy"] = workdir / "proxy-server.conf"
+    paths["proxy"].write_text(common + PROXY_CONF.format(
+        token_life=token_life, users=users, memcache=memcache))
+    return paths
+
+
+def write_ring(workdir: pathlib.Path, server: str, port: int) -> None:
+    """Write ``<server>.ring.gz`` mapping every partition to our one device.
+
+    Storage servers listen on ephemeral ports, so the rings are rebuilt on
+    every start; with a single device, partition placement never changes.
+    """
+    from array import array
+
+    from swift.common.ring import RingData
+
+    device = {"id": 0, "region": 1, "zone": 1, "ip": HOST, "port": port,
+              "replication_ip": HOST, "replication_port": port,
+              "device": DEVICE, "weight": 1.0, "meta": ""}
+    ring = RingData([array("H", [0] * 2 ** PART_POWER)], [device],
+                    32 - PART_POWER)
+    ring.save(str(workdir / f"{server}.ring.gz"))
+
+
+def serve(app, sock) -> None:
+    """Serve one WSGI app the way swift's run_server does, minus forking."""
+    import eventlet.wsgi
+    from swift.common.http_protocol import SwiftHttpProtocol
+
+    eventlet.wsgi.server(sock, app, log_output=False,
+                         protocol=SwiftHttpProtocol,
+                         capitalize_response_headers=False)
+
+
+def echo_logs(sock: socket.socket) -> None:
+    """Copy swift's syslog datagrams to stderr (only with --verbose)."""
+    while True:
+        sys.stderr.write(sock.recv(65536).decode(errors="replace") + "\n")
+
+
+def run(args: argparse.Namespace) -> None:
+    """Load the four Swift apps, start their listeners, print READY."""
+    import eventlet
+    from swift.common import storage_policy, utils
+    from swift.common.wsgi import loadapp
+
+    utils.eventlet_monkey_patch()  # already patched; adds swift's tweaks
+    # Swift keeps header case as set; eventlet deprecates that, noisily.
+    warnings.filterwarnings("ignore", "capitalize_response_headers")
+
+    workdir = args.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    # Swift logs to syslog and there is no /dev/log. Give it a UDP socket we
+    # own: nobody else can be listening there, and unread datagrams are
+    # simply dropped by the kernel once its buffer is full.
+    log_sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # green now
+    log_sink.bind((HOST, 0))
+    confs = write_configs(workdir, log_sink.getsockname()[1], args.memcache,
+                          args.token_life)
+    # Without this, swift reads /etc/swift/swift.conf.
+    utils.set_swift_dir(str(workdir))
+    storage_policy.reload_storage_policies()
+    # Preallocation buys nothing here and can fail on small or odd disks.
+    utils.disable_fallocate()
+
+    listeners = {}
+    for server in STORAGE_SERVERS:
+        listeners[server] = eventlet.listen((HOST, 0))
+        write_ring(workdir, server, listeners[server].getsockname()[1])
+    listeners["proxy"] = eventlet.listen((HOST, args.port))
+
+    servers = []
+    for name, sock in listeners.items():
+        app = loadapp(str(confs[name]),
+                      global_conf={"log_name": f"{name}-server"})
+        servers.append(eventlet.spawn(serve, app, sock))
+    if args.verbose:
+        eventlet.spawn(echo_logs, log_sink)
+    print(f"READY {listeners['proxy'].getsockname()[1]}", flush=True)
+    # Nobody reads our stdout after READY; a full pipe must never block us.
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    for server in servers:
+        server.wait()
+
+
+def exit_now(signum, frame) -> None:
+    """Exit at once on SIGTERM, like swift's own worker processes do.
+
+    Raising SystemExit instead could surface inside any greenthread, in the
+    middle of handling a request. Whatever Swift acknowledged is on disk.
+    """
+    os._exit(0)
+
+
+def patch_eventlet() -> None:
+    """Monkey-patch like swift's servers do, but early, to start in ~1 s.
+
+    Patching threads makes eventlet re-point every existing RLock, with a
+    gc.collect() each, so it costs ~1 s once swift has filled the heap;
+    done before swift is imported, it takes a few ms. Green DNS is off
+    because it imports dnspython and httpx (~0.5 s) and we only use IPs.
+    """
+    os.environ.setdefault("EVENTLET_NO_GREENDNS", "yes")
+    import eventlet
+
+    eventlet.patcher.monkey_patch(all=False, socket=True, select=True,
+                                  thread=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=pathlib.Path, required=True)
+    parser.add_argument("--port", type=int, required=True,
+                        help="proxy port (0 picks a free one)")
+    parser.add_argument("--memcache", default=f"{HOST}:11211",
+                        help="host:port of a running memcached")
+    parser.add_argument("--token-life", type=int, default=86400,
+                        help="tempauth token lifetime in seconds")
+    parser.add_argument("--verbose", action="store_true",
+                        help="copy swift's logs to stderr")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, exit_now)
+    patch_eventlet()
+    run(args)
+
+
+# --------------------------------------------------------------------------
+# Pytest side
+# --------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """Return a loopback TCP port that is free right now."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(ready, timeout: float, what: str) -> None:
+    """Poll ``ready()`` until it is true; raise TimeoutError after timeout."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not ready after {timeout} s")
+        time.sleep(0.02)
+
+
+def child_env() -> dict[str, str]:
+    """Environment for the launcher: ours, made to start faster.
+
+    setuptools' distutils shim (a .pth file, so it must be decided before
+    the interpreter starts) makes eventlet's ``import distutils`` load all of
+    setuptools, ~0.7 s; Python < 3.12 still has the stdlib distutils.
+    """
+    env = dict(os.environ)
+    if sys.version_info < (3, 12):
+        env.setdefault("SETUPTOOLS_USE_DISTUTILS", "stdlib")
+    return env
+
+
+def accepts_connections(port: int) -> bool:
+    try:
+        socket.create_connection((HOST, port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+class SwiftServer:
+    """Runs the launcher above (plus memcached) as child processes.
+
+    memcached is started once and survives stop()/start() of swift, so
+    tokens stay valid across a swift restart, as they would in production.
+    The proxy port is fixed at construction so that restarts keep URLs valid.
+    """
+
+    def __init__(self, workdir: pathlib.Path, port: int | None = None,
+                 token_life: int = 86400, verbose: bool = False):
+        self.workdir = pathlib.Path(workdir).resolve()  # child runs elsewhere
+        self.port = port or free_port()
+        self.token_life = token_life
+        self.verbose = verbose
+        self.auth_url = f"http://{HOST}:{self.port}/auth/v1.0"
+        self.accounts = dict(ACCOUNTS)
+        self.memcached: subprocess.Popen | None = None
+        self.memcache_port: int | None = None
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30) -> None:
+        """Start memcached (first time only) and swift; wait until usable."""
+        if self.process is not None:
+            raise RuntimeError("swift is already running")
+        atexit.register(self.close)
+        if self.memcached is None:
+            self._start_memcached(timeout)
+        command = [
+            sys.executable, "-m", "tests.support.swiftserver",
+            "--workdir", str(self.workdir), "--port", str(self.port),
+            "--memcache", f"{HOST}:{self.memcache_port}",
+            "--token-life", str(self.token_life),
+        ] + (["--verbose"] if self.verbose else [])
+        self.process = subprocess.Popen(command, cwd=REPO_ROOT,
+                                        env=child_env(),
+                                        stdout=subprocess.PIPE)
+        try:
+            self._wait_for_ready(timeout)
+            wait_until(self._healthy, timeout, "swift /healthcheck")
+        except BaseException:
+            self.kill()
+            raise
+
+    def stop(self) -> None:
+        """SIGTERM swift and wait for it; memcached keeps running."""
+        self._signal_and_wait(self.process, signal.SIGTERM)
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL swift, e.g. to simulate a crash."""
+        self._signal_and_wait(self.process, signal.SIGKILL)
+        self.process = None
+
+    def close(self) -> None:
+        """Stop swift and memcached."""
+        self.stop()
+        self._signal_and_wait(self.memcached, signal.SIGTERM)
+        self.memcached = None
+        atexit.unregister(self.close)
+
+    def connection(self, account: str = "test",
+                   **kwargs) -> swiftclient.Connection:
+        """A fresh auth-v1 swiftclient Connection; kwargs are passed on."""
+        import swiftclient
+
+        user, key = self.accounts[account]
+        return swiftclient.Connection(authurl=self.auth_url, user=user,
+                                      key=key, auth_version="1", **kwargs)
+
+    def __enter__(self) -> typing.Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _start_memcached(self, timeout: float) -> None:
+        binary = shutil.which("memcached") or "/usr/bin/memcached"
+        self.memcache_port = free_port()
+        command = [binary, "-l", HOST, "-p", str(self.memcache_port), "-U", "0"]
+        if os.geteuid() == 0:  # memcached refuses to run as root without -u
+            command += ["-u", "root"]
+        self.memcached = subprocess.Popen(command)
+        wait_until(lambda: self._alive(self.memcached, "memcached")
+                   and accepts_connections(self.memcache_port),
+                   timeout, "memcached")
+
+    def _wait_for_ready(self, timeout: float) -> None:
+        """Read the launcher's single ``READY <port>`` line."""
+        stdout = self.process.stdout
+        ready, _, _ = select.select([stdout], [], [], timeout)
+        line = stdout.readline().decode().strip() if ready else ""
+        stdout.close()
+        if line != f"READY {self.port}":
+            raise RuntimeError(f"swift did not start (said {line!r}); "
+                               "its stderr tells why")
+
+    def _healthy(self) -> bool:
+        """GET /healthcheck directly: urllib would honour any http_proxy."""
+        self._alive(self.process, "swift")
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=1)
+        try:
+            conn.request("GET", "/healthcheck")
+            return conn.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _alive(process: subprocess.Popen, name: str) -> bool:
+        """Return True, or raise if the process has already exited."""
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}")
+        return True
+
+    @staticmethod
+    def _signal_and_wait(process: subprocess.Popen | None,
+                         signum: int) -> None:
+        """Send signum and reap the process, escalating to SIGKILL."""
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signum)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+if __name__ == "__main__":
+    main()
