@@ -107,7 +107,7 @@ def test_bad_config_names_file_section_and_key(tmp_path, text, section, key, wor
 def test_unreadable_and_unparsable_files(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         load(str(tmp_path / "missing.ini"))
-    with pytest.raises(ConfigError, match="swiftdrop.ini: .*line"):
+    with pytest.raises(ConfigError, match=r"swiftdrop\.ini: .*line"):
         load(write(tmp_path, BASE + "[broken\n"))
     with pytest.raises(ConfigError, match="outside any section"):
         load(write(tmp_path, "container = x\n" + BASE))

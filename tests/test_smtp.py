@@ -3,7 +3,8 @@
 import socket
 import threading
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import pytest
 
 from swiftdrop.smtp import SmtpSession, message_id, unstuff_lines, xtext_decode

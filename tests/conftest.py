@@ -1,0 +1,103 @@
+"""Shared fixtures: a real Swift on loopback and ini files pointing at it."""
+
+import json
+import pathlib
+import socket
+import subprocess
+import textwrap
+import time
+
+import pytest
+
+from tests.support.filterproc import run_swiftdrop
+from tests.support.swiftserver import SwiftServer
+
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
+JOURNALD = "/lib/systemd/systemd-journald"
+CONTAINERS = {"DEFAULT": "fallback", "PRODUCTION": "production", "BILLING": "billing"}
+
+
+def write_ini(path, swift, **overrides):
+    """An ini with the catch-all in account test, PRODUCTION in test2, BILLING in test.
+
+    Keyword arguments add or replace [DEFAULT] keys (e.g. timeout="2").
+    """
+    defaults = {"recipient": "DEFAULT", "container": CONTAINERS["DEFAULT"],
+                "auth_version": "1", "authurl": swift.auth_url, "user": "test:tester",
+                "key": "testing", "create_container": "true", **overrides}
+    path = pathlib.Path(path)
+    path.write_text("[DEFAULT]\n" + "".join(f"{k} = {v}\n" for k, v in defaults.items())
+                    + textwrap.dedent(f"""
+        [PRODUCTION]
+        recipient = prod@example.com, ops@example.com
+        container = {CONTAINERS["PRODUCTION"]}
+        user = test2:tester2
+        key = testing2
+
+        [BILLING]
+        recipient = billing@example.com
+        container = {CONTAINERS["BILLING"]}
+        """))
+    path.chmod(0o640)
+    return path
+
+
+def create_containers(ini):
+    """``swiftdrop check`` creates the containers (create_container = true)."""
+    result = run_swiftdrop("check", "--config", str(ini))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="session")
+def swift(tmp_path_factory):
+    with SwiftServer(tmp_path_factory.mktemp("swift")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def swift_ini(swift, tmp_path_factory):
+    ini = write_ini(tmp_path_factory.mktemp("config") / "swiftdrop.ini", swift)
+    create_containers(ini)
+    return ini
+
+
+class Journal:
+    """Reads the real journal with journalctl."""
+
+    def entries(self, timeout=10, **matches):
+        """Entries matching all `matches` (FIELD=value); waits for them to be flushed."""
+        command = ["journalctl", "--no-pager", "-o", "json"]
+        command += [f"{field}={value}" for field, value in matches.items()]
+        deadline = time.monotonic() + timeout
+        while True:
+            output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            entries = [json.loads(line) for line in output.splitlines()]
+            if entries or time.monotonic() > deadline:
+                return entries
+            time.sleep(0.2)
+
+
+def journald_listening():
+    """True when a journald answers on its socket (a stale socket file refuses)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(JOURNAL_SOCKET)
+        except OSError:
+            return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def journald():
+    """The host's journald; started here where the machine runs without systemd."""
+    process = None
+    if not journald_listening():
+        process = subprocess.Popen([JOURNALD])
+        deadline = time.monotonic() + 10
+        while not journald_listening():
+            assert process.poll() is None and time.monotonic() < deadline, "journald failed"
+            time.sleep(0.05)
+    yield Journal()
+    if process is not None:
+        process.terminate()
+        process.wait(10)

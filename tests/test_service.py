@@ -1,0 +1,251 @@
+"""``swiftdrop serve`` as a real process against a real Swift, spoken to over SMTP."""
+
+import hashlib
+import re
+import smtplib
+import socket
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import CONTAINERS, create_containers, write_ini
+from tests.support.filterproc import FilterProcess, free_port, run_swiftdrop, wait_for_port
+from tests.support.swiftserver import SwiftServer
+
+NAME = re.compile(r"^cur/(\d{10})\.M(\d{6})P(\d+)Q(\d+)\.([^/:]+),S=(\d+)$")
+STORED = re.compile(r"^2\.0\.0 Ok: stored as ([^/]+)/(cur/\S+?,S=\d+)")
+
+
+@pytest.fixture(scope="module")
+def filter_process(swift_ini, tmp_path_factory):
+    with FilterProcess(swift_ini, tmp_path_factory.mktemp("filter"),
+                       "--hostname", "mx1.example.test", "--max-message-size", "20000000",
+                       "--log-target", "stderr") as process:
+        yield process
+
+
+class ReplyRecordingSMTP(smtplib.SMTP):
+    """smtplib drops the final DATA reply's text; keep it, it names the object."""
+
+    def data(self, msg):
+        code, text = super().data(msg)
+        self.last_data_reply = (code, text.decode())
+        return code, text
+
+
+def send(address, sender, recipients, body, **options):
+    """Send with smtplib; return (code, text) of the reply that decided the message."""
+    with ReplyRecordingSMTP(*address, timeout=60) as client:
+        try:
+            client.sendmail(sender, recipients, body, **options)
+        except (smtplib.SMTPDataError, smtplib.SMTPSenderRefused) as error:
+            return error.smtp_code, error.smtp_error.decode()
+        return client.last_data_reply
+
+
+def stored_location(reply):
+    code, text = reply
+    assert code == 250, reply
+    match = STORED.match(text)
+    assert match, text
+    return match.group(1), match.group(2)
+
+
+def get(swift, account, container, name):
+    return swift.connection(account).get_object(container, name)
+
+
+def test_message_is_stored_byte_for_byte_with_maildir_name_and_metadata(swift, filter_process):
+    body = (b"Message-ID: <unique-1@example.com>\r\nSubject: all the bytes\r\n\r\n"
+            b".a line with a leading dot\r\n..two dots\r\n.\n"
+            b"NUL \x00 and 8-bit \xe9\xff and a bare CR\r here\r\n"
+            + b"L" * 5000 + b"\r\n")
+    before = time.time()
+    reply = send(filter_process.address, "sender@origin.test", ["someone@example.com"], body,
+                 mail_options=["BODY=8BITMIME"])
+    container, name = stored_location(reply)
+    assert container == CONTAINERS["DEFAULT"]
+    seconds, micro, pid, _, host, size = NAME.match(name).groups()
+    assert before - 1 <= int(seconds) + int(micro) / 1e6 <= time.time()
+    assert pid == str(filter_process.process.pid) and host == "mx1.example.test"
+    assert int(size) == len(body)
+
+    headers, stored = get(swift, "test", container, name)
+    assert stored == body
+    assert headers["etag"] == hashlib.md5(body).hexdigest()
+    assert headers["content-type"] == "message/rfc822"
+    assert headers["x-object-meta-mail-from"] == "sender@origin.test"
+    assert headers["x-object-meta-rcpt-to"] == "someone@example.com"
+    assert headers["x-object-meta-message-id"] == "<unique-1@example.com>"
+    assert headers["x-object-meta-received-by"] == "mx1.example.test"
+
+
+def test_one_copy_per_destination_and_reply_lists_all(swift, filter_process):
+    body = b"Subject: fan-out\r\n\r\nhello\r\n"
+    recipients = ["PROD@example.com", "billing@example.com", "ops@example.com", "x@example.com"]
+    code, text = send(filter_process.address, "s@origin.test", recipients, body)
+    assert code == 250
+    locations = re.findall(r"(\w+)/(cur/\S+?,S=\d+)", text)
+    assert [container for container, _ in locations] == ["production", "billing", "fallback"]
+    assert len({name for _, name in locations}) == 1
+    name = locations[0][1]
+    headers, stored = get(swift, "test2", "production", name)
+    assert stored == body
+    assert headers["x-object-meta-rcpt-to"] == "PROD@example.com, ops@example.com"
+    assert headers["x-object-meta-rcpt-count"] == "2"
+    assert get(swift, "test", "billing", name)[1] == body
+    assert get(swift, "test", "fallback", name)[0]["x-object-meta-rcpt-to"] == "x@example.com"
+
+
+def test_many_messages_authenticate_once_per_account(swift, filter_process):
+    names = set()
+    for number in range(30):
+        recipients = ["prod@example.com"] if number % 2 else ["a@example.com"]
+        body = f"Subject: {number}\r\n\r\nbody {number}\r\n".encode()
+        names.add(stored_location(send(filter_process.address, "s@o.test", recipients, body)))
+    assert len(names) == 30
+    log = filter_process.log()
+    assert log.count("authenticated test:tester ") == 1
+    assert log.count("authenticated test2:tester2 ") == 1
+    assert "testing" not in log  # keys never reach the log
+
+
+def test_large_message_is_spooled_and_stored(swift, filter_process):
+    body = b"Subject: big\r\n\r\n" + (b"0123456789" * 100 + b"\r\n") * 5000
+    container, name = stored_location(send(filter_process.address, "s@o.test",
+                                           ["big@example.com"], body))
+    assert get(swift, "test", container, name)[1] == body
+
+
+def test_oversized_message_gets_552_and_nothing_is_stored(swift, filter_process):
+    listing_before = swift.connection().get_container("fallback", full_listing=True)[1]
+    body = b"Subject: huge\r\n\r\n" + b"x" * 20_000_001 + b"\r\n"
+    code, _ = send(filter_process.address, "s@o.test", ["a@example.com"], body)
+    assert code == 552
+    assert swift.connection().get_container("fallback", full_listing=True)[1] == listing_before
+
+
+@pytest.fixture
+def own_swift(tmp_path):
+    """A Swift of this test's own, so stopping it disturbs nobody else."""
+    server = SwiftServer(tmp_path / "swift", token_life=3)
+    server.start()
+    yield server
+    server.close()
+
+
+def test_swift_down_gives_451_then_the_retry_is_stored(own_swift, tmp_path):
+    ini = write_ini(tmp_path / "swiftdrop.ini", own_swift, timeout="2", retries="1")
+    create_containers(ini)
+    body = b"Subject: retry me\r\n\r\nplease\r\n"
+    with FilterProcess(ini, tmp_path, "--store-timeout", "8", "--log-target", "stderr") as proc:
+        stored_location(send(proc.address, "s@o.test", ["a@example.com"], b"warm-up\r\n"))
+        own_swift.stop()
+        code, text = send(proc.address, "s@o.test", ["a@example.com"], body)
+        assert (code, text) == (451, "4.3.0 Error: queue file write error")
+        assert re.search(r"ERROR: not stored cur/\S+ in \[DEFAULT\] container fallback: "
+                         r"ConnectionError", proc.log())
+        own_swift.start()
+        names = [o["name"] for o in own_swift.connection().get_container("fallback")[1]]
+        assert len(names) == 1  # only the warm-up: nothing of the 451 message was stored
+        container, name = stored_location(send(proc.address, "s@o.test", ["a@example.com"], body))
+        assert get(own_swift, "test", container, name)[1] == body
+
+
+def test_expired_token_means_one_reauth_not_a_451(own_swift, tmp_path):
+    ini = write_ini(tmp_path / "swiftdrop.ini", own_swift)
+    create_containers(ini)
+    with FilterProcess(ini, tmp_path, "--log-target", "stderr") as proc:
+        stored_location(send(proc.address, "s@o.test", ["a@example.com"], b"one\r\n"))
+        time.sleep(4)  # tokens of own_swift live 3 s
+        stored_location(send(proc.address, "s@o.test", ["a@example.com"], b"two\r\n"))
+        log = proc.log()
+    assert log.count("authenticated test:tester ") == 2
+    assert "attempt 1 failed: Swift answered 401" in log
+
+
+def test_bad_config_stops_the_service_naming_file_section_and_key(tmp_path, swift):
+    ini = write_ini(tmp_path / "swiftdrop.ini", swift, auth_version="4")
+    result = run_swiftdrop("serve", "--config", str(ini), "--listen", f"127.0.0.1:{free_port()}",
+                           "--log-target", "stderr")
+    assert result.returncode == 78
+    assert f"{ini}: [DEFAULT] auth_version: '4' is not one of 1, 2, 3" in result.stderr
+
+
+def test_non_loopback_listen_address_is_refused(swift_ini):
+    result = run_swiftdrop("serve", "--config", str(swift_ini), "--listen", "0.0.0.0:2525",
+                           "--log-target", "stderr")
+    assert result.returncode == 78
+    assert "loopback only" in result.stderr
+
+
+def test_check_reports_every_section(swift, swift_ini, tmp_path):
+    result = run_swiftdrop("check", "--config", str(swift_ini))
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert [line.split()[1] for line in lines] == ["[DEFAULT]", "[PRODUCTION]", "[BILLING]"]
+    assert all(line.startswith("ok ") for line in lines)
+
+    broken = write_ini(tmp_path / "broken.ini", swift, create_container="false")
+    text = broken.read_text().replace("key = testing2", "key = wrong")
+    broken.write_text(text.replace("container = billing", "container = no-such-container"))
+    result = run_swiftdrop("check", "--config", str(broken))
+    assert result.returncode == 1
+    status = [line.split()[0] for line in result.stdout.splitlines()]
+    assert status == ["ok", "FAIL", "FAIL"]
+    assert "wrong" not in result.stdout + result.stderr
+
+
+def test_socket_activation_with_systemd_socket_activate(swift, swift_ini, tmp_path):
+    port = free_port()
+    process = FilterProcess(swift_ini, tmp_path, "--log-target", "stderr", port=port,
+                            launcher=["systemd-socket-activate", "-l", f"127.0.0.1:{port}"])
+    with process:
+        container, name = stored_location(send(("127.0.0.1", port), "s@o.test",
+                                               ["a@example.com"], b"activated\r\n"))
+        assert get(swift, "test", container, name)[1] == b"activated\r\n"
+        assert f"serving on ('127.0.0.1', {port})" in process.log()
+
+
+def test_sigterm_lets_a_session_in_progress_finish(swift, swift_ini, tmp_path):
+    with FilterProcess(swift_ini, tmp_path, "--log-target", "stderr") as process:
+        client = socket.create_connection(process.address, timeout=30)
+        reader = client.makefile("rb")
+        reader.readline()
+        for command in (b"EHLO x", b"MAIL FROM:<s@o.test>", b"RCPT TO:<a@example.com>",
+                        b"DATA"):
+            client.sendall(command + b"\r\n")
+            while reader.readline()[3:4] == b"-":
+                pass
+        client.sendall(b"Subject: during shutdown\r\n")
+        process.process.terminate()
+        time.sleep(0.5)
+        client.sendall(b"\r\nstill stored\r\n.\r\n")
+        reply = reader.readline().decode()
+        assert reply.startswith("250 2.0.0 Ok: stored as fallback/cur/")
+        client.sendall(b"QUIT\r\n")
+        assert reader.readline().startswith(b"221")
+        reader.close()
+        client.close()
+        assert process.process.wait(30) == 0
+        with pytest.raises(OSError):
+            wait_for_port(process.port, timeout=1)
+
+
+def test_journald_entry_has_structured_fields(swift, swift_ini, tmp_path, journald):
+    with FilterProcess(swift_ini, tmp_path, "--log-target", "journal") as process:
+        container, name = stored_location(send(process.address, "s@o.test",
+                                               ["billing@example.com"], b"journal me\r\n"))
+        pid = process.process.pid
+    entries = journald.entries(_PID=str(pid), SWIFTDROP_OBJECT=name)
+    assert len(entries) == 1
+    entry = entries[0]
+    assert entry["SWIFTDROP_CONTAINER"] == container == "billing"
+    assert entry["SWIFTDROP_SIZE"] == str(len(b"journal me\r\n"))
+    assert entry["SWIFTDROP_RESULT"] == "stored"
+    assert int(entry["SWIFTDROP_DURATION_MS"]) >= 0
+    assert entry["PRIORITY"] == "6" and entry["SYSLOG_IDENTIFIER"] == "swiftdrop"
+    everything = subprocess.run(["journalctl", "-o", "cat", f"_PID={pid}"],
+                                capture_output=True, text=True, check=True).stdout
+    assert "testing" not in everything
