@@ -1,0 +1,126 @@
+"""SwiftStore against the real Swift: the storing guarantees, one by one."""
+
+import hashlib
+import io
+import threading
+import time
+
+import pytest
+
+from swiftdrop.config import Account, Destination
+from swiftdrop.smtp import Message
+from swiftdrop.storage import StoreError, SwiftStore
+
+
+def destination(swift, container, retries=0, account="test"):
+    user, key = swift.accounts[account]
+    return Destination("T", (), container,
+                       Account(authurl=swift.auth_url, user=user, key=key, retries=retries,
+                               timeout=5))
+
+
+def message(body, md5=None):
+    return Message(io.BytesIO(body), len(body), md5 or hashlib.md5(body).hexdigest(), None)
+
+
+@pytest.fixture(scope="module")
+def container(swift):
+    swift.connection().put_container("storage-tests")
+    return "storage-tests"
+
+
+def deadline(seconds=20):
+    return time.monotonic() + seconds
+
+
+def test_put_is_verified_and_carries_metadata(swift, container):
+    store = SwiftStore()
+    copy = store.put(destination(swift, container), "cur/verified", message(b"abc\r\n"),
+                     {"Mail-From": "s@o.test", "Rcpt-To": "ünïcode@exämple.test"},
+                     deadline=deadline())
+    assert (copy.etag, copy.attempts) == (hashlib.md5(b"abc\r\n").hexdigest(), 1)
+    assert copy.transaction_id.startswith("tx")
+    headers = swift.connection().head_object(container, "cur/verified")
+    assert headers["x-object-meta-rcpt-to"] == "ünïcode@exämple.test"
+
+
+def test_never_overwrites_another_message(swift, container):
+    store = SwiftStore()
+    target = destination(swift, container)
+    store.put(target, "cur/taken", message(b"first\r\n"), {}, deadline=deadline())
+    with pytest.raises(StoreError) as caught:
+        store.put(target, "cur/taken", message(b"second\r\n"), {}, deadline=deadline())
+    assert caught.value.status == 412
+    assert swift.connection().get_object(container, "cur/taken")[1] == b"first\r\n"
+
+
+def test_an_earlier_attempt_that_landed_counts_as_stored(swift, container):
+    """A retry after a lost 201 meets 412; same ETag means it is our own copy."""
+    store = SwiftStore()
+    target = destination(swift, container)
+    store.put(target, "cur/landed", message(b"same\r\n"), {}, deadline=deadline())
+    copy = store.put(target, "cur/landed", message(b"same\r\n"), {}, deadline=deadline())
+    assert copy.etag == hashlib.md5(b"same\r\n").hexdigest()
+
+
+def test_wrong_checksum_is_refused_by_swift(swift, container):
+    store = SwiftStore()
+    with pytest.raises(StoreError) as caught:
+        store.put(destination(swift, container), "cur/corrupt", message(b"x\r\n", md5="0" * 32),
+                  {}, deadline=deadline())
+    assert caught.value.status == 422
+    assert caught.value.transaction_id
+    names = [o["name"] for o in swift.connection().get_container(container)[1]]
+    assert "cur/corrupt" not in names
+
+
+def test_missing_container_is_not_retried(swift):
+    store = SwiftStore()
+    started = time.monotonic()
+    with pytest.raises(StoreError) as caught:
+        store.put(destination(swift, "no-such-container", retries=3), "cur/x",
+                  message(b"x\r\n"), {}, deadline=deadline())
+    assert caught.value.status == 404
+    assert "404" in caught.value.reason
+    assert time.monotonic() - started < 5  # no back-off for a permanent answer
+
+
+def test_deadline_stops_retrying(swift, container):
+    """No attempt starts when less than a second is left of the deadline."""
+    store = SwiftStore()
+    with pytest.raises(StoreError, match="deadline"):
+        store.put(destination(swift, container), "cur/late", message(b"x\r\n"), {},
+                  deadline=time.monotonic() + 0.5)
+
+
+def test_threads_share_one_token_per_account(swift, container):
+    store = SwiftStore()
+    target = destination(swift, container)
+    other = destination(swift, container, account="test2")
+    swift.connection("test2").put_container(container)
+    errors = []
+
+    def work(number):
+        try:
+            for item in range(10):
+                name = f"cur/thread-{number}-{item}"
+                store.put(target if number % 2 else other, name, message(name.encode()), {},
+                          deadline=deadline())
+        except StoreError as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert store.auth_requests == 2
+
+
+def test_delete_removes_a_copy_and_reports_failure_quietly(swift, container):
+    store = SwiftStore()
+    target = destination(swift, container)
+    store.put(target, "cur/rollback", message(b"r\r\n"), {}, deadline=deadline())
+    assert store.delete(target, "cur/rollback") is True
+    assert store.delete(target, "cur/rollback") is False  # 404 is reported, not raised
