@@ -1,5 +1,6 @@
 """The SMTP dialogue over a real socket pair; `deliver` is the seam to storage."""
 
+import io
 import socket
 import threading
 
@@ -7,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 import pytest
 
-from swiftdrop.smtp import SmtpSession, message_id, unstuff_lines, xtext_decode
+from swiftdrop.smtp import SmtpSession, message_id, unstuff, xtext_decode
 
 
 def dot_stuff(data):
@@ -19,31 +20,55 @@ def dot_stuff(data):
     return stuffed + b".\r\n"
 
 
-def unstuff(stream):
-    reader = __import__("io").BytesIO(stream)
-    return b"".join(unstuff_lines(reader.readline))
+class TrickleRaw(io.RawIOBase):
+    """A raw stream handing out `stream` in pieces of the given sizes, like a socket."""
+
+    def __init__(self, stream, sizes):
+        self.stream, self.sizes, self.reads, self.offset = stream, list(sizes), 0, 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        size = min(len(buffer), self.sizes[self.reads % len(self.sizes)])
+        self.reads += 1
+        piece = self.stream[self.offset:self.offset + size]
+        buffer[:len(piece)] = piece
+        self.offset += len(piece)
+        return len(piece)
+
+
+def unstuff_all(stream, sizes=(65536,), after=b""):
+    """Unstuff `stream` + `after`; check that `after` (pipelined input) is left unread."""
+    reader = io.BufferedReader(TrickleRaw(stream + after, sizes), buffer_size=65536)
+    body = b"".join(unstuff(reader))
+    assert reader.read() == after
+    return body
 
 
 @given(st.binary(max_size=4096).map(lambda body: body + b"\r\n"))
 @settings(max_examples=500)
 def test_stuff_then_unstuff_is_the_identity(body):
-    assert unstuff(dot_stuff(body)) == body
+    assert unstuff_all(dot_stuff(body)) == body
 
 
 @given(st.lists(st.sampled_from([b".", b"..", b"\r\n", b"\n", b"\r", b"x", b"\0", b"\xff"]),
-                max_size=200).map(b"".join).map(lambda body: body + b"\r\n"))
-def test_identity_on_dot_and_line_end_soup(body):
-    assert unstuff(dot_stuff(body)) == body
+                max_size=200).map(b"".join).map(lambda body: body + b"\r\n"),
+       st.lists(st.integers(min_value=1, max_value=7), min_size=1, max_size=20))
+@settings(max_examples=500)
+def test_identity_whatever_the_network_splits(body, sizes):
+    assert unstuff_all(dot_stuff(body), sizes, after=b"QUIT\r\n") == body
 
 
 def test_long_lines_keep_every_byte_and_dots_only_unstuffed_at_line_start():
     body = b"." + b"a" * 200_000 + b".\r\n..x\r\n.\n.y\r\n"
-    assert unstuff(dot_stuff(body)) == body
+    assert unstuff_all(dot_stuff(body)) == body
+    assert unstuff_all(dot_stuff(body), sizes=(1, 2, 3, 65536)) == body
 
 
 def test_eof_before_the_final_dot_is_an_error():
     with pytest.raises(EOFError):
-        unstuff(b"Subject: x\r\n\r\nno end")
+        unstuff_all(b"Subject: x\r\n\r\nno end")
 
 
 def test_xtext():
