@@ -14,6 +14,11 @@ Two halves live here:
 * :class:`SwiftServer`, which pytest uses to run that launcher plus the
   memcached that tempauth needs to store its tokens.
 
+Auth is tempauth by default. With ``--keystone-url`` (``SwiftServer(...,
+keystone=...)``, see :mod:`tests.support.keystone`) the proxy authenticates
+against Keystone instead, with keystonemiddleware's ``authtoken`` and Swift's
+``keystoneauth``, as production Swift clusters do.
+
 The launcher needs Debian's ``python3-swift``; the pytest side needs only
 ``swiftclient``. Both halves import lazily: the launcher must monkey-patch
 before swift is imported, and neither should pay for the other's imports.
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import http.client
+import logging
 import os
 import pathlib
 import select
@@ -39,6 +45,8 @@ import warnings
 
 if typing.TYPE_CHECKING:
     import swiftclient
+
+    from tests.support.keystone import KeystoneServer
 
 HOST = "127.0.0.1"
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -80,7 +88,7 @@ use = egg:swift#{server}
 PROXY_CONF = """\
 [pipeline:main]
 pipeline = catch_errors gatekeeper healthcheck proxy-logging cache
-    listing_formats bulk tempauth copy slo dlo versioned_writes
+    listing_formats bulk {auth} copy slo dlo versioned_writes
     proxy-logging proxy-server
 
 [app:proxy-server]
@@ -119,6 +127,29 @@ use = egg:swift#dlo
 use = egg:swift#versioned_writes
 """
 
+# Replaces tempauth in the pipeline with --keystone-url. authtoken validates
+# tokens as the service user and caches them in our memcached; keystoneauth
+# makes a project member the owner of account AUTH_<project id>.
+KEYSTONE_FILTERS = """
+[filter:authtoken]
+paste.filter_factory = keystonemiddleware.auth_token:filter_factory
+www_authenticate_uri = {url}
+auth_url = {url}
+auth_type = password
+username = {user}
+password = {password}
+project_name = {project}
+user_domain_name = Default
+project_domain_name = Default
+memcached_servers = {memcache}
+delay_auth_decision = true
+include_service_catalog = false
+
+[filter:keystoneauth]
+use = egg:swift#keystoneauth
+operator_roles = admin, member
+"""
+
 
 # --------------------------------------------------------------------------
 # Launcher (runs in the child process)
@@ -126,11 +157,14 @@ use = egg:swift#versioned_writes
 
 
 def write_configs(workdir: pathlib.Path, log_port: int, memcache: str,
-                  token_life: int) -> dict[str, pathlib.Path]:
+                  token_life: int,
+                  keystone: dict[str, str] | None = None
+                  ) -> dict[str, pathlib.Path]:
     """Write swift.conf and one paste config per server; return the latter.
 
     Everything is rewritten from the command line on each start, so a
-    workdir never carries stale settings into the next run.
+    workdir never carries stale settings into the next run. ``keystone``
+    (url, user, password, project) switches the proxy from tempauth to it.
     """
     (workdir / "devices" / DEVICE).mkdir(parents=True, exist_ok=True)
     (workdir / "swift.conf").write_text(SWIFT_CONF)
@@ -143,8 +177,12 @@ def write_configs(workdir: pathlib.Path, log_port: int, memcache: str,
         paths[server] = workdir / f"{server}-server.conf"
         paths[server].write_text(common + STORAGE_CONF.format(server=server))
     paths["proxy"] = workdir / "proxy-server.conf"
-    paths["proxy"].write_text(common + PROXY_CONF.format(
-        token_life=token_life, users=users, memcache=memcache))
+    proxy = PROXY_CONF.format(
+        auth="authtoken keystoneauth" if keystone else "tempauth",
+        token_life=token_life, users=users, memcache=memcache)
+    if keystone:
+        proxy += KEYSTONE_FILTERS.format(memcache=memcache, **keystone)
+    paths["proxy"].write_text(common + proxy)
     return paths
 
 
@@ -199,8 +237,18 @@ def run(args: argparse.Namespace) -> None:
     # simply dropped by the kernel once its buffer is full.
     log_sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # green now
     log_sink.bind((HOST, 0))
+    keystone = None
+    if args.keystone_url:
+        # authtoken warns about every option it leaves to keystoneauth's
+        # password plugin (auth_url, username...) and all of [DEFAULT].
+        logging.getLogger("keystonemiddleware._common.config").setLevel(
+            logging.ERROR)
+        keystone = {"url": args.keystone_url,
+                    "user": args.keystone_service_user,
+                    "password": args.keystone_service_password,
+                    "project": args.keystone_service_project}
     confs = write_configs(workdir, log_sink.getsockname()[1], args.memcache,
-                          args.token_life)
+                          args.token_life, keystone)
     # Without this, swift reads /etc/swift/swift.conf.
     utils.set_swift_dir(str(workdir))
     storage_policy.reload_storage_policies()
@@ -262,6 +310,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="tempauth token lifetime in seconds")
     parser.add_argument("--verbose", action="store_true",
                         help="copy swift's logs to stderr")
+    parser.add_argument("--keystone-url",
+                        help="authenticate with this Keystone (v3) instead "
+                        "of tempauth")
+    parser.add_argument("--keystone-service-user", default="swift")
+    parser.add_argument("--keystone-service-password")
+    parser.add_argument("--keystone-service-project", default="service")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, exit_now)
     patch_eventlet()
@@ -316,16 +370,26 @@ class SwiftServer:
     memcached is started once and survives stop()/start() of swift, so
     tokens stay valid across a swift restart, as they would in production.
     The proxy port is fixed at construction so that restarts keep URLs valid.
+
+    ``keystone``, a running :class:`tests.support.keystone.KeystoneServer`,
+    replaces tempauth with it: the first start() registers this Swift in
+    its catalog, auth_url is Keystone's, and there are no tempauth accounts.
     """
 
     def __init__(self, workdir: pathlib.Path, port: int | None = None,
-                 token_life: int = 86400, verbose: bool = False):
+                 token_life: int = 86400, verbose: bool = False,
+                 keystone: KeystoneServer | None = None):
         self.workdir = pathlib.Path(workdir).resolve()  # child runs elsewhere
         self.port = port or free_port()
         self.token_life = token_life
         self.verbose = verbose
-        self.auth_url = f"http://{HOST}:{self.port}/auth/v1.0"
-        self.accounts = dict(ACCOUNTS)
+        self.keystone = keystone
+        if keystone is None:
+            self.auth_url = f"http://{HOST}:{self.port}/auth/v1.0"
+            self.accounts = dict(ACCOUNTS)
+        else:
+            self.auth_url = keystone.auth_url
+            self.accounts = {}
         self.memcached: subprocess.Popen | None = None
         self.memcache_port: int | None = None
         self.process: subprocess.Popen | None = None
@@ -337,12 +401,20 @@ class SwiftServer:
         atexit.register(self.close)
         if self.memcached is None:
             self._start_memcached(timeout)
+            if self.keystone is not None:
+                self.keystone.register_swift(self.port)
         command = [
             sys.executable, "-m", "tests.support.swiftserver",
             "--workdir", str(self.workdir), "--port", str(self.port),
             "--memcache", f"{HOST}:{self.memcache_port}",
             "--token-life", str(self.token_life),
         ] + (["--verbose"] if self.verbose else [])
+        if self.keystone is not None:
+            service = self.keystone.service
+            command += ["--keystone-url", self.keystone.auth_url,
+                        "--keystone-service-user", service.user,
+                        "--keystone-service-password", service.password,
+                        "--keystone-service-project", service.project]
         self.process = subprocess.Popen(command, cwd=REPO_ROOT,
                                         env=child_env(),
                                         stdout=subprocess.PIPE)
@@ -372,9 +444,14 @@ class SwiftServer:
 
     def connection(self, account: str = "test",
                    **kwargs) -> swiftclient.Connection:
-        """A fresh auth-v1 swiftclient Connection; kwargs are passed on."""
+        """A fresh auth-v1 swiftclient Connection; kwargs are passed on.
+
+        In keystone mode: an auth-v3 one as Keystone's mail user instead.
+        """
         import swiftclient
 
+        if self.keystone is not None:
+            return self.keystone.connection(**kwargs)
         user, key = self.accounts[account]
         return swiftclient.Connection(authurl=self.auth_url, user=user,
                                       key=key, auth_version="1", **kwargs)
