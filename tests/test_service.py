@@ -249,3 +249,18 @@ def test_journald_entry_has_structured_fields(swift, swift_ini, tmp_path, journa
     everything = subprocess.run(["journalctl", "-o", "cat", f"_PID={pid}"],
                                 capture_output=True, text=True, check=True).stdout
     assert "testing" not in everything
+
+
+def test_failure_is_a_journal_entry_at_error_priority(swift, tmp_path, journald):
+    ini = write_ini(tmp_path / "swiftdrop.ini", swift, container="never-created",
+                    create_container="false")
+    with FilterProcess(ini, tmp_path, "--log-target", "journal") as process:
+        code, _ = send(process.address, "s@o.test", ["a@example.com"], b"fails\r\n")
+        pid = process.process.pid
+    assert code == 451
+    [entry] = journald.entries(_PID=str(pid), SWIFTDROP_RESULT="failed")
+    assert entry["PRIORITY"] == "3"
+    assert entry["SWIFTDROP_SWIFT_STATUS"] == "404"
+    assert entry["SWIFTDROP_TRANS_ID"].startswith("tx")
+    assert entry["SWIFTDROP_SECTION"] == "DEFAULT"
+    assert "Swift answered 404" in entry["MESSAGE"]
