@@ -48,6 +48,9 @@ def build_parser():
     check_parser = commands.add_parser(
         "check", help="validate the config, authenticate and HEAD every container")
     add_config_option(check_parser)
+    check_parser.add_argument("--config-only", action="store_true",
+                              help="validate the file without contacting Swift "
+                                   "(for a deployment tool's validate step)")
     return parser
 
 
@@ -68,6 +71,11 @@ def check(options):
     if mode & stat.S_IROTH:
         print(f"swiftdrop: warning: {config.path} is world-readable and holds Swift keys; "
               "chmod 0640 it", file=sys.stderr)
+    if options.config_only:
+        for destination in config.destinations:
+            print(f"ok   [{destination.section}] container {destination.container} "
+                  f"in {destination.account.describe()}")
+        return 0
     store, failures = SwiftStore(), 0
     for destination in config.destinations:
         where = (f"[{destination.section}] container {destination.container} "

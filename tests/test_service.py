@@ -264,3 +264,15 @@ def test_failure_is_a_journal_entry_at_error_priority(swift, tmp_path, journald)
     assert entry["SWIFTDROP_TRANS_ID"].startswith("tx")
     assert entry["SWIFTDROP_SECTION"] == "DEFAULT"
     assert "Swift answered 404" in entry["MESSAGE"]
+
+
+def test_check_config_only_needs_no_swift(tmp_path):
+    ini = tmp_path / "swiftdrop.ini"
+    ini.write_text("[DEFAULT]\ncontainer = c\nauthurl = http://127.0.0.1:9/auth/v1.0\n"
+                   "user = u\nkey = k\n")
+    result = run_swiftdrop("check", "--config-only", "--config", str(ini))
+    assert (result.returncode, result.stdout.split()[:3]) == (0, ["ok", "[DEFAULT]", "container"])
+    ini.write_text(ini.read_text() + "retries = many\n")
+    result = run_swiftdrop("check", "--config-only", "--config", str(ini))
+    assert result.returncode == 78
+    assert "[DEFAULT] retries: 'many' is not a number" in result.stderr
