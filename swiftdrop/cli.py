@@ -1,12 +1,16 @@
 """The ``swiftdrop`` command: ``serve``, ``check``."""
 
 import argparse
+import json
 import logging
 import os
+import signal
 import stat
 import sys
+import threading
 
 from . import config as config_module
+from .queue import Claimed, LostLock, MailQueue, work
 from .service import EX_CONFIG, configure_logging, serve
 from .storage import SwiftStore
 
@@ -51,7 +55,56 @@ def build_parser():
     check_parser.add_argument("--config-only", action="store_true",
                               help="validate the file without contacting Swift "
                                    "(for a deployment tool's validate step)")
+    add_queue_commands(commands)
     return parser
+
+
+def add_queue_commands(commands):
+    queue_parser = commands.add_parser(
+        "queue", help="work through a destination's container: claim, finish, recover, ...")
+    add_config_option(queue_parser)
+    queue_parser.add_argument("--destination", default=config_module.CATCH_ALL,
+                              metavar="SECTION", help="the ini section (default: DEFAULT)")
+    actions = queue_parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    claim = actions.add_parser("claim", help="move the oldest message to processing/ and "
+                               "print its name, lock token and metadata as JSON")
+    claim.add_argument("--output", metavar="FILE", help="write the message's bytes here")
+    claim.add_argument("--dedup", action="store_true", help="skip (mark done) messages whose "
+                       "Message-ID and content were done within queue_dedup_window")
+    finish = actions.add_parser("finish", help="move a claimed message on and release it")
+    finish.add_argument("name")
+    finish.add_argument("--token", required=True, help="the token claim printed")
+    finish.add_argument("--state", required=True, choices=("done", "failed", "retry"))
+    actions.add_parser("recover", help="return messages of dead workers to retry/ and "
+                       "resolve leftovers of interrupted moves")
+    purge = actions.add_parser("purge", help="delete old messages (dry run unless --execute)")
+    purge.add_argument("--older-than", required=True, type=duration, metavar="AGE",
+                       help="e.g. 30d, 12h, 90m, 3600")
+    purge.add_argument("--prefix", default="done/", choices=("done/", "failed/", "cur/",
+                                                              "retry/"))
+    purge.add_argument("--execute", action="store_true", help="really delete")
+    stats = actions.add_parser("stats", help="count and bytes per prefix, oldest waiting")
+    stats.add_argument("--json", action="store_true")
+    run = actions.add_parser("run", help="worker loop: pipe each message to COMMAND; exit 0 "
+                             "done, 75 retry, other failed")
+    run.add_argument("--dedup", action="store_true")
+    run.add_argument("--poll", type=float, default=5.0, metavar="SECONDS",
+                     help="wait this long when the queue is empty")
+    run.add_argument("--once", action="store_true", help="stop when the queue is empty")
+    run.add_argument("--grace", type=float, default=30.0, metavar="SECONDS",
+                     help="after SIGTERM, let a running command finish for this long")
+    run.add_argument("worker_command", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+
+
+def duration(text):
+    """Seconds from 30d / 12h / 90m / 45s / 3600."""
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    try:
+        if text[-1:] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30d") from None
 
 
 def add_config_option(parser):
@@ -90,10 +143,87 @@ def check(options):
     return 1 if failures else 0
 
 
+def queue_command(options):
+    """``swiftdrop queue ...``: one destination's container as a work queue."""
+    configure_logging("stderr")
+    try:
+        config = config_module.load(options.config)
+    except config_module.ConfigError as error:
+        print(f"swiftdrop: {error}", file=sys.stderr)
+        return EX_CONFIG
+    sections = {destination.section: destination for destination in config.destinations}
+    if options.destination not in sections:
+        print(f"swiftdrop: {config.path}: no section [{options.destination}]", file=sys.stderr)
+        return EX_CONFIG
+    queue = MailQueue(sections[options.destination])
+    action = options.action
+    if action == "claim":
+        claimed = queue.claim(dedup=options.dedup)
+        if claimed is None:
+            print("swiftdrop: nothing to claim", file=sys.stderr)
+            return 1
+        if options.output:
+            with open(options.output, "wb") as handle:
+                handle.write(claimed.body)
+        print(json.dumps({"name": claimed.name, "token": claimed.token,
+                          "size": len(claimed.body), "attempts": claimed.attempts,
+                          "metadata": claimed.metadata,
+                          "skipped_duplicates": claimed.skipped_duplicates}))
+    elif action == "finish":
+        headers = queue.connection.head_object(queue.container, f"processing/{options.name}")
+        claimed = Claimed(options.name, b"", {}, options.token,
+                          attempts=int(headers.get("x-object-meta-attempts", 0)))
+        try:
+            print(queue.finish(claimed, options.state) + options.name)
+        except LostLock:
+            print(f"swiftdrop: the lock on {options.name} is not yours (any more)",
+                  file=sys.stderr)
+            return 1
+    elif action == "recover":
+        for what, name in queue.recover():
+            print(f"{name}: {what}")
+    elif action == "purge":
+        old = queue.purge(options.older_than, options.prefix, execute=options.execute)
+        verb = "deleted" if options.execute else "would delete"
+        for item in old:
+            print(f"{verb} {item['name']} ({item['bytes']} bytes, {item['last_modified']})")
+        print(f"{verb} {len(old)} object(s)" + ("" if options.execute else "; add --execute"))
+    elif action == "stats":
+        stats = queue.stats()
+        if options.json:
+            print(json.dumps(stats))
+        else:
+            for prefix, figures in stats.items():
+                if isinstance(figures, dict):
+                    print(f"{prefix:<12} {figures['count']:>8} messages "
+                          f"{figures['bytes']:>14} bytes")
+            print(f"oldest in cur/: {stats['oldest_cur_age_seconds']} s")
+    else:
+        return run_worker(queue, options)
+    return 0
+
+
+def run_worker(queue, options):
+    command = options.worker_command[1:] if options.worker_command[:1] == ["--"] \
+        else options.worker_command
+    if not command:
+        print("swiftdrop: queue run needs a command after --", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    outcomes = work(queue, command, stop, poll=options.poll, dedup=options.dedup,
+                    once=options.once, grace=options.grace)
+    print(json.dumps(dict(outcomes)))
+    return 0
+
+
 def main(argv=None):
     options = build_parser().parse_args(argv)
     if options.command == "serve":
         return serve(options)
+    if options.command == "queue":
+        return queue_command(options)
     return check(options)
 
 

@@ -32,7 +32,11 @@ OS_OPTIONS = frozenset({
 SCALAR_KEYS = frozenset({
     "container", "auth_version", "authurl", "user", "key", "tenant_name",
     "cacert", "insecure", "timeout", "retries", "create_container",
+    # read by the queue tools only (swiftdrop queue)
+    "queue_lock", "queue_redis_url", "queue_lease", "queue_max_attempts",
+    "queue_retry_delay", "queue_dedup_window",
 })
+QUEUE_LOCKS = ("swift", "redis")
 AUTH_VERSIONS = {"1": "1.0", "1.0": "1.0", "2": "2.0", "2.0": "2.0", "3": "3"}
 BOOLEANS = {"true": True, "yes": True, "on": True, "1": True,
             "false": False, "no": False, "off": False, "0": False}
@@ -78,6 +82,18 @@ class Account:
 
 
 @dataclass(frozen=True)
+class QueueSettings:
+    """How consumers work through this destination's container (swiftdrop queue)."""
+
+    lock: str = "swift"
+    redis_url: str | None = None
+    lease: float = 300.0
+    max_attempts: int = 5
+    retry_delay: float = 60.0
+    dedup_window: float = 86400.0
+
+
+@dataclass(frozen=True)
 class Destination:
     """One routing section: where the mail for its recipients goes."""
 
@@ -86,6 +102,7 @@ class Destination:
     container: str
     account: Account
     create_container: bool = False
+    queue: QueueSettings = QueueSettings()
 
     @property
     def target(self):
@@ -149,6 +166,7 @@ def _validate(path, parsed):
             container=_container(section),
             account=_account(section),
             create_container=section.boolean("create_container", False),
+            queue=_queue(section),
         ))
     return Config(path=path, destinations=tuple(destinations))
 
@@ -248,6 +266,25 @@ def _container(section):
     if "/" in container or len(container.encode()) > 256:
         raise section.error("container", f"{container!r} is not a valid container name")
     return container
+
+
+def _queue(section):
+    lock = section.raw("queue_lock") or "swift"
+    if lock not in QUEUE_LOCKS:
+        raise section.error("queue_lock", f"{lock!r} is not one of {', '.join(QUEUE_LOCKS)}")
+    redis_url = section.raw("queue_redis_url")
+    if lock == "redis" and not (redis_url or "").startswith(("redis://", "rediss://", "unix://")):
+        raise section.error("queue_redis_url", "is required (redis://host:port/db) with "
+                                               "queue_lock = redis")
+    defaults = QueueSettings()
+    return QueueSettings(
+        lock=lock,
+        redis_url=redis_url,
+        lease=section.number("queue_lease", float, defaults.lease, 1),
+        max_attempts=section.number("queue_max_attempts", int, defaults.max_attempts, 1),
+        retry_delay=section.number("queue_retry_delay", float, defaults.retry_delay, 0),
+        dedup_window=section.number("queue_dedup_window", float, defaults.dedup_window, 0),
+    )
 
 
 def _account(section):

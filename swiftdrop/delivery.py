@@ -84,6 +84,7 @@ class Deliverer:
             "Client-Name": envelope.xforward.get("NAME"),
             "Client-Helo": envelope.xforward.get("HELO"),
             "Message-Id": message.message_id,
+            "Dedup-Md5": message.dedup_md5,
         }
         return {key: metadata_value(value) for key, value in values.items() if value}
 

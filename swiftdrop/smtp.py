@@ -53,12 +53,45 @@ class Envelope:
 
 @dataclass
 class Message:
-    """A spooled message, ready to upload from offset 0."""
+    """A spooled message, ready to upload from offset 0.
+
+    `dedup_md5` is the MD5 without the topmost ``Received:`` field, the one
+    this MX's Postfix prepended: when a sender retries after a 451 the new
+    copy differs from the old only there, so consumers can spot it.
+    """
 
     spool: object
     size: int
     md5: str
     message_id: str | None
+    dedup_md5: str | None = None
+
+
+class DedupDigest:
+    """MD5 of a message stream, leaving out its first header field if that is Received:."""
+
+    def __init__(self):
+        self.digest = hashlib.md5(usedforsecurity=False)
+        self.pending = bytearray()  # the start of the message, until its first field ends
+
+    def update(self, chunk):
+        if self.pending is None:
+            self.digest.update(chunk)
+            return
+        self.pending += chunk
+        end = re.search(rb"\n(?=[^ \t])", self.pending)
+        if end or len(self.pending) >= MAX_HEADER_SCAN:
+            self._flush(end.end() if end else 0)
+
+    def _flush(self, first_field_end):
+        skip = first_field_end if self.pending[:9].lower() == b"received:" else 0
+        self.digest.update(self.pending[skip:])
+        self.pending = None
+
+    def hexdigest(self):
+        if self.pending is not None:
+            self._flush(0)
+        return self.digest.hexdigest()
 
 
 class SyntaxProblem(Exception):
@@ -315,7 +348,7 @@ class SmtpSession:
     def receive_message(self):
         """Spool the message; return (Message, None) or (None, the reply to give)."""
         spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY, dir=self.spool_dir)
-        digest = hashlib.md5(usedforsecurity=False)
+        digest, dedup = hashlib.md5(usedforsecurity=False), DedupDigest()
         size, header, problem = 0, bytearray(), None
         try:
             for chunk in unstuff(self.reader):
@@ -328,6 +361,7 @@ class SmtpSession:
                 if len(header) < MAX_HEADER_SCAN:
                     header += chunk[:MAX_HEADER_SCAN]
                 digest.update(chunk)
+                dedup.update(chunk)
                 try:
                     spool.write(chunk)
                 except OSError as error:
@@ -339,7 +373,8 @@ class SmtpSession:
         if problem is not None:
             spool.close()
             return None, problem
-        return Message(spool, size, digest.hexdigest(), message_id(bytes(header))), None
+        return Message(spool, size, digest.hexdigest(), message_id(bytes(header)),
+                       dedup.hexdigest()), None
 
     def smtp_RSET(self, argument):
         self.reset_transaction()

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 import pytest
 
-from swiftdrop.smtp import SmtpSession, message_id, unstuff, xtext_decode
+from swiftdrop.smtp import DedupDigest, SmtpSession, message_id, unstuff, xtext_decode
 
 
 def dot_stuff(data):
@@ -237,3 +237,21 @@ def test_quit_without_reading_the_221_is_quiet(smtp, caplog):
     smtp.thread.join(5)
     assert not smtp.thread.is_alive()
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")]
+
+
+@pytest.mark.parametrize(("first", "second", "same"), [
+    (b"Received: from a\r\n\tby mx; 1\r\nSubject: x\r\n\r\nbody\r\n",
+     b"Received: from a\r\n\tby mx; 2\r\nSubject: x\r\n\r\nbody\r\n", True),
+    (b"Received: from a; 1\r\nSubject: x\r\n\r\nbody\r\n",
+     b"Received: from a; 1\r\nSubject: x\r\n\r\nbody!\r\n", False),
+    (b"Subject: 1\r\n\r\nbody\r\n", b"Subject: 2\r\n\r\nbody\r\n", False),
+])
+def test_dedup_digest_ignores_only_the_topmost_received_field(first, second, same):
+    def digest(message, piece):
+        dedup = DedupDigest()
+        for start in range(0, len(message), piece):
+            dedup.update(message[start:start + piece])
+        return dedup.hexdigest()
+
+    assert (digest(first, 1000) == digest(second, 1000)) is same
+    assert digest(first, 1) == digest(first, 1000)  # however the stream is split

@@ -1,0 +1,389 @@
+"""Work through a SwiftDrop container as a queue, safely, with many workers.
+
+The container's prefixes are the states of a message; an object keeps its
+Maildir base name in all of them:
+
+``cur/``         stored by the filter, waiting
+``processing/``  claimed by a worker, under its lock
+``retry/``       to be tried again, not before ``X-Object-Meta-Not-Before``
+``done/``        processed
+``failed/``      given up on (or failed permanently)
+
+A move is a server-side copy (``X-Copy-From``) followed by a delete of the
+source, done only while holding the message's lock, and only after checking
+that the target does not exist yet: the lock is what keeps two workers from
+moving the same message. The lock taken by ``claim`` is held, and refreshed,
+while the worker processes the message; if the worker dies its lease runs
+out, and ``recover`` moves the message to ``retry/``. A crash between copy
+and delete leaves one name under two prefixes; ``recover`` keeps the copy
+that is furthest along and deletes the other.
+"""
+
+import collections
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+import hashlib
+import logging
+import os
+import random
+import socket
+import subprocess
+import time
+
+from swiftclient import Connection
+from swiftclient.exceptions import ClientException
+
+from .locks import make_lock
+
+log = logging.getLogger(__name__)
+
+CUR, PROCESSING, RETRY, DONE, FAILED = "cur/", "processing/", "retry/", "done/", "failed/"
+PREFIXES = (CUR, PROCESSING, RETRY, DONE, FAILED)
+# When one name is found under two prefixes, the one further along wins.
+PROGRESS = {CUR: 0, RETRY: 1, PROCESSING: 2, DONE: 3, FAILED: 3}
+DEDUP_PREFIX = "dedup/"
+CLAIM_WINDOW = 16
+CLAIM_PAGE = 1000
+EX_TEMPFAIL = 75
+META = "x-object-meta-"
+
+
+@dataclass
+class Claimed:
+    """A message a worker holds: its bytes, metadata and lock token."""
+
+    name: str
+    body: bytes
+    metadata: dict
+    token: str
+    attempts: int = 0
+    skipped_duplicates: list = field(default_factory=list)
+
+    @property
+    def path(self):
+        return PROCESSING + self.name
+
+
+class LostLock(Exception):
+    """The worker's lease ran out and someone else may hold the message now."""
+
+
+def connect(destination):
+    """A swiftclient Connection for one destination's account (one per worker)."""
+    account = destination.account
+    return Connection(
+        authurl=account.authurl, user=account.user, key=account.key,
+        auth_version=account.auth_version, tenant_name=account.tenant_name,
+        os_options=dict(account.os_options), cacert=account.cacert,
+        insecure=account.insecure, timeout=account.timeout, retries=account.retries)
+
+
+class MailQueue:
+    """Claim, finish, recover, purge and count messages of one destination's container."""
+
+    def __init__(self, destination, connection=None, lock=None, clock=time.time):
+        self.destination = destination
+        self.settings = destination.queue
+        self.container = destination.container
+        self.connection = connection or connect(destination)
+        self.lock = lock or make_lock(self.settings, self.connection, self.container,
+                                      namespace=self.container)
+        self.clock = clock
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    # -- listing and moving -------------------------------------------------
+
+    def listing(self, prefix):
+        return self.connection.get_container(self.container, prefix=prefix,
+                                             full_listing=True)[1]
+
+    def exists(self, path):
+        try:
+            self.connection.head_object(self.container, path)
+        except ClientException as error:
+            if error.http_status == 404:
+                return False
+            raise
+        return True
+
+    def move(self, name, source, target, metadata=None):
+        """Copy source+name to target+name server-side, then delete the source.
+
+        Callers hold the name's lock. Returns False if the source is gone
+        (someone else moved it first) or the target already exists (a
+        crash left it; recover resolves that).
+        """
+        if self.exists(target + name):
+            log.warning("%s%s already exists; leaving %s%s for recover",
+                        target, name, source, name)
+            return False
+        headers = {"X-Copy-From": f"/{self.container}/{source}{name}"}
+        headers.update((f"X-Object-Meta-{key}", str(value))
+                       for key, value in (metadata or {}).items())
+        try:
+            self.connection.put_object(self.container, target + name, None, headers=headers)
+        except ClientException as error:
+            if error.http_status == 404:
+                return False
+            raise
+        self._delete(source + name)
+        return True
+
+    def _delete(self, path):
+        try:
+            self.connection.delete_object(self.container, path)
+        except ClientException as error:
+            if error.http_status != 404:
+                raise
+
+    # -- claim and finish ---------------------------------------------------
+
+    def candidates(self):
+        """Oldest first: cur/ (names begin with the delivery time), then due retries.
+
+        Approximately: each worker takes the CLAIM_WINDOW oldest in random
+        order, so that workers do not all race for the very oldest message.
+        """
+        waiting = self.connection.get_container(self.container, prefix=CUR,
+                                                limit=CLAIM_PAGE)[1]
+        head = waiting[:CLAIM_WINDOW]
+        random.shuffle(head)
+        for item in head + waiting[CLAIM_WINDOW:]:
+            yield CUR, item["name"][len(CUR):]
+        now = self.clock()
+        for item in self.listing(RETRY):
+            name = item["name"][len(RETRY):]
+            headers = self.connection.head_object(self.container, RETRY + name)
+            if float(headers.get(META + "not-before", 0)) <= now:
+                yield RETRY, name
+
+    def claim(self, dedup=False):
+        """Take the oldest waiting message; None when there is nothing to do."""
+        skipped = []
+        for source, name in self.candidates():
+            token = self.lock.acquire(name, self.settings.lease)
+            if token is None:
+                continue
+            now = self.clock()
+            moved = self.move(name, source, PROCESSING, {
+                "Claimed-By": self.worker, "Claimed-At": f"{now:.3f}"})
+            if not moved:
+                self.lock.release(name, token)
+                continue
+            headers, body = self.connection.get_object(self.container, PROCESSING + name)
+            metadata = {key[len(META):]: value for key, value in headers.items()
+                        if key.startswith(META)}
+            claimed = Claimed(name, body, metadata, token,
+                              attempts=int(metadata.get("attempts", 0)),
+                              skipped_duplicates=skipped)
+            if dedup:
+                original = self.duplicate_of(claimed)
+                if original:
+                    self.finish(claimed, "done", {"Duplicate-Of": original})
+                    skipped.append(name)
+                    continue
+            return claimed
+        return None
+
+    def refresh(self, claimed):
+        if not self.lock.refresh(claimed.name, claimed.token, self.settings.lease):
+            raise LostLock(claimed.name)
+
+    def finish(self, claimed, state, metadata=None):
+        """Move a claimed message to done/, failed/ or retry/ and release its lock.
+
+        ``retry`` counts an attempt and sets a not-before time with
+        exponential back-off; the last allowed attempt goes to failed/.
+        """
+        metadata = dict(metadata or {})
+        target = {"done": DONE, "failed": FAILED, "retry": RETRY}[state]
+        now = self.clock()
+        if state == "retry":
+            attempts = claimed.attempts + 1
+            metadata["Attempts"] = attempts
+            if attempts >= self.settings.max_attempts:
+                target = FAILED
+                metadata["Failed-Reason"] = f"gave up after {attempts} attempts"
+            else:
+                delay = self.settings.retry_delay * 2 ** (attempts - 1)
+                metadata["Not-Before"] = f"{now + delay:.3f}"
+        metadata["Finished-At"] = f"{now:.3f}"
+        if not self.lock.refresh(claimed.name, claimed.token, self.settings.lease):
+            raise LostLock(claimed.name)
+        try:
+            if not self.move(claimed.name, PROCESSING, target, metadata):
+                raise LostLock(claimed.name)
+            if target == DONE and "Duplicate-Of" not in metadata:
+                self.remember_done(claimed)
+        finally:
+            self.lock.release(claimed.name, claimed.token)
+        return target
+
+    # -- duplicates ---------------------------------------------------------
+
+    def _dedup_marker(self, claimed):
+        message_id = claimed.metadata.get("message-id")
+        content = claimed.metadata.get("dedup-md5") or hashlib.md5(
+            claimed.body, usedforsecurity=False).hexdigest()
+        if not message_id:
+            return None  # identical content alone may be two real messages
+        key = hashlib.sha256(f"{message_id}\0{content}".encode()).hexdigest()
+        return DEDUP_PREFIX + key
+
+    def remember_done(self, claimed):
+        """Note Message-ID + content of a done message for the dedup window."""
+        marker = self._dedup_marker(claimed)
+        if marker and self.settings.dedup_window > 0:
+            self.connection.put_object(
+                self.container, marker, claimed.name.encode(),
+                headers={"X-Delete-After": str(int(self.settings.dedup_window))})
+
+    def duplicate_of(self, claimed):
+        """The done message this one duplicates within the window, or None."""
+        marker = self._dedup_marker(claimed)
+        if marker is None:
+            return None
+        try:
+            return self.connection.get_object(self.container, marker)[1].decode()
+        except ClientException as error:
+            if error.http_status == 404:
+                return None
+            raise
+
+    # -- housekeeping -------------------------------------------------------
+
+    def recover(self):
+        """Resolve crash leftovers and return messages of dead workers to retry/.
+
+        Returns (action, name) pairs for the operator.
+        """
+        actions = []
+        where = {}
+        for prefix in PREFIXES:
+            for item in self.listing(prefix):
+                where.setdefault(item["name"][len(prefix):], []).append(prefix)
+        for name, prefixes in sorted(where.items()):
+            if len(prefixes) == 1 and prefixes[0] != PROCESSING:
+                continue
+            token = self.lock.acquire(name, self.settings.lease)
+            if token is None:
+                continue  # a live worker holds it
+            try:
+                actions.extend(self._recover_one(name, prefixes, token))
+            finally:
+                self.lock.release(name, token)
+        return actions
+
+    def _recover_one(self, name, prefixes, token):
+        actions = []
+        keep = max(prefixes, key=PROGRESS.__getitem__)
+        for prefix in prefixes:
+            if prefix != keep:
+                self._delete(prefix + name)
+                actions.append((f"removed leftover {prefix}", name))
+        if keep == PROCESSING:
+            headers = self.connection.head_object(self.container, PROCESSING + name)
+            attempts = int(headers.get(META + "attempts", 0))
+            claimed = Claimed(name, b"", {}, token, attempts=attempts)
+            target = self.finish(claimed, "retry", {"Recovered-From": headers.get(
+                META + "claimed-by", "unknown worker")})
+            actions.append((f"lease expired, moved to {target}", name))
+        return actions
+
+    def purge(self, older_than, prefix=DONE, execute=False):
+        """Messages under `prefix` that entered it more than `older_than` seconds ago.
+
+        Deletes them only with `execute`; by default it only tells.
+        """
+        cutoff = self.clock() - older_than
+        old = [item for item in self.listing(prefix)
+               if _timestamp(item["last_modified"]) < cutoff]
+        if execute:
+            for item in old:
+                self._delete(item["name"])
+        return old
+
+    def stats(self):
+        """Count and bytes per prefix, and how long the oldest message has waited."""
+        result = {}
+        for prefix in PREFIXES:
+            items = self.listing(prefix)
+            result[prefix] = {"count": len(items), "bytes": sum(i["bytes"] for i in items)}
+        waiting = self.listing(CUR)
+        times = [_delivery_time(item["name"]) for item in waiting]
+        oldest = min((t for t in times if t is not None), default=None)
+        result["oldest_cur_age_seconds"] = (
+            round(self.clock() - oldest, 3) if oldest is not None else None)
+        return result
+
+
+def _timestamp(last_modified):
+    """Swift listings say 2026-11-25T23:41:07.123456 (UTC)."""
+    return datetime.fromisoformat(last_modified).replace(tzinfo=UTC).timestamp()
+
+
+def _delivery_time(path):
+    """The delivery time encoded in a Maildir name: <seconds>.M<microseconds>..."""
+    base = path.rsplit("/", 1)[-1]
+    seconds, _, rest = base.partition(".M")
+    try:
+        return int(seconds) + int(rest[:6]) / 1e6
+    except ValueError:
+        return None
+
+
+def work(queue, command, stop, *, poll=5.0, dedup=False, once=False, grace=30.0):
+    """The worker loop of ``swiftdrop queue run``: claim, pipe to `command`, finish.
+
+    The message goes to the command's stdin; exit 0 means done, 75
+    (EX_TEMPFAIL) retry, anything else failed. The lock is refreshed while
+    the command runs. When `stop` is set the loop ends after the current
+    message; a command still running `grace` seconds later is killed and its
+    message goes back to retry/. Returns a Counter of outcomes.
+    """
+    outcomes = collections.Counter()
+    while not stop.is_set():
+        claimed = queue.claim(dedup=dedup)
+        if claimed is None:
+            if once:
+                break
+            stop.wait(poll)
+            continue
+        try:
+            status = _run_command(queue, claimed, command, stop, grace)
+            state = "done" if status == 0 else "retry" if status in (EX_TEMPFAIL, None) \
+                else "failed"
+            target = queue.finish(claimed, state, {"Exit-Status": status})
+        except LostLock:
+            log.error("lost the lock on %s while working on it; leaving it", claimed.name)
+            outcomes["lost"] += 1
+            continue
+        outcomes[target.rstrip("/")] += 1
+        log.info("%s -> %s (exit status %s)", claimed.name, target, status)
+    return outcomes
+
+
+def _run_command(queue, claimed, command, stop, grace):
+    """Exit status of `command` fed with the message; None if it had to be killed."""
+    metadata = claimed.metadata
+    env = dict(os.environ, SWIFTDROP_NAME=claimed.name, SWIFTDROP_CONTAINER=queue.container,
+               SWIFTDROP_ATTEMPTS=str(claimed.attempts),
+               SWIFTDROP_MAIL_FROM=metadata.get("mail-from", ""),
+               SWIFTDROP_RCPT_TO=metadata.get("rcpt-to", ""),
+               SWIFTDROP_MESSAGE_ID=metadata.get("message-id", ""))
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, env=env)
+    heartbeat = max(1.0, queue.settings.lease / 3)
+    stdin, stopping_since = claimed.body, None
+    while True:
+        try:
+            process.communicate(input=stdin, timeout=heartbeat)
+            return process.returncode
+        except subprocess.TimeoutExpired:
+            stdin = None  # already handed over; communicate() keeps feeding it
+        if stop.is_set():
+            stopping_since = stopping_since or time.monotonic()
+            if time.monotonic() - stopping_since > grace:
+                process.kill()
+                process.wait()
+                return None
+        queue.refresh(claimed)

@@ -1,0 +1,294 @@
+"""swiftdrop queue against the real Swift (and a real Redis for the strict lock)."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from swiftdrop import config as config_module
+from swiftdrop.locks import RedisLock, SwiftLock
+from swiftdrop.queue import MailQueue
+from tests.support.filterproc import swiftdrop_command
+
+CONTAINER_COUNTER = iter(range(1000))
+
+
+@pytest.fixture(params=["swift", "redis"])
+def lock_kind(request):
+    return request.param
+
+
+def make_ini(path, swift, container, lock_kind="swift", redis_url=None, **queue):
+    lines = ["[DEFAULT]", f"container = {container}", f"authurl = {swift.auth_url}",
+             "user = test:tester", "key = testing", "create_container = true",
+             f"queue_lock = {lock_kind}"]
+    if lock_kind == "redis":
+        lines.append(f"queue_redis_url = {redis_url}")
+    lines += [f"queue_{key} = {value}" for key, value in queue.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def ini(request, tmp_path, swift):
+    """An ini for a fresh container; the queue settings come from the test's marker."""
+    kind = request.getfixturevalue("lock_kind") if "lock_kind" in request.fixturenames \
+        else "swift"
+    redis_url = request.getfixturevalue("redis_url") if kind == "redis" else None
+    marker = request.node.get_closest_marker("queue")
+    container = f"queue-{next(CONTAINER_COUNTER)}-{kind}"
+    swift.connection().put_container(container)
+    return make_ini(tmp_path / "swiftdrop.ini", swift, container, kind, redis_url,
+                    **(marker.kwargs if marker else {}))
+
+
+def queue_for(ini, **kwargs):
+    return MailQueue(config_module.load(str(ini)).catch_all, **kwargs)
+
+
+def store(queue, count, start=1_700_000_000, message_id=None, body=None):
+    """Put messages into cur/ as the filter would name them; return their names."""
+    names = []
+    for number in range(count):
+        name = f"{start + number}.M{number % 1_000_000:06d}P1Q{number}.mx.test,S=10"
+        content = body or f"Subject: {number}\r\n\r\nmessage {number}\r\n".encode()
+        headers = {"X-Object-Meta-Dedup-Md5": hashlib.md5(content).hexdigest()}
+        if message_id:
+            headers["X-Object-Meta-Message-Id"] = message_id
+        queue.connection.put_object(queue.container, "cur/" + name, content, headers=headers)
+        names.append(name)
+    return names
+
+
+def names_under(queue, prefix):
+    return sorted(item["name"][len(prefix):] for item in queue.listing(prefix))
+
+
+def test_claim_takes_an_old_message_and_finish_moves_it(ini):
+    queue = queue_for(ini)
+    names = store(queue, 3)
+    claimed = queue.claim()
+    assert claimed.name in names
+    assert claimed.body.startswith(b"Subject: ")
+    assert claimed.metadata["claimed-by"] == queue.worker
+    assert names_under(queue, "processing/") == [claimed.name]
+    assert claimed.name not in names_under(queue, "cur/")
+    assert queue.finish(claimed, "done") == "done/"
+    assert names_under(queue, "done/") == [claimed.name]
+    assert names_under(queue, "processing/") == []
+    stats = queue.stats()
+    assert (stats["cur/"]["count"], stats["done/"]["count"]) == (2, 1)
+    assert stats["oldest_cur_age_seconds"] > 0
+
+
+def test_eight_workers_threads_and_processes_drain_500_exactly_once(lock_kind, ini, tmp_path):
+    queue = queue_for(ini)
+    names = store(queue, 500)
+    claims, errors = [], []
+
+    def thread_worker():
+        own = queue_for(ini)
+        try:
+            while (claimed := own.claim()) is not None:
+                claims.append(claimed.name)
+                own.finish(claimed, "done")
+        except Exception as error:  # the assertion below shows it
+            errors.append(error)
+
+    logs = [tmp_path / f"worker-{n}.log" for n in range(4)]
+    processes = [subprocess.Popen(
+        swiftdrop_command("queue", "--config", str(ini), "run", "--once", "--",
+                          "sh", "-c", f'cat >/dev/null; echo "$SWIFTDROP_NAME" >> {log}'),
+        stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL) for log in logs]
+    threads = [threading.Thread(target=thread_worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(600)
+    for process in processes:
+        assert process.wait(600) == 0
+    assert errors == []
+    from_processes = [line for log in logs if log.exists()
+                      for line in log.read_text().split()]
+    processed = claims + from_processes
+    assert len(processed) == len(set(processed)) == 500  # none twice, none lost
+    assert sorted(processed) == sorted(names)
+    assert names_under(queue, "done/") == sorted(names)
+    assert names_under(queue, "cur/") == names_under(queue, "processing/") == []
+    assert claims and from_processes  # both kinds of worker took part
+
+
+@pytest.mark.queue(lease=2, retry_delay=0)
+def test_a_killed_worker_s_message_is_recovered_after_the_lease(lock_kind, ini, tmp_path):
+    queue = queue_for(ini)
+    [name] = store(queue, 1)
+    worker = subprocess.Popen(
+        swiftdrop_command("queue", "--config", str(ini), "run", "--", "sleep", "60"),
+        start_new_session=True, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while names_under(queue, "processing/") != [name]:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
+    assert queue.recover() == []  # the dead worker's lock still holds for now
+    time.sleep(2.5)
+    assert queue.recover() == [("lease expired, moved to retry/", name)]
+    claimed = queue.claim()
+    assert (claimed.name, claimed.attempts) == (name, 1)
+    assert claimed.metadata["recovered-from"].endswith(f":{worker.pid}")
+    queue.finish(claimed, "done")
+    assert names_under(queue, "done/") == [name]
+
+
+@pytest.mark.queue(retry_delay=0)
+def test_a_crash_between_copy_and_delete_is_resolved_not_duplicated(ini):
+    queue = queue_for(ini)
+    [name] = store(queue, 1)
+    queue.connection.put_object(queue.container, "processing/" + name, None,
+                                headers={"X-Copy-From": f"/{queue.container}/cur/{name}"})
+    actions = queue.recover()
+    assert ("removed leftover cur/", name) in actions
+    assert names_under(queue, "cur/") == names_under(queue, "processing/") == []
+    assert names_under(queue, "retry/") == [name]
+    assert queue.claim().name == name
+    assert queue.claim() is None
+
+
+@pytest.mark.queue(retry_delay=100, max_attempts=3)
+def test_retry_backs_off_exponentially_and_fails_after_n_attempts(ini):
+    now = [1_800_000_000.0]
+    queue = queue_for(ini, clock=lambda: now[0])
+    [name] = store(queue, 1)
+    for attempt, delay in ((1, 100), (2, 200)):
+        claimed = queue.claim()
+        assert (claimed.name, claimed.attempts) == (name, attempt - 1)
+        assert queue.finish(claimed, "retry") == "retry/"
+        headers = queue.connection.head_object(queue.container, "retry/" + name)
+        assert float(headers["x-object-meta-not-before"]) == pytest.approx(now[0] + delay)
+        assert headers["x-object-meta-attempts"] == str(attempt)
+        now[0] += delay - 1
+        assert queue.claim() is None  # not due yet
+        now[0] += 2
+    claimed = queue.claim()
+    assert queue.finish(claimed, "retry") == "failed/"
+    headers = queue.connection.head_object(queue.container, "failed/" + name)
+    assert headers["x-object-meta-failed-reason"] == "gave up after 3 attempts"
+
+
+def test_purge_deletes_only_what_is_older_than_asked(ini):
+    queue = queue_for(ini)
+    for name in store(queue, 2):
+        queue.finish(queue.claim(), "done")
+    time.sleep(1.5)
+    [young] = store(queue, 1, start=1_700_000_100)
+    queue.finish(queue.claim(), "done")
+    old = queue.purge(1.0)
+    assert len(old) == 2 and young not in {item["name"] for item in old}
+    assert len(names_under(queue, "done/")) == 3  # a dry run deletes nothing
+    queue.purge(1.0, execute=True)
+    assert names_under(queue, "done/") == [young]
+
+
+def test_dedup_skips_a_message_already_done(ini):
+    queue = queue_for(ini)
+    body = b"Message-ID: <same@x>\r\n\r\nsame\r\n"
+    first, second = store(queue, 2, message_id="<same@x>", body=body)
+    claimed = queue.claim()
+    queue.finish(claimed, "done")
+    assert queue.claim(dedup=True) is None
+    done = {name: queue.connection.head_object(queue.container, "done/" + name)
+            for name in names_under(queue, "done/")}
+    assert set(done) == {first, second}
+    duplicate = second if claimed.name == first else first
+    assert done[duplicate]["x-object-meta-duplicate-of"] == claimed.name
+
+
+def test_cli_claim_finish_and_stats(ini, tmp_path):
+    queue = queue_for(ini)
+    [name] = store(queue, 1)
+    output = tmp_path / "message.eml"
+    claim = subprocess.run(swiftdrop_command("queue", "--config", str(ini), "claim",
+                                             "--output", str(output)),
+                           capture_output=True, text=True, check=True)
+    claimed = json.loads(claim.stdout)
+    assert claimed["name"] == name and output.read_bytes().startswith(b"Subject: 0")
+    finish = subprocess.run(swiftdrop_command("queue", "--config", str(ini), "finish", name,
+                                              "--token", claimed["token"], "--state", "done"),
+                            capture_output=True, text=True, check=True)
+    assert finish.stdout.strip() == f"done/{name}"
+    stats = subprocess.run(swiftdrop_command("queue", "--config", str(ini), "stats", "--json"),
+                           capture_output=True, text=True, check=True)
+    assert json.loads(stats.stdout)["done/"] == {"count": 1, "bytes": output.stat().st_size}
+    empty = subprocess.run(swiftdrop_command("queue", "--config", str(ini), "claim"),
+                           capture_output=True, text=True, check=False)
+    assert empty.returncode == 1 and "nothing to claim" in empty.stderr
+
+
+def test_run_maps_exit_status_and_stops_on_sigterm(ini, tmp_path):
+    queue = queue_for(ini)
+    names = store(queue, 3)
+    script = tmp_path / "worker.sh"
+    script.write_text('#!/bin/sh\ncat >/dev/null\ncase "$SWIFTDROP_NAME" in\n'
+                      f'  {names[0]}) exit 0;;\n  {names[1]}) exit 75;;\n  *) exit 1;;\nesac\n')
+    script.chmod(0o755)
+    result = subprocess.run(swiftdrop_command("queue", "--config", str(ini), "run", "--once",
+                                              "--", str(script)),
+                            capture_output=True, text=True, check=True)
+    assert json.loads(result.stdout.splitlines()[-1]) == {"done": 1, "retry": 1, "failed": 1}
+    assert names_under(queue, "done/") == [names[0]]
+    assert names_under(queue, "retry/") == [names[1]]
+    assert names_under(queue, "failed/") == [names[2]]
+
+    store(queue, 1, start=1_700_000_200)
+    worker = subprocess.Popen(swiftdrop_command("queue", "--config", str(ini), "run", "--",
+                                                "sh", "-c", "cat >/dev/null; sleep 2"),
+                              stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not names_under(queue, "processing/"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    assert json.loads(worker.stdout.read().splitlines()[-1]) == {"done": 1}
+    assert names_under(queue, "processing/") == []
+
+
+def test_swift_lock_excludes_and_expires(swift):
+    connection = swift.connection()
+    connection.put_container("locks-test")
+    lock = SwiftLock(connection, "locks-test")
+    token = lock.acquire("m", lease=2)
+    assert token and lock.acquire("m", lease=2) is None
+    assert lock.refresh("m", token, 2) and not lock.refresh("m", "not-mine", 2)
+    lock.release("m", "not-mine")
+    assert lock.acquire("m", lease=2) is None  # someone else's release did nothing
+    time.sleep(2.5)
+    assert lock.acquire("m", lease=2)  # the lease ran out
+
+
+def test_redis_lock_is_strict_about_tokens(redis_url):
+    lock = RedisLock(redis_url, "test")
+    token = lock.acquire("m", lease=1)
+    assert token and lock.acquire("m", lease=1) is None
+    assert not lock.refresh("m", "not-mine", 1)
+    lock.release("m", "not-mine")
+    assert lock.acquire("m", lease=1) is None
+    assert lock.refresh("m", token, 1)
+    lock.release("m", token)
+    assert lock.acquire("m", lease=1)
+
+
+def test_bad_queue_settings_name_file_section_and_key(tmp_path, swift):
+    ini = make_ini(tmp_path / "q.ini", swift, "c", "redis", None)
+    result = subprocess.run(swiftdrop_command("queue", "--config", str(ini), "stats"),
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 78
+    assert "[DEFAULT] queue_redis_url: is required" in result.stderr
+    assert sys.executable  # the CLI ran in this interpreter's environment
