@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.support.filterproc import run_swiftdrop
+from tests.support.filterproc import free_port, run_swiftdrop, wait_for_port
 from tests.support.swiftserver import SwiftServer
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
@@ -106,8 +106,6 @@ def journald():
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory):
     """A real redis-server (Debian's) on a loopback port, without persistence."""
-    from tests.support.filterproc import free_port, wait_for_port
-
     port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     process = subprocess.Popen(
