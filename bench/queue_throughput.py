@@ -1,0 +1,77 @@
+"""Benchmark: claims+finishes per second of swiftdrop queue on the test Swift.
+
+    .venv/bin/python -m bench.queue_throughput [--messages N]
+
+For each lock kind (swift, redis) and 1 and 8 worker threads: store N
+messages in cur/, let the workers claim and finish them as done until the
+queue is empty, and print messages per second. Figures, not assertions.
+"""
+
+import argparse
+import pathlib
+import subprocess
+import tempfile
+import threading
+import time
+
+from swiftdrop import config as config_module
+from swiftdrop.queue import MailQueue
+from tests.support.filterproc import free_port, wait_for_port
+from tests.support.swiftserver import SwiftServer
+
+
+def drain(destination, workers):
+    def worker():
+        queue = MailQueue(destination)
+        while (claimed := queue.claim()) is not None:
+            queue.finish(claimed, "done")
+
+    threads = [threading.Thread(target=worker) for _ in range(workers)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.monotonic() - started
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=200)
+    options = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="swiftdrop-queue-bench-") as scratch:
+        workdir = pathlib.Path(scratch)
+        redis_port = free_port()
+        redis = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port",
+                                  str(redis_port), "--save", "", "--dir", scratch],
+                                 stdout=subprocess.DEVNULL)
+        try:
+            wait_for_port(redis_port, process=redis)
+            with SwiftServer(workdir / "swift") as swift:
+                print(f"{'lock':>6} {'workers':>8} {'messages':>9} {'claim+finish/s':>15}")
+                for lock in ("swift", "redis"):
+                    for workers in (1, 8):
+                        container = f"bench-{lock}-{workers}"
+                        ini = workdir / f"{container}.ini"
+                        ini.write_text(
+                            f"[DEFAULT]\ncontainer = {container}\nauthurl = {swift.auth_url}\n"
+                            "user = test:tester\nkey = testing\n"
+                            f"queue_lock = {lock}\n"
+                            f"queue_redis_url = redis://127.0.0.1:{redis_port}/0\n")
+                        destination = config_module.load(str(ini)).catch_all
+                        connection = swift.connection()
+                        connection.put_container(container)
+                        for number in range(options.messages):
+                            connection.put_object(
+                                container, f"cur/{1_700_000_000 + number}.M000000P1Q{number}"
+                                f".bench,S=64", b"Subject: bench\r\n\r\n" + b"x" * 46 + b"\r\n")
+                        elapsed = drain(destination, workers)
+                        print(f"{lock:>6} {workers:>8} {options.messages:>9} "
+                              f"{options.messages / elapsed:>15.1f}")
+        finally:
+            redis.terminate()
+            redis.wait()
+
+
+if __name__ == "__main__":
+    main()
