@@ -17,8 +17,7 @@ import stat
 import sys
 import threading
 
-from systemd.daemon import listen_fds
-from systemd.daemon import notify as sd_notify
+from systemd.daemon import listen_fds, notify
 from systemd.journal import JournalHandler
 
 from . import config as config_module
@@ -91,12 +90,6 @@ def _is_loopback(host):
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
-
-
-def notify(state):
-    """Tell systemd about our state when it asked to be told (Type=notify)."""
-    if os.environ.get("NOTIFY_SOCKET"):
-        sd_notify(state)
 
 
 class Server:
@@ -190,6 +183,7 @@ def serve(options):
 
     server = Server(listeners, make_session, options.max_connections)
 
+    # notify() does nothing unless systemd asked for it (Type=notify).
     def on_signal(signum, frame):
         notify("STOPPING=1")
         server.stop()
