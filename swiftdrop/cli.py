@@ -73,7 +73,8 @@ def add_queue_commands(commands):
                        "Message-ID and content were done within queue_dedup_window")
     finish = actions.add_parser("finish", help="move a claimed message on and release it")
     finish.add_argument("name")
-    finish.add_argument("--token", required=True, help="the token claim printed")
+    finish.add_argument("--token", help="the token claim printed (default: the one "
+                        "recorded on the claimed object)")
     finish.add_argument("--state", required=True, choices=("done", "failed", "retry"))
     actions.add_parser("recover", help="return messages of dead workers to retry/ and "
                        "resolve leftovers of interrupted moves")
@@ -171,7 +172,8 @@ def queue_command(options):
                           "skipped_duplicates": claimed.skipped_duplicates}))
     elif action == "finish":
         headers = queue.connection.head_object(queue.container, f"processing/{options.name}")
-        claimed = Claimed(options.name, b"", {}, options.token,
+        token = options.token or headers.get("x-object-meta-lock-token", "")
+        claimed = Claimed(options.name, b"", {}, token,
                           attempts=int(headers.get("x-object-meta-attempts", 0)))
         try:
             print(queue.finish(claimed, options.state) + options.name)

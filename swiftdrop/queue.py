@@ -165,8 +165,10 @@ class MailQueue:
             if token is None:
                 continue
             now = self.clock()
+            # The token is recorded on the claimed object so that a later
+            # `swiftdrop queue finish NAME` can act on this claim without it.
             moved = self.move(name, source, PROCESSING, {
-                "Claimed-By": self.worker, "Claimed-At": f"{now:.3f}"})
+                "Claimed-By": self.worker, "Claimed-At": f"{now:.3f}", "Lock-Token": token})
             if not moved:
                 self.lock.release(name, token)
                 continue

@@ -222,9 +222,18 @@ def test_cli_claim_finish_and_stats(ini, tmp_path):
                                               "--token", claimed["token"], "--state", "done"),
                             capture_output=True, text=True, check=True)
     assert finish.stdout.strip() == f"done/{name}"
+    [second] = store(queue, 1, start=1_700_000_300)
+    subprocess.run(swiftdrop_command("queue", "--config", str(ini), "claim"), check=True,
+                   capture_output=True)
+    finish = subprocess.run(swiftdrop_command("queue", "--config", str(ini), "finish", second,
+                                              "--state", "failed"),  # token from the object
+                            capture_output=True, text=True, check=True)
+    assert finish.stdout.strip() == f"failed/{second}"
     stats = subprocess.run(swiftdrop_command("queue", "--config", str(ini), "stats", "--json"),
                            capture_output=True, text=True, check=True)
-    assert json.loads(stats.stdout)["done/"] == {"count": 1, "bytes": output.stat().st_size}
+    figures = json.loads(stats.stdout)
+    assert figures["done/"] == {"count": 1, "bytes": output.stat().st_size}
+    assert figures["failed/"]["count"] == 1
     empty = subprocess.run(swiftdrop_command("queue", "--config", str(ini), "claim"),
                            capture_output=True, text=True, check=False)
     assert empty.returncode == 1 and "nothing to claim" in empty.stderr

@@ -10,7 +10,13 @@ import time
 import pytest
 
 from tests.conftest import CONTAINERS, create_containers, write_ini
-from tests.support.filterproc import FilterProcess, free_port, run_swiftdrop, wait_for_port
+from tests.support.filterproc import (
+    FilterProcess,
+    free_port,
+    run_swiftdrop,
+    swiftdrop_command,
+    wait_for_port,
+)
 from tests.support.swiftserver import SwiftServer
 
 NAME = re.compile(r"^cur/(\d{10})\.M(\d{6})P(\d+)Q(\d+)\.([^/:]+),S=(\d+)$")
@@ -276,3 +282,28 @@ def test_check_config_only_needs_no_swift(tmp_path):
     result = run_swiftdrop("check", "--config-only", "--config", str(ini))
     assert result.returncode == 78
     assert "[DEFAULT] retries: 'many' is not a number" in result.stderr
+
+
+def test_listen_on_a_unix_socket(swift, swift_ini, tmp_path):
+    path = tmp_path / "filter.sock"
+    process = subprocess.Popen(
+        [*swiftdrop_command("serve", "--config", str(swift_ini), "--listen", f"unix:{path}",
+                            "--log-target", "stderr")], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 15
+        while not path.exists():
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        client = smtplib.SMTP()
+        client.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.sock.connect(str(path))
+        client.file = None
+        assert client.getreply()[0] == 220
+        client.sendmail("s@o.test", ["a@example.com"], b"over a unix socket\r\n")
+        client.quit()
+        names = [o["name"] for o in swift.connection().get_container("fallback")[1]]
+        stored = [swift.connection().get_object("fallback", name)[1] for name in names]
+        assert b"over a unix socket\r\n" in stored
+    finally:
+        process.terminate()
+        process.wait(30)
