@@ -46,6 +46,15 @@ def build_parser():
                               "(default: the temporary directory)")
     serve_parser.add_argument("--max-connections", type=int, default=200,
                               help="concurrent sessions; more wait in the listen backlog")
+    serve_parser.add_argument("--alert-webhook", metavar="URL",
+                              default=os.environ.get("SWIFTDROP_ALERT_WEBHOOK") or None,
+                              help="POST a JSON notice here when storing fails (besides the "
+                                   "journal entry at priority err); default "
+                                   "$SWIFTDROP_ALERT_WEBHOOK, which keeps a secret URL out "
+                                   "of the process list")
+    serve_parser.add_argument("--alert-interval", type=float, default=600, metavar="SECONDS",
+                              help="at most one notice per destination this often; the next "
+                                   "says how many failures were not reported")
     serve_parser.add_argument("--log-target", choices=("auto", "journal", "stderr"),
                               default="auto", help="auto: journal when run by systemd")
 

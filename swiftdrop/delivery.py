@@ -21,11 +21,12 @@ class Deliverer:
     retry does not leave duplicates behind.
     """
 
-    def __init__(self, config, store, namer, store_timeout):
+    def __init__(self, config, store, namer, store_timeout, alerter=None):
         self.router = Router(config)
         self.store = store
         self.namer = namer
         self.store_timeout = store_timeout
+        self.alerter = alerter
 
     def __call__(self, envelope, message):
         try:
@@ -64,6 +65,9 @@ class Deliverer:
                       error.reason,
                       f" (transaction {error.transaction_id})" if error.transaction_id else "",
                       extra=fields)
+            if self.alerter is not None:
+                self.alerter.failure(delivery.destination.section, delivery.destination.container,
+                                     error.reason, error.status, error.transaction_id)
             return QUEUE_WRITE_ERROR
         fields.update(SWIFTDROP_RESULT="stored", SWIFTDROP_DURATION_MS=_elapsed_ms(started),
                       SWIFTDROP_TRANS_ID=" ".join(copy.transaction_id or "-" for _, copy in stored))

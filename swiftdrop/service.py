@@ -21,6 +21,7 @@ from systemd.daemon import listen_fds, notify
 from systemd.journal import JournalHandler
 
 from . import config as config_module
+from .alerts import Alerter
 from .delivery import Deliverer
 from .naming import MaildirNamer
 from .smtp import SmtpSession
@@ -174,7 +175,9 @@ def serve(options):
         log.error("cannot start: no socket from systemd and no --listen given")
         return EX_CONFIG
     namer = MaildirNamer(options.hostname)
-    deliver = Deliverer(config, SwiftStore(), namer, options.store_timeout)
+    alerter = (Alerter(options.alert_webhook, options.alert_interval)
+               if options.alert_webhook else None)
+    deliver = Deliverer(config, SwiftStore(), namer, options.store_timeout, alerter)
 
     def make_session(connection):
         return SmtpSession(connection, deliver, hostname=namer.hostname,

@@ -1,11 +1,15 @@
 """``swiftdrop serve`` as a real process against a real Swift, spoken to over SMTP."""
 
 import hashlib
+import http.server
+import json
 import re
 import smtplib
 import socket
 import subprocess
+import threading
 import time
+import typing
 
 import pytest
 
@@ -307,3 +311,50 @@ def test_listen_on_a_unix_socket(swift, swift_ini, tmp_path):
     finally:
         process.terminate()
         process.wait(30)
+
+
+class WebhookReceiver(http.server.BaseHTTPRequestHandler):
+    """Records the JSON bodies POSTed to it."""
+
+    received: typing.ClassVar[list] = []
+
+    def do_POST(self):
+        length = int(self.headers["Content-Length"])
+        self.received.append(json.loads(self.rfile.read(length)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_ten_failures_in_a_row_send_one_notice(swift, tmp_path):
+    ini = write_ini(tmp_path / "swiftdrop.ini", swift, container="not-there",
+                    create_container="false")
+    WebhookReceiver.received = []
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), WebhookReceiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
+    try:
+        with FilterProcess(ini, tmp_path, "--alert-webhook", url, "--alert-interval", "4",
+                           "--log-target", "stderr") as process:
+            started = time.monotonic()
+            for _ in range(10):
+                assert send(process.address, "s@o.test", ["a@example.com"], b"x\r\n")[0] == 451
+            assert time.monotonic() - started < 4, "the test needs all ten within the interval"
+            time.sleep(1)
+            assert len(WebhookReceiver.received) == 1
+            first = WebhookReceiver.received[0]
+            assert (first["section"], first["container"], first["swift_status"]) == (
+                "DEFAULT", "not-there", 404)
+            assert first["transaction_id"].startswith("tx")
+            assert first["suppressed_since_last_notice"] == 0
+            time.sleep(max(0.0, started + 4.2 - time.monotonic()))
+            assert send(process.address, "s@o.test", ["a@example.com"], b"x\r\n")[0] == 451
+            deadline = time.monotonic() + 10
+            while len(WebhookReceiver.received) < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert WebhookReceiver.received[1]["suppressed_since_last_notice"] == 9
+            assert "testing" not in json.dumps(WebhookReceiver.received)
+    finally:
+        receiver.shutdown()
