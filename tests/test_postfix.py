@@ -144,3 +144,29 @@ def test_reply_recording_client_sees_the_final_text(mx):
     with ReplyRecordingSMTP("127.0.0.1", mx.smtp_port, timeout=30) as client:
         client.sendmail("a@origin.test", ["someone@example.com"], b"x\r\n")
         assert client.last_data_reply[0] == 250
+
+
+def test_size_limits_give_552_and_store_nothing(swift, swift_ini, tmp_path):
+    """Postfix refuses at MAIL SIZE= and at the end of DATA; the filter's own cap holds too."""
+    with FilterProcess(swift_ini, tmp_path, "--max-message-size", "3000",
+                       "--log-target", "stderr") as proxy, \
+            postfix_instance(proxy_filter=f"inet:127.0.0.1:{proxy.port}",
+                             relay_domains=RELAY_DOMAINS, recipients=RECIPIENTS,
+                             extra_main={"message_size_limit": "5000"}) as postfix:
+        before = swift.connection().head_container("fallback")["x-container-object-count"]
+        with smtplib.SMTP("127.0.0.1", postfix.smtp_port, timeout=30) as client:
+            client.ehlo("client.origin.test")
+            code, text = client.mail("a@origin.test", ["SIZE=999999"])
+            assert (code, text[:5]) == (552, b"5.3.4")
+            client.rset()
+            # A client that declares a small size and then sends more.
+            assert client.mail("a@origin.test", ["SIZE=100"])[0] == 250
+            assert client.rcpt("someone@example.com")[0] == 250
+            code, text = client.data(b"Subject: liar\r\n\r\n" + b"x" * 8000 + b"\r\n")
+            assert (code, text[:5]) == (552, b"5.3.4")
+        # Under Postfix's limit but over the filter's: the filter's 552 reaches the client.
+        code, text = send(("127.0.0.1", postfix.smtp_port), "a@origin.test",
+                          ["someone@example.com"], b"Subject: big\r\n\r\n" + b"y" * 4000 + b"\r\n")
+        assert (code, text[:5]) == (552, "5.3.4")
+        after = swift.connection().head_container("fallback")["x-container-object-count"]
+        assert after == before
