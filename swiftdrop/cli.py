@@ -134,22 +134,24 @@ def check(options):
     if mode & stat.S_IROTH:
         print(f"swiftdrop: warning: {config.path} is world-readable and holds Swift keys; "
               "chmod 0640 it", file=sys.stderr)
+    def where(destination):
+        return (f"[{destination.section}] container {destination.container} "
+                f"in {destination.account.describe()}")
+
     if options.config_only:
         for destination in config.destinations:
-            print(f"ok   [{destination.section}] container {destination.container} "
-                  f"in {destination.account.describe()}")
+            print(f"ok   {where(destination)}")
         return 0
     store, failures = SwiftStore(), 0
     for destination in config.destinations:
-        where = (f"[{destination.section}] container {destination.container} "
-                 f"in {destination.account.describe()}")
         try:
             headers = store.check(destination)
         except Exception as error:  # whatever breaks one section, report it and go on
             failures += 1
-            print(f"FAIL {where}: {error}")
+            print(f"FAIL {where(destination)}: {error}")
             continue
-        print(f"ok   {where}: {headers.get('x-container-object-count', '?')} objects")
+        print(f"ok   {where(destination)}: "
+              f"{headers.get('x-container-object-count', '?')} objects")
     return 1 if failures else 0
 
 

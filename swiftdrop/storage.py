@@ -102,6 +102,12 @@ class AccountSession:
         with self._pool_lock:
             self._idle.append(pooled)
 
+    def call(self, request, *args, **kwargs):
+        """One swiftclient.client request with our token and a pooled connection."""
+        url, token = self.credentials()
+        with self.http_connection(url, self.account.timeout) as http_conn:
+            return request(url, token, *args, http_conn=http_conn, **kwargs)
+
 
 class SwiftStore:
     """Puts and deletes message copies; one AccountSession per distinct account."""
@@ -179,10 +185,7 @@ class SwiftStore:
 
     def _confirm_existing(self, session, destination, name, md5, attempt):
         """A 412 means the name exists: it is ours if an earlier attempt landed."""
-        url, token = session.credentials()
-        with session.http_connection(url, destination.account.timeout) as http_conn:
-            headers = swift.head_object(url, token, destination.container, name,
-                                        http_conn=http_conn)
+        headers = session.call(swift.head_object, destination.container, name)
         if headers.get("etag", "").strip('"') == md5:
             log.info("%s/%s was already stored by an earlier attempt",
                      destination.container, name)
@@ -194,10 +197,7 @@ class SwiftStore:
         """Best-effort removal of a copy whose sibling copies failed; never raises."""
         session = self.session(destination.account)
         try:
-            url, token = session.credentials()
-            with session.http_connection(url, destination.account.timeout) as http_conn:
-                swift.delete_object(url, token, destination.container, name,
-                                    http_conn=http_conn)
+            session.call(swift.delete_object, destination.container, name)
         except (ClientException, requests.RequestException, OSError) as error:
             log.error("could not remove %s/%s after a failed delivery: %s",
                       destination.container, name, error)
@@ -207,16 +207,13 @@ class SwiftStore:
     def check(self, destination):
         """Authenticate and HEAD the container, creating it if configured to."""
         session = self.session(destination.account)
-        url, token = session.credentials()
-        with session.http_connection(url, destination.account.timeout) as http_conn:
-            try:
-                return swift.head_container(url, token, destination.container,
-                                            http_conn=http_conn)
-            except ClientException as error:
-                if error.http_status != 404 or not destination.create_container:
-                    raise
-            swift.put_container(url, token, destination.container, http_conn=http_conn)
-            return swift.head_container(url, token, destination.container, http_conn=http_conn)
+        try:
+            return session.call(swift.head_container, destination.container)
+        except ClientException as error:
+            if error.http_status != 404 or not destination.create_container:
+                raise
+        session.call(swift.put_container, destination.container)
+        return session.call(swift.head_container, destination.container)
 
 
 def _describe(error):
