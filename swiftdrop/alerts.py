@@ -2,9 +2,13 @@
 
 Every failure is already a journald entry at priority err. An operator who
 does not watch the journal can also get a notice by HTTP POST (a chat or
-paging webhook): at most one per destination per interval, the next one
-saying how many failures were not reported in between. Ten failures in a
-row during an outage are one notice, not ten.
+paging webhook) and/or by mail through the local Postfix: at most one per
+destination per interval, the next one saying how many failures were not
+reported in between. Ten failures in a row during an outage are one notice,
+not ten.
+
+The mail goes through the admin relay (Postfix's own queue), not Swift, so
+it still leaves while Swift is the thing that is down.
 """
 
 import json
@@ -14,16 +18,21 @@ import threading
 import time
 import urllib.request
 
+from .passthrough import RelayError
+
 log = logging.getLogger(__name__)
 
 WEBHOOK_TIMEOUT = 5
 
 
 class Alerter:
-    """Rate-limited failure notices to a webhook; sending never delays an SMTP reply."""
+    """Rate-limited failure notices; sending never delays an SMTP reply."""
 
-    def __init__(self, webhook_url, interval, clock=time.monotonic):
+    def __init__(self, interval, *, webhook_url=None, mail_to=None, relay=None,
+                 clock=time.monotonic):
         self.webhook_url = webhook_url
+        self.mail_to = mail_to
+        self.relay = relay
         self.interval = interval
         self.clock = clock
         self.hostname = socket.gethostname()
@@ -50,7 +59,21 @@ class Alerter:
                     + (f" {suppressed} more failure(s) since the last notice." if suppressed
                        else ""),
         }
-        threading.Thread(target=self._post, args=(notice,), daemon=True).start()
+        threading.Thread(target=self._send, args=(notice,), daemon=True).start()
+
+    def _send(self, notice):
+        if self.webhook_url:
+            self._post(notice)
+        if self.mail_to:
+            self._mail(notice)
+
+    def _mail(self, notice):
+        subject = f"SwiftDrop on {self.hostname}: storing failed for [{notice['section']}]"
+        try:
+            self.relay.notify(self.mail_to, subject, notice["text"] + "\n\n"
+                              + json.dumps(notice, indent=2) + "\n")
+        except RelayError as error:
+            log.error("could not mail the failure notice to %s: %s", self.mail_to, error)
 
     def _post(self, notice):
         request = urllib.request.Request(

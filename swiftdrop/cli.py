@@ -10,6 +10,7 @@ import sys
 import threading
 
 from . import config as config_module
+from .passthrough import parse_address
 from .queue import Claimed, LostLock, MailQueue, work
 from .service import EX_CONFIG, configure_logging, serve
 from .storage import SwiftStore
@@ -19,6 +20,8 @@ from .storage import SwiftStore
 # told 451 would be stored twice when the client retries.
 DEFAULT_STORE_TIMEOUT = 60.0
 DEFAULT_MAX_MESSAGE_SIZE = 51 * 1024 * 1024
+# RFC 5321 section 4.5.1 (postmaster) and RFC 2142 (abuse, hostmaster).
+DEFAULT_ADMIN_LOCAL_PARTS = ("postmaster", "abuse", "hostmaster")
 
 
 def build_parser():
@@ -55,6 +58,17 @@ def build_parser():
     serve_parser.add_argument("--alert-interval", type=float, default=600, metavar="SECONDS",
                               help="at most one notice per destination this often; the next "
                                    "says how many failures were not reported")
+    serve_parser.add_argument("--admin-relay", type=loopback_address, metavar="HOST:PORT",
+                              help="loopback Postfix smtpd that queues mail for the "
+                                   "administrator; recipients with an --admin-local-parts "
+                                   "local part go there instead of Swift")
+    serve_parser.add_argument("--admin-local-parts", type=comma_list,
+                              default=",".join(DEFAULT_ADMIN_LOCAL_PARTS), metavar="LIST",
+                              help="role addresses of every domain that go to the admin "
+                                   "relay unless a section routes them (default: "
+                                   "%(default)s)")
+    serve_parser.add_argument("--alert-mail", metavar="ADDRESS",
+                              help="mail failure notices to ADDRESS through --admin-relay")
     serve_parser.add_argument("--log-target", choices=("auto", "journal", "stderr"),
                               default="auto", help="auto: journal when run by systemd")
 
@@ -104,6 +118,18 @@ def add_queue_commands(commands):
     run.add_argument("--grace", type=float, default=30.0, metavar="SECONDS",
                      help="after SIGTERM, let a running command finish for this long")
     run.add_argument("worker_command", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+
+
+def loopback_address(text):
+    try:
+        parse_address(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def comma_list(text):
+    return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
 def duration(text):
@@ -232,8 +258,11 @@ def run_worker(queue, options):
 
 
 def main(argv=None):
-    options = build_parser().parse_args(argv)
+    parser = build_parser()
+    options = parser.parse_args(argv)
     if options.command == "serve":
+        if options.alert_mail and not options.admin_relay:
+            parser.error("--alert-mail needs --admin-relay (the mail goes through Postfix)")
         return serve(options)
     if options.command == "queue":
         return queue_command(options)

@@ -3,6 +3,7 @@
 import logging
 import time
 
+from .passthrough import RelayError
 from .routing import Router
 from .smtp import QUEUE_WRITE_ERROR
 from .storage import MAX_META_VALUE, StoreError, metadata_value
@@ -21,12 +22,14 @@ class Deliverer:
     retry does not leave duplicates behind.
     """
 
-    def __init__(self, config, store, namer, store_timeout, alerter=None):
+    def __init__(self, config, store, namer, store_timeout, *, alerter=None,
+                 admin_relay=None):
         self.router = Router(config)
         self.store = store
         self.namer = namer
         self.store_timeout = store_timeout
         self.alerter = alerter
+        self.admin_relay = admin_relay
 
     def __call__(self, envelope, message):
         try:
@@ -37,14 +40,38 @@ class Deliverer:
 
     def deliver(self, envelope, message):
         started = time.monotonic()
-        deadline = started + self.store_timeout
         name = self.namer.name(message.size)
         fields = {"SWIFTDROP_OBJECT": name, "SWIFTDROP_SIZE": message.size,
                   "SWIFTDROP_MESSAGE_ID": message.message_id or "",
                   "SWIFTDROP_RECIPIENTS": len(envelope.recipients)}
-        deliveries = self.router.route(envelope.recipients)
+        for_admin = self.admin_recipients(envelope.recipients)
+        deliveries = self.router.route([r for r in envelope.recipients if r not in for_admin])
         fields["SWIFTDROP_CONTAINER"] = " ".join(d.destination.container for d in deliveries)
         fields["SWIFTDROP_SECTION"] = " ".join(d.destination.section for d in deliveries)
+        stored = self.store_copies(envelope, message, name, deliveries, started=started,
+                                   fields=fields)
+        if stored is None:
+            return QUEUE_WRITE_ERROR
+        relayed = None
+        if for_admin:
+            relayed = self.forward_to_admin(envelope, message, name, for_admin, fields)
+            if relayed is None:
+                self.remove(stored, name)
+                return QUEUE_WRITE_ERROR
+            if not stored:
+                return f"250 2.0.0 Ok: forwarded to the administrator ({relayed})"[
+                    :MAX_REPLY_TEXT]
+        fields.update(SWIFTDROP_RESULT="stored", SWIFTDROP_DURATION_MS=_elapsed_ms(started),
+                      SWIFTDROP_TRANS_ID=" ".join(copy.transaction_id or "-" for _, copy in stored))
+        log.info("stored %s (%d bytes) in %s in %d ms", name, message.size,
+                 ", ".join(f"[{d.destination.section}] {d.destination.container}"
+                           for d, _ in stored),
+                 fields["SWIFTDROP_DURATION_MS"], extra=fields)
+        return stored_reply([f"{copy.container}/{copy.name}" for _, copy in stored])
+
+    def store_copies(self, envelope, message, name, deliveries, *, started, fields):
+        """All copies stored, or None after logging why and removing the partial ones."""
+        deadline = started + self.store_timeout
         stored = []
         try:
             for delivery in deliveries:
@@ -53,8 +80,7 @@ class Deliverer:
                                       deadline=deadline)
                 stored.append((delivery, copy))
         except StoreError as error:
-            for delivery, _ in stored:
-                self.store.delete(delivery.destination, name)
+            self.remove(stored, name)
             fields.update(SWIFTDROP_RESULT="failed", SWIFTDROP_SECTION=delivery.destination.section,
                           SWIFTDROP_CONTAINER=delivery.destination.container,
                           SWIFTDROP_SWIFT_STATUS=error.status or "",
@@ -68,14 +94,31 @@ class Deliverer:
             if self.alerter is not None:
                 self.alerter.failure(delivery.destination.section, delivery.destination.container,
                                      error.reason, error.status, error.transaction_id)
-            return QUEUE_WRITE_ERROR
-        fields.update(SWIFTDROP_RESULT="stored", SWIFTDROP_DURATION_MS=_elapsed_ms(started),
-                      SWIFTDROP_TRANS_ID=" ".join(copy.transaction_id or "-" for _, copy in stored))
-        log.info("stored %s (%d bytes) in %s in %d ms", name, message.size,
-                 ", ".join(f"[{d.destination.section}] {d.destination.container}"
-                           for d, _ in stored),
-                 fields["SWIFTDROP_DURATION_MS"], extra=fields)
-        return stored_reply([f"{copy.container}/{copy.name}" for _, copy in stored])
+            return None
+        return stored
+
+    def forward_to_admin(self, envelope, message, name, recipients, fields):
+        """Postfix's reply (with its queue id), or None after logging why it failed."""
+        try:
+            relayed = self.admin_relay.forward(envelope, recipients, message)
+        except RelayError as error:
+            log.error("not forwarded %s for %s: %s; replied 451", name, ", ".join(recipients),
+                      error, extra=dict(fields, SWIFTDROP_RESULT="failed"))
+            return None
+        log.info("forwarded %s (%d bytes) for %s to the admin relay: %s", name, message.size,
+                 ", ".join(recipients), relayed, extra=dict(fields, SWIFTDROP_RESULT="forwarded"))
+        return relayed
+
+    def remove(self, stored, name):
+        for delivery, _ in stored:
+            self.store.delete(delivery.destination, name)
+
+    def admin_recipients(self, recipients):
+        """Role addresses the admin relay takes, unless a named section routes them."""
+        if self.admin_relay is None:
+            return []
+        return [recipient for recipient in recipients
+                if self.admin_relay.takes(recipient) and not self.router.routes(recipient)]
 
     def metadata(self, envelope, message, delivery):
         """The X-Object-Meta-* values a consumer needs without parsing the message."""

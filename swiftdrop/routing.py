@@ -22,6 +22,10 @@ class Router:
             for address in destination.recipients
         }
 
+    def routes(self, recipient):
+        """True when a named section lists `recipient` (not just the catch-all)."""
+        return recipient.casefold() in self._by_address
+
     def destination_for(self, recipient):
         return self._by_address.get(recipient.casefold(), self.catch_all)
 

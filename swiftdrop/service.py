@@ -24,6 +24,7 @@ from . import config as config_module
 from .alerts import Alerter
 from .delivery import Deliverer
 from .naming import MaildirNamer
+from .passthrough import AdminRelay
 from .smtp import SmtpSession
 from .storage import SwiftStore
 
@@ -175,9 +176,14 @@ def serve(options):
         log.error("cannot start: no socket from systemd and no --listen given")
         return EX_CONFIG
     namer = MaildirNamer(options.hostname)
-    alerter = (Alerter(options.alert_webhook, options.alert_interval)
-               if options.alert_webhook else None)
-    deliver = Deliverer(config, SwiftStore(), namer, options.store_timeout, alerter)
+    admin_relay = (AdminRelay(options.admin_relay, options.admin_local_parts, namer.hostname)
+                   if options.admin_relay else None)
+    alerter = None
+    if options.alert_webhook or options.alert_mail:
+        alerter = Alerter(options.alert_interval, webhook_url=options.alert_webhook,
+                          mail_to=options.alert_mail, relay=admin_relay)
+    deliver = Deliverer(config, SwiftStore(), namer, options.store_timeout, alerter=alerter,
+                        admin_relay=admin_relay)
 
     def make_session(connection):
         return SmtpSession(connection, deliver, hostname=namer.hostname,

@@ -1,0 +1,122 @@
+"""Hand role addresses (postmaster@, abuse@, ...) to Postfix instead of Swift.
+
+RFC 5321 wants postmaster to reach a person, and abuse reports (RFC 2142)
+are no use in a container nobody reads. Those recipients go to a second,
+loopback-only Postfix smtpd, as SMTPD_PROXY_README describes for a proxy
+filter: that smtpd queues the message and Postfix forwards it to the admin
+address with its own retries. The client hears 250 only after that smtpd
+took the message, so the promise is the same as for Swift: accepted means
+queued or stored, never "probably".
+"""
+
+from email.message import EmailMessage
+import email.utils
+import logging
+import smtplib
+import socket
+
+log = logging.getLogger(__name__)
+
+RELAY_TIMEOUT = 30
+CHUNK = 64 * 1024
+
+
+class RelayError(Exception):
+    """The admin relay did not take the message; the client must retry (451)."""
+
+
+class AdminRelay:
+    """SMTP client for the loopback Postfix listener that forwards to the admin."""
+
+    def __init__(self, address, local_parts, hostname, timeout=RELAY_TIMEOUT):
+        self.host, self.port = parse_address(address)
+        self.local_parts = frozenset(part.casefold() for part in local_parts)
+        self.hostname = hostname
+        self.timeout = timeout
+
+    def takes(self, recipient):
+        """True for a role address of any domain (Postfix already vetted the domain)."""
+        local_part, at, _ = recipient.rpartition("@")
+        return bool(at) and local_part.casefold() in self.local_parts
+
+    def forward(self, envelope, recipients, message):
+        """Queue `message` for `recipients` in Postfix; return its reply text (queue id)."""
+        options = []
+        if envelope.body_8bit:
+            options.append("BODY=8BITMIME")
+        if envelope.smtputf8:
+            options.append("SMTPUTF8")
+        message.spool.seek(0)
+        try:
+            with smtplib.SMTP(self.host, self.port, local_hostname=self.hostname,
+                              timeout=self.timeout) as client:
+                client.ehlo()
+                _expect(client, client.mail(envelope.mail_from or "", options), 250)
+                for recipient in recipients:
+                    _expect(client, client.rcpt(recipient), 250, 251)
+                _expect(client, client.docmd("DATA"), 354)
+                for chunk in dot_stuffed(iter(lambda: message.spool.read(CHUNK), b"")):
+                    client.sock.sendall(chunk)
+                _, text = _expect(client, client.getreply(), 250)
+        except (OSError, smtplib.SMTPException) as error:
+            raise RelayError(f"admin relay {self.host}:{self.port}: {error}") from None
+        finally:
+            message.spool.seek(0)
+        return text.decode("utf-8", "replace")
+
+
+    def notify(self, recipient, subject, text):
+        """Mail a short notice from SwiftDrop itself (failure alerts)."""
+        notice = EmailMessage()
+        notice["From"] = f"SwiftDrop <MAILER-DAEMON@{self.hostname}>"
+        notice["To"] = recipient
+        notice["Subject"] = subject
+        notice["Date"] = email.utils.formatdate()
+        notice["Message-ID"] = email.utils.make_msgid("swiftdrop", domain=self.hostname)
+        notice["Auto-Submitted"] = "auto-generated"
+        notice.set_content(text)
+        try:
+            with smtplib.SMTP(self.host, self.port, local_hostname=self.hostname,
+                              timeout=self.timeout) as client:
+                client.send_message(notice, from_addr="", to_addrs=[recipient])
+        except (OSError, smtplib.SMTPException) as error:
+            raise RelayError(f"admin relay {self.host}:{self.port}: {error}") from None
+
+
+def _expect(client, reply, *codes):
+    code, text = reply
+    if code not in codes:
+        raise RelayError(f"admin relay answered {code} {text.decode('utf-8', 'replace')}")
+    return code, text
+
+
+def dot_stuffed(chunks):
+    """The DATA stream for `chunks`: leading dots doubled, ending in CRLF . CRLF.
+
+    Works across chunk boundaries without holding the message in memory.
+    """
+    at_line_start, tail = True, b"\r\n"
+    for chunk in chunks:
+        if not chunk:
+            continue
+        stuffed = chunk.replace(b"\n.", b"\n..")
+        if at_line_start and stuffed.startswith(b"."):
+            stuffed = b"." + stuffed
+        at_line_start = stuffed.endswith(b"\n")
+        tail = (tail + stuffed)[-2:]
+        yield stuffed
+    # as smtplib does: a last line without CRLF gets one, so the end is CRLF . CRLF
+    yield (b"" if tail == b"\r\n" else b"\r\n") + b".\r\n"
+
+
+def parse_address(address):
+    """``127.0.0.1:10026`` or ``[::1]:10026``; only loopback, like every hop we own."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        if not all(info[4][0].startswith("127.") or info[4][0] == "::1"
+                   for info in socket.getaddrinfo(host, None)):
+            raise ValueError
+        return host, int(port)
+    except (OSError, ValueError):
+        raise ValueError(f"{address!r} is not a loopback HOST:PORT") from None
