@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import requests
 from swiftclient import client as swift
 from swiftclient.exceptions import ClientException
+from urllib3.util.ssl_match_hostname import CertificateError as HostnameMismatch
 
 log = logging.getLogger(__name__)
 
@@ -251,10 +252,15 @@ def describe_transport_error(error):
 
 
 def untrusted_certificate(error):
-    """OpenSSL's reason if `error` comes from a failed certificate verification, else None."""
+    """Why the certificate was refused if `error` comes from verifying it, else None.
+
+    OpenSSL checks the chain; urllib3 checks the host name itself for IP addresses.
+    """
     for cause in _causes(error):
         if isinstance(cause, ssl.SSLCertVerificationError):
             return cause.verify_message or cause.reason or str(cause)
+        if isinstance(cause, HostnameMismatch):
+            return str(cause)
     return None
 
 
