@@ -180,10 +180,11 @@ class SwiftStore:
                 session.forget_token(token)
             if error.http_status == 412:
                 return self._confirm_existing(session, destination, name, message.md5, attempt)
+            if untrusted_certificate(error) is not None:  # Keystone's, wrapped by swiftclient
+                raise _transport_store_error(error) from None
             raise StoreError(_describe(error), error.http_status, error.transaction_id) from None
         except (requests.RequestException, OSError) as error:
-            raise StoreError(describe_transport_error(error),
-                             permanent=untrusted_certificate(error) is not None) from None
+            raise _transport_store_error(error) from None
         transaction_id = response.get("headers", {}).get("x-trans-id")
         if response.get("status") != 201 or etag != message.md5:
             raise StoreError(f"unexpected answer {response.get('status')} with ETag {etag!r}",
@@ -232,10 +233,16 @@ def _describe(error):
 
 
 def describe_failure(error):
-    """One line for the operator, whatever a Swift request raised."""
-    if isinstance(error, requests.RequestException | OSError):
+    """One line for the operator, whatever a Swift or Keystone request raised."""
+    if (isinstance(error, requests.RequestException | OSError)
+            or untrusted_certificate(error) is not None):
         return describe_transport_error(error)
     return str(error)
+
+
+def _transport_store_error(error):
+    return StoreError(describe_transport_error(error),
+                      permanent=untrusted_certificate(error) is not None)
 
 
 def describe_transport_error(error):

@@ -13,8 +13,10 @@ import pytest
 import swiftclient
 
 from tests.support.filterproc import FilterProcess, free_port, run_swiftdrop
+from tests.support.keystone import KeystoneServer
 from tests.support.swiftserver import SwiftServer
 from tests.support.tlsfront import TestCA, TLSFront
+from tests.test_keystone import write_keystone_ini
 from tests.test_service import send, stored_location
 
 CONTAINER = "tls"
@@ -179,3 +181,27 @@ def test_check_names_the_untrusted_server_and_fails(front, ca, tmp_path):
     result = run_swiftdrop("check", "--config", str(trusted))
     assert (result.returncode, result.stdout[:4]) == (0, "ok  "), result.stdout + result.stderr
 
+
+
+@pytest.fixture(scope="module")
+def keystone_behind_tls(ca, workdir):
+    """Keystone behind its own terminator; the Swift in its catalog is plain http."""
+    cert, key = ca.issue("keystone", "IP:127.0.0.1")
+    with (KeystoneServer(workdir / "keystone") as keystone,
+          SwiftServer(workdir / "keystone-swift", keystone=keystone),
+          TLSFront(workdir, keystone.port, cert, key) as terminator):
+        yield keystone, terminator
+
+
+def test_keystone_authentication_is_verified_too(keystone_behind_tls, ca, tmp_path):
+    keystone, terminator = keystone_behind_tls
+    ini = write_keystone_ini(tmp_path / "swiftdrop.ini", keystone)
+    untrusted = ini.read_text().replace(keystone.auth_url, f"{terminator.url}/v3")
+    ini.write_text(untrusted + f"cacert = {ca.cert}\n")
+    check = run_swiftdrop("check", "--config", str(ini))
+    assert check.returncode == 0, check.stdout + check.stderr
+    ini.write_text(untrusted)
+    with FilterProcess(ini, tmp_path, "--log-target", "stderr") as process:
+        code, _ = send(process.address, "s@o.test", ["a@example.com"], b"refused\r\n")
+    assert code == 451
+    assert f"TLS certificate of {terminator.url} not trusted: {UNKNOWN_CA}" in process.log()
