@@ -13,7 +13,7 @@ from . import config as config_module
 from .passthrough import parse_address
 from .queue import Claimed, LostLock, MailQueue, work
 from .service import EX_CONFIG, configure_logging, serve
-from .storage import SwiftStore
+from .storage import SwiftStore, describe_failure
 
 # Postfix gives up on the filter after smtpd_proxy_timeout (100 s by default);
 # our reply must come well before, or a message stored after the client was
@@ -174,7 +174,7 @@ def check(options):
             headers = store.check(destination)
         except Exception as error:  # whatever breaks one section, report it and go on
             failures += 1
-            print(f"FAIL {where(destination)}: {error}")
+            print(f"FAIL {where(destination)}: {describe_failure(error)}")
             continue
         print(f"ok   {where(destination)}: "
               f"{headers.get('x-container-object-count', '?')} objects")

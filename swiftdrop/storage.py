@@ -16,12 +16,15 @@ the bytes and answers 422 otherwise), and the ETag it returns matches.
 from contextlib import contextmanager
 from dataclasses import dataclass
 import logging
+import ssl
 import threading
 import time
+from urllib.parse import urlsplit
 
 import requests
 from swiftclient import client as swift
 from swiftclient.exceptions import ClientException
+from urllib3.util.ssl_match_hostname import CertificateError as HostnameMismatch
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +39,11 @@ RETRYABLE_STATUSES = frozenset({408, 422, 429, 500, 502, 503, 504, 507})
 class StoreError(Exception):
     """A copy could not be stored; carries what the operator needs to look it up."""
 
-    def __init__(self, reason, status=None, transaction_id=None):
+    def __init__(self, reason, status=None, transaction_id=None, *, permanent=False):
         super().__init__(reason)
         self.reason, self.status, self.transaction_id = reason, status, transaction_id
+        # A retry cannot help (an untrusted certificate): fail at once, not after back-off.
+        self.permanent = permanent
 
 
 @dataclass(frozen=True)
@@ -148,7 +153,8 @@ class SwiftStore:
                                       attempt=attempt)
             except StoreError as error:
                 last_error = error
-                if error.status not in RETRYABLE_STATUSES and error.status not in (None, 401):
+                if error.permanent or (error.status not in RETRYABLE_STATUSES
+                                       and error.status not in (None, 401)):
                     raise
             log.warning("storing %s/%s, attempt %d failed: %s",
                         destination.container, name, attempt, last_error.reason,
@@ -174,9 +180,11 @@ class SwiftStore:
                 session.forget_token(token)
             if error.http_status == 412:
                 return self._confirm_existing(session, destination, name, message.md5, attempt)
+            if untrusted_certificate(error) is not None:  # Keystone's, wrapped by swiftclient
+                raise _transport_store_error(error) from None
             raise StoreError(_describe(error), error.http_status, error.transaction_id) from None
         except (requests.RequestException, OSError) as error:
-            raise StoreError(f"{type(error).__name__}: {error}") from None
+            raise _transport_store_error(error) from None
         transaction_id = response.get("headers", {}).get("x-trans-id")
         if response.get("status") != 201 or etag != message.md5:
             raise StoreError(f"unexpected answer {response.get('status')} with ETag {etag!r}",
@@ -200,7 +208,7 @@ class SwiftStore:
             session.call(swift.delete_object, destination.container, name)
         except (ClientException, requests.RequestException, OSError) as error:
             log.error("could not remove %s/%s after a failed delivery: %s",
-                      destination.container, name, error)
+                      destination.container, name, describe_failure(error))
             return False
         return True
 
@@ -222,6 +230,72 @@ def _describe(error):
     if error.http_status is None:
         reason = error.msg
     return reason
+
+
+def describe_failure(error):
+    """One line for the operator, whatever a Swift or Keystone request raised."""
+    if (isinstance(error, requests.RequestException | OSError)
+            or untrusted_certificate(error) is not None):
+        return describe_transport_error(error)
+    return str(error)
+
+
+def _transport_store_error(error):
+    return StoreError(describe_transport_error(error),
+                      permanent=untrusted_certificate(error) is not None)
+
+
+def describe_transport_error(error):
+    """A failure below HTTP, worded plainly.
+
+    requests buries an untrusted certificate three wrappers deep ("Max retries
+    exceeded ... Caused by SSLError(SSLCertVerificationError(...))"); the
+    operator needs the server and the reason, so that is what comes first.
+    """
+    reason = untrusted_certificate(error)
+    if reason is not None:
+        return f"TLS certificate of {_origin(error)} not trusted: {reason}"
+    return f"{type(error).__name__}: {error}"
+
+
+def untrusted_certificate(error):
+    """Why the certificate was refused if `error` comes from verifying it, else None.
+
+    OpenSSL checks the chain; urllib3 checks the host name itself for IP addresses.
+    """
+    for cause in _causes(error):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return cause.verify_message or cause.reason or str(cause)
+        if isinstance(cause, HostnameMismatch):
+            return str(cause)
+    return None
+
+
+def _origin(error):
+    """scheme://host:port of the server the failed request went to."""
+    for cause in _causes(error):
+        request = getattr(cause, "request", None)
+        if getattr(request, "url", None):
+            parts = urlsplit(request.url)
+            return f"{parts.scheme}://{parts.netloc}"
+        pool = getattr(cause, "pool", None)  # urllib3's MaxRetryError
+        if pool is not None:
+            return f"{pool.scheme}://{pool.host}:{pool.port}"
+    return "the server"
+
+
+def _causes(error):
+    """`error` and everything it wraps: causes, contexts, exceptions among its args, .reason."""
+    seen, pending = set(), [error]
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        linked = [current.__cause__, current.__context__, getattr(current, "reason", None),
+                  *current.args]
+        pending.extend(item for item in linked if isinstance(item, BaseException))
 
 
 def metadata_value(text):

@@ -99,6 +99,7 @@ account_autocreate = true
 [filter:tempauth]
 use = egg:swift#tempauth
 token_life = {token_life}
+storage_url_scheme = {storage_url_scheme}
 {users}
 
 [filter:cache]
@@ -158,13 +159,16 @@ operator_roles = admin, member
 
 def write_configs(workdir: pathlib.Path, log_port: int, memcache: str,
                   token_life: int,
-                  keystone: dict[str, str] | None = None
+                  keystone: dict[str, str] | None = None, *,
+                  storage_url_scheme: str = "default",
                   ) -> dict[str, pathlib.Path]:
     """Write swift.conf and one paste config per server; return the latter.
 
     Everything is rewritten from the command line on each start, so a
     workdir never carries stale settings into the next run. ``keystone``
     (url, user, password, project) switches the proxy from tempauth to it.
+    ``storage_url_scheme`` is tempauth's: ``https`` behind a TLS terminator,
+    whose clients must get https storage URLs although the proxy speaks http.
     """
     (workdir / "devices" / DEVICE).mkdir(parents=True, exist_ok=True)
     (workdir / "swift.conf").write_text(SWIFT_CONF)
@@ -179,7 +183,8 @@ def write_configs(workdir: pathlib.Path, log_port: int, memcache: str,
     paths["proxy"] = workdir / "proxy-server.conf"
     proxy = PROXY_CONF.format(
         auth="authtoken keystoneauth" if keystone else "tempauth",
-        token_life=token_life, users=users, memcache=memcache)
+        token_life=token_life, users=users, memcache=memcache,
+        storage_url_scheme=storage_url_scheme)
     if keystone:
         proxy += KEYSTONE_FILTERS.format(memcache=memcache, **keystone)
     paths["proxy"].write_text(common + proxy)
@@ -248,7 +253,8 @@ def run(args: argparse.Namespace) -> None:
                     "password": args.keystone_service_password,
                     "project": args.keystone_service_project}
     confs = write_configs(workdir, log_sink.getsockname()[1], args.memcache,
-                          args.token_life, keystone)
+                          args.token_life, keystone,
+                          storage_url_scheme=args.storage_url_scheme)
     # Without this, swift reads /etc/swift/swift.conf.
     utils.set_swift_dir(str(workdir))
     storage_policy.reload_storage_policies()
@@ -308,6 +314,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="host:port of a running memcached")
     parser.add_argument("--token-life", type=int, default=86400,
                         help="tempauth token lifetime in seconds")
+    parser.add_argument("--storage-url-scheme", default="default",
+                        choices=("default", "http", "https"),
+                        help="scheme of the storage URLs tempauth hands out; "
+                        "https behind a TLS terminator")
     parser.add_argument("--verbose", action="store_true",
                         help="copy swift's logs to stderr")
     parser.add_argument("--keystone-url",
@@ -374,16 +384,22 @@ class SwiftServer:
     ``keystone``, a running :class:`tests.support.keystone.KeystoneServer`,
     replaces tempauth with it: the first start() registers this Swift in
     its catalog, auth_url is Keystone's, and there are no tempauth accounts.
+
+    ``storage_url_scheme="https"`` is for running behind a TLS terminator
+    (:mod:`tests.support.tlsfront`): tempauth then hands out https storage
+    URLs on the host and port the client used, i.e. the terminator's.
     """
 
     def __init__(self, workdir: pathlib.Path, port: int | None = None,
                  token_life: int = 86400, verbose: bool = False,
-                 keystone: KeystoneServer | None = None):
+                 keystone: KeystoneServer | None = None, *,
+                 storage_url_scheme: str = "default"):
         self.workdir = pathlib.Path(workdir).resolve()  # child runs elsewhere
         self.port = port or free_port()
         self.token_life = token_life
         self.verbose = verbose
         self.keystone = keystone
+        self.storage_url_scheme = storage_url_scheme
         if keystone is None:
             self.auth_url = f"http://{HOST}:{self.port}/auth/v1.0"
             self.accounts = dict(ACCOUNTS)
@@ -408,6 +424,7 @@ class SwiftServer:
             "--workdir", str(self.workdir), "--port", str(self.port),
             "--memcache", f"{HOST}:{self.memcache_port}",
             "--token-life", str(self.token_life),
+            "--storage-url-scheme", self.storage_url_scheme,
         ] + (["--verbose"] if self.verbose else [])
         if self.keystone is not None:
             service = self.keystone.service
