@@ -91,6 +91,22 @@ def test_a_trusted_certificate_stores_the_message(front, ca, tmp_path, trust):
     assert connection(front, ca).get_object(CONTAINER, name)[1] == body
 
 
+
+def test_a_swift_unaware_of_its_terminator_works_with_object_storage_url(swift, ca, tmp_path):
+    """The shared test Swift hands out http URLs; os_options_object_storage_url overrides them.
+
+    The same setup as in the Molecule guest: stunnel4 in front of an unchanged Swift.
+    """
+    cert, key = ca.issue("shared", "IP:127.0.0.1")
+    body = b"through the shared Swift's terminator\r\n"
+    with TLSFront(tmp_path, swift.port, cert, key) as terminator:
+        swift.connection().put_container(CONTAINER)
+        ini = write_tls_ini(tmp_path / "swiftdrop.ini", terminator, cacert=str(ca.cert),
+                            os_options_object_storage_url=f"{terminator.url}/v1/AUTH_test")
+        with FilterProcess(ini, tmp_path, "--log-target", "stderr") as process:
+            _, name = stored_location(send(process.address, "s@o.test", ["a@example.com"], body))
+    assert swift.connection().get_object(CONTAINER, name)[1] == body
+
 @pytest.mark.parametrize("untrusted", [
     ("front", {}, UNKNOWN_CA),
     ("wrong_name_front", {"cacert": "CA"}, WRONG_NAME),
