@@ -1,0 +1,297 @@
+"""The deployed path under fire: sender -> Postfix -> filter -> fault proxy -> Swift.
+
+:class:`Rig` starts a real Swift (its own, since faults stop and kill it),
+the :class:`~tests.faults.faultproxy.FaultProxy` in front of it, the filter
+under the :class:`~tests.faults.supervisor.SupervisedFilter` (socket held,
+restarted when it dies), spooling to a small tmpfs, and a private Postfix
+with the filter as ``smtpd_proxy_filter``. :func:`run_scenario` sends a
+numbered stream through Postfix while a scheduler injects faults, retries
+every deferred message once the faults are over, as a sending MTA would, and
+settles the :class:`~tests.faults.ledger.Ledger` against Swift.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import contextlib
+from dataclasses import dataclass
+import os
+import pathlib
+import random
+import smtplib
+import subprocess
+import threading
+import time
+from typing import Callable
+
+from tests.faults import tokens
+from tests.faults.faultproxy import FaultProxy
+from tests.faults.ledger import NO_REPLY, Ledger
+from tests.faults.supervisor import SupervisedFilter
+from tests.support.filterproc import run_swiftdrop
+from tests.support.postfix import postfix_instance
+from tests.support.swiftserver import SwiftServer
+
+RECIPIENT = "someone@example.com"
+SENDER = "sender@faults.swiftdrop.test"
+# Per attempt 2 s, 3 attempts, 8 s per message: a 3 s delay is "past the
+# filter's timeout", and Postfix (smtpd_proxy_timeout 100 s) always gets a reply.
+HTTP_TIMEOUT, RETRIES, STORE_TIMEOUT, SLOW_SECONDS = 2, 2, 8, 3
+SPOOL_SIZE = 16 * 1024 * 1024
+SPOOL_LEFT_WHEN_FULL = 256 * 1024
+BIG = (1100 * 1024, 1500 * 1024)  # over the filter's 1 MiB in-memory spool
+SMALL = (600, 24 * 1024)
+
+
+class DataReplySMTP(smtplib.SMTP):
+    """smtplib drops the final DATA reply's text; it names the stored object."""
+
+    last_data_reply = (NO_REPLY, "")
+
+    def data(self, msg):
+        code, text = super().data(msg)
+        self.last_data_reply = (code, text.decode(errors="replace"))
+        return code, text
+
+
+class Rig:
+    """All the moving parts, started in order and stopped in reverse."""
+
+    def __init__(self, workdir, sessions=4):
+        self.workdir = pathlib.Path(workdir)
+        self.sessions = sessions
+        self.stack = contextlib.ExitStack()
+        self.label = "none"  # the fault most recently injected, for the ledger
+        self.spool_dir = None
+        self.ini = self.workdir / "swiftdrop.ini"
+
+    def __enter__(self):
+        try:
+            self.swift = self.stack.enter_context(SwiftServer(self.workdir / "swift"))
+            self.proxy = self.stack.enter_context(FaultProxy(self.swift.port))
+            self.spool_dir = self.stack.enter_context(small_tmpfs(self.workdir / "spool"))
+            self.use_container("faults-setup")
+            spool = ["--spool-dir", str(self.spool_dir)] if self.spool_dir else []
+            self.filter = self.stack.enter_context(SupervisedFilter(
+                self.ini, self.workdir, "--hostname", "mx.faults.swiftdrop.test",
+                "--log-target", "stderr", "--store-timeout", str(STORE_TIMEOUT), *spool))
+            self.postfix = self.stack.enter_context(postfix_instance(
+                proxy_filter=f"inet:127.0.0.1:{self.filter.port}",
+                relay_domains=["example.com"], recipients=[RECIPIENT],
+                extra_main={"notify_classes": ""}))
+        except BaseException:
+            self.stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.stack.close()
+
+    def use_container(self, container):
+        """Point the filter at a fresh container (created by ``swiftdrop check``)."""
+        self.ini.write_text(
+            "[DEFAULT]\nrecipient = DEFAULT\n"
+            f"container = {container}\nauth_version = 1\nauthurl = {self.proxy.auth_url}\n"
+            "user = test:tester\nkey = testing\ncreate_container = true\n"
+            f"timeout = {HTTP_TIMEOUT}\nretries = {RETRIES}\n")
+        self.ini.chmod(0o640)
+        result = run_swiftdrop("check", "--config", str(self.ini))
+        if result.returncode != 0:
+            raise RuntimeError(f"swiftdrop check failed: {result.stdout}{result.stderr}")
+        if hasattr(self, "filter"):
+            self.filter.restart()
+
+    def send(self, ledger, message):
+        """One SMTP transaction through Postfix; the reply goes into the ledger."""
+        try:
+            with DataReplySMTP("127.0.0.1", self.postfix.smtp_port, timeout=120) as client:
+                client.sendmail(SENDER, [RECIPIENT], message.data)
+                code, text = client.last_data_reply
+        except (smtplib.SMTPDataError, smtplib.SMTPSenderRefused) as error:
+            code, text = error.smtp_code, error.smtp_error.decode(errors="replace")
+        except smtplib.SMTPRecipientsRefused as error:
+            code, text = next(iter(error.recipients.values()))
+            text = text.decode(errors="replace")
+        except (OSError, smtplib.SMTPException) as error:
+            code, text = NO_REPLY, f"{type(error).__name__}: {error}"
+        ledger.record(message, code, text, self.label)
+
+    def swift_running(self):
+        if self.swift.process is None:
+            self.swift.start()
+
+
+@contextlib.contextmanager
+def small_tmpfs(path):
+    """A tmpfs of SPOOL_SIZE for the filter's spool, or None where we may not mount."""
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SPOOL_SIZE},mode=1777",
+                              "swiftdrop-faults", str(path)], capture_output=True, check=False)
+    try:
+        yield path if mounted.returncode == 0 else None
+    finally:
+        if mounted.returncode == 0:
+            subprocess.run(["umount", str(path)], check=False)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """``inject`` starts it; ``clear`` ends it. A lasting fault holds for several messages."""
+
+    name: str
+    inject: Callable[[Rig], None]
+    clear: Callable[[Rig], None]
+    lasting: bool
+
+
+def _nothing(rig):
+    """The fault ended by itself (a restart, a reload)."""
+
+
+def _proxy_mode(kind, arg=0):
+    return lambda rig: rig.proxy.set_mode(kind, arg)
+
+
+def _kill_during_upload(moment, victim):
+    """Arm the proxy to kill the victim at `moment` of the next upload; wait for it."""
+    def inject(rig):
+        kill = rig.swift.kill if victim == "swift" else rig.filter.kill
+        trap = rig.proxy.arm(moment, kill, min_size=4096)
+        if not trap.fired.wait(30) and trap.disarm():
+            raise TimeoutError(f"no upload to kill {victim} in")
+        trap.fired.wait(30)
+    return inject
+
+
+def _fill_spool(rig):
+    free = os.statvfs(rig.spool_dir).f_bavail * os.statvfs(rig.spool_dir).f_frsize
+    with open(rig.spool_dir / "filler", "wb") as filler:
+        filler.write(b"\0" * max(0, free - SPOOL_LEFT_WHEN_FULL))
+
+
+def _empty_spool(rig):
+    (rig.spool_dir / "filler").unlink()
+
+
+def _token(change):
+    def inject(rig):
+        token = rig.proxy.stats.last_token
+        if token is None or not change(rig.swift.memcache_port, token):
+            raise RuntimeError("no token to take away")
+    return inject
+
+
+FAULTS = {fault.name: fault for fault in [
+    Fault("swift-stopped", lambda rig: rig.swift.stop(), Rig.swift_running, True),
+    Fault("swift-killed-mid-upload", _kill_during_upload("midway", "swift"),
+          Rig.swift_running, False),
+    Fault("swift-503", _proxy_mode("status", 503), _proxy_mode("pass"), True),
+    Fault("swift-507", _proxy_mode("status", 507), _proxy_mode("pass"), True),
+    Fault("swift-slow", _proxy_mode("delay", SLOW_SECONDS), _proxy_mode("pass"), True),
+    Fault("connection-cut-mid-upload", _proxy_mode("drop"), _proxy_mode("pass"), True),
+    Fault("token-revoked", _token(tokens.revoke), _nothing, False),
+    Fault("token-expired", _token(tokens.expire), _nothing, False),
+    Fault("filter-killed-mid-upload", _kill_during_upload("midway", "filter"),
+          lambda rig: rig.filter.wait_ready(), False),
+    Fault("filter-killed-before-reply", _kill_during_upload("answered", "filter"),
+          lambda rig: rig.filter.wait_ready(), False),
+    Fault("spool-full", _fill_spool, _empty_spool, True),
+    Fault("postfix-reload", lambda rig: rig.postfix.reload(), _nothing, False),
+]}
+
+
+class Progress:
+    """How many messages have their first reply; the scheduler paces faults by it."""
+
+    def __init__(self):
+        self.answered = 0
+        self.done = False
+        self.cond = threading.Condition()
+
+    def tick(self):
+        with self.cond:
+            self.answered += 1
+            self.cond.notify_all()
+
+    def finish(self):
+        with self.cond:
+            self.done = True
+            self.cond.notify_all()
+
+    def wait_for(self, count, timeout=60):
+        """Wait until `count` messages are answered; False if the stream ended first."""
+        with self.cond:
+            self.cond.wait_for(lambda: self.answered >= count or self.done, timeout)
+            return not self.done
+
+
+def schedule(rig, faults, progress, total, rng, injected):
+    """Inject faults one after another while the stream runs, then leave all cleared."""
+    if not faults:
+        return
+    progress.wait_for(rng.randint(3, 6))
+    while progress.answered < total - 6:
+        fault = rng.choice(faults)
+        rig.label = fault.name
+        try:
+            fault.inject(rig)
+            injected[fault.name] += 1
+            if fault.lasting:
+                progress.wait_for(progress.answered + rng.randint(3, 8), timeout=20)
+            else:
+                time.sleep(rng.uniform(0, 0.5))
+        except TimeoutError:
+            pass  # the stream ended before the moment came
+        finally:
+            fault.clear(rig)
+        if not progress.wait_for(progress.answered + rng.randint(1, 6)):
+            break
+
+
+def run_scenario(rig, name, fault_names, messages, *, seed=1, big_share=0.12,
+                 retry_rounds=5):
+    """Send `messages` through the rig while injecting the named faults; return the Summary."""
+    rng = random.Random(seed)
+    run = f"{name}-{seed}-{int(time.time())}"
+    container = f"faults-{run}"
+    rig.use_container(container)
+    rig.label = "none"
+    ledger = Ledger(run, seed)
+    stream = [ledger.new(rng.randint(*BIG) if rng.random() < big_share else rng.randint(*SMALL))
+              for _ in range(messages)]
+    auth_before, starts_before = rig.proxy.stats.auth_requests, rig.filter.starts
+    injected = collections.Counter()
+    progress = Progress()
+    faults = [FAULTS[fault] for fault in fault_names]
+    scheduler = threading.Thread(target=schedule, args=(rig, faults, progress, messages,
+                                                        rng, injected))
+    started = time.monotonic()
+    scheduler.start()
+    with concurrent.futures.ThreadPoolExecutor(rig.sessions) as pool:
+        for future in [pool.submit(_send_and_tick, rig, ledger, m, progress) for m in stream]:
+            future.result()
+    progress.finish()
+    scheduler.join()
+    rig.label = "retry after the faults"
+    rig.filter.wait_ready()
+    for _ in range(retry_rounds):
+        pending = ledger.to_retry()
+        if not pending:
+            break
+        time.sleep(1)
+        with concurrent.futures.ThreadPoolExecutor(rig.sessions) as pool:
+            list(pool.map(lambda m: rig.send(ledger, m), pending))
+    summary = ledger.reconcile(rig.swift.connection(), container)
+    summary.extra = {
+        "faults injected": ", ".join(f"{k} x{v}" for k, v in sorted(injected.items())) or "-",
+        "auth requests by the filter": rig.proxy.stats.auth_requests - auth_before,
+        "filter restarts": rig.filter.starts - starts_before,
+        "seconds": round(time.monotonic() - started, 1)}
+    summary.injected.update(injected)
+    return summary
+
+
+def _send_and_tick(rig, ledger, message, progress):
+    rig.send(ledger, message)
+    progress.tick()
