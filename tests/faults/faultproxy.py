@@ -34,6 +34,7 @@ import http.client
 import http.server
 import re
 import socket
+import sys
 import threading
 import time
 
@@ -106,8 +107,7 @@ class FaultProxy:
         self.stats = Stats()
         self.trap = None
         self._lock = threading.Lock()
-        self.server = http.server.ThreadingHTTPServer((HOST, port), _Handler)
-        self.server.daemon_threads = True
+        self.server = _Server((HOST, port), _Handler)
         self.server.proxy = self
         self.port = self.server.server_address[1]
         self.thread = None
@@ -163,11 +163,20 @@ class FaultProxy:
         self.close()
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        """A filter killed mid-request is one of the faults, not the proxy's error."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "faultproxy"
 
-    def log_message(self, format, *args):  # noqa: A002 (the base class's name)
+    def log_message(self, format, *args):
         """Quiet: the ledger reports what matters."""
 
     def do_GET(self):

@@ -17,6 +17,8 @@ import random
 import re
 import threading
 
+from swiftclient.exceptions import ClientException
+
 DOMAIN = "faults.swiftdrop.test"
 STORED = re.compile(r"2\.0\.0 Ok: stored as ([^/\s]+)/(\S+)$")
 RECEIVED_END = re.compile(rb"\r\n(?![ \t])")
@@ -80,8 +82,11 @@ class Summary:
     duplicates: int
     duplicate_reasons: dict
     objects: int
-    extra: dict = field(default_factory=dict)
+    unlisted: int
     injected: dict = field(default_factory=dict)
+    auth_requests: int = 0
+    filter_restarts: int = 0
+    seconds: float = 0
 
     @property
     def promise_kept(self):
@@ -95,6 +100,8 @@ class Summary:
                 ("no reply (counted as 4xx)", self.no_reply), ("5xx", self.replies_5xx),
                 ("messages retried", self.retried), ("stored", self.stored),
                 ("objects in Swift", self.objects),
+                ("stored, not yet in the listing (Swift killed before "
+                 "its container update)", self.unlisted),
                 ("lost (250 but not stored / bytes differ)", self.lost),
                 ("not stored after the fault cleared", self.unresolved),
                 ("corrupt or partial objects", self.corrupt),
@@ -102,9 +109,22 @@ class Summary:
                 ("duplicates (stored twice after a 4xx)", self.duplicates)]
         rows += [(f"  because: {why}", count) for why, count in
                  sorted(self.duplicate_reasons.items())]
-        rows += list(self.extra.items())
+        rows += [("faults injected", ", ".join(f"{name} x{count}" for name, count
+                                               in sorted(self.injected.items())) or "-"),
+                 ("auth requests by the filter", self.auth_requests),
+                 ("filter restarts", self.filter_restarts), ("seconds", self.seconds)]
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def _check(message, headers, stored):
+    """(bytes after Postfix's Received: field are the message's, ETag is their MD5)."""
+    end = RECEIVED_END.search(stored)
+    intact = (stored.startswith(b"Received: ") and end is not None
+              and stored[end.end():] == message.data)
+    etag_ok = headers.get("etag", "").strip('"') == hashlib.md5(
+        stored, usedforsecurity=False).hexdigest()
+    return intact, etag_ok
 
 
 class Ledger:
@@ -146,14 +166,26 @@ class Ledger:
             if message is None:
                 stray += 1
                 continue
-            end = RECEIVED_END.search(stored)
-            intact = (stored.startswith(b"Received: ") and end is not None
-                      and stored[end.end():] == message.data)
-            etag_ok = headers.get("etag", "").strip('"') == hashlib.md5(
-                stored, usedforsecurity=False).hexdigest()
+            intact, etag_ok = _check(message, headers, stored)
             corrupt += not intact
             bad_etag += not etag_ok
             copies[message.number].append((listed["name"], intact and etag_ok))
+        unlisted = 0
+        for message in self.messages.values():
+            accepted = message.accepted
+            if accepted is None or accepted[1] in (name for name, _ in copies[message.number]):
+                continue
+            # Swift lists an object once its container update is done; when
+            # Swift dies right after storing, that update waits for the
+            # object-updater (not running here). Look the object up by name.
+            try:
+                headers, stored = connection.get_object(container, accepted[1])
+            except ClientException as error:
+                if error.http_status != 404:
+                    raise
+                continue
+            unlisted += 1
+            copies[message.number].append((accepted[1], all(_check(message, headers, stored))))
         attempts = [a for m in self.messages.values() for a in m.attempts]
         lost = unresolved = duplicates = 0
         reasons = collections.Counter()
@@ -179,4 +211,5 @@ class Ledger:
             retried=sum(bool(m.deferred) for m in self.messages.values()),
             stored=sum(any(ok for _, ok in copies[n]) for n in self.messages),
             unresolved=unresolved, lost=lost, corrupt=corrupt, bad_etag=bad_etag, stray=stray,
-            duplicates=duplicates, duplicate_reasons=dict(reasons), objects=len(objects))
+            duplicates=duplicates, duplicate_reasons=dict(reasons), objects=len(objects),
+            unlisted=unlisted)

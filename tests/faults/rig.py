@@ -13,6 +13,7 @@ settles the :class:`~tests.faults.ledger.Ledger` against Swift.
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 import concurrent.futures
 import contextlib
 from dataclasses import dataclass
@@ -23,7 +24,6 @@ import smtplib
 import subprocess
 import threading
 import time
-from typing import Callable
 
 from tests.faults import tokens
 from tests.faults.faultproxy import FaultProxy
@@ -226,7 +226,7 @@ class Progress:
             return not self.done
 
 
-def schedule(rig, faults, progress, total, rng, injected):
+def schedule(rig, faults, progress, *, total, rng, injected, hold, gap):
     """Inject faults one after another while the stream runs, then leave all cleared."""
     if not faults:
         return
@@ -238,20 +238,24 @@ def schedule(rig, faults, progress, total, rng, injected):
             fault.inject(rig)
             injected[fault.name] += 1
             if fault.lasting:
-                progress.wait_for(progress.answered + rng.randint(3, 8), timeout=20)
+                progress.wait_for(progress.answered + rng.randint(*hold), timeout=20)
             else:
                 time.sleep(rng.uniform(0, 0.5))
         except TimeoutError:
             pass  # the stream ended before the moment came
         finally:
             fault.clear(rig)
-        if not progress.wait_for(progress.answered + rng.randint(1, 6)):
+        if not progress.wait_for(progress.answered + rng.randint(*gap)):
             break
 
 
 def run_scenario(rig, name, fault_names, messages, *, seed=1, big_share=0.12,
-                 retry_rounds=5):
-    """Send `messages` through the rig while injecting the named faults; return the Summary."""
+                 hold=(3, 8), gap=(1, 6), retry_rounds=5):
+    """Send `messages` through the rig while injecting the named faults; return the Summary.
+
+    A lasting fault holds for `hold` (a range) more answered messages, the
+    next one comes `gap` messages after the last cleared; both drawn at random.
+    """
     rng = random.Random(seed)
     run = f"{name}-{seed}-{int(time.time())}"
     container = f"faults-{run}"
@@ -264,8 +268,16 @@ def run_scenario(rig, name, fault_names, messages, *, seed=1, big_share=0.12,
     injected = collections.Counter()
     progress = Progress()
     faults = [FAULTS[fault] for fault in fault_names]
-    scheduler = threading.Thread(target=schedule, args=(rig, faults, progress, messages,
-                                                        rng, injected))
+    failures = []
+
+    def run_schedule():
+        try:
+            schedule(rig, faults, progress, total=messages, rng=rng, injected=injected,
+                     hold=hold, gap=gap)
+        except Exception as error:  # re-raised below, once the stream is over
+            failures.append(error)
+
+    scheduler = threading.Thread(target=run_schedule)
     started = time.monotonic()
     scheduler.start()
     with concurrent.futures.ThreadPoolExecutor(rig.sessions) as pool:
@@ -273,6 +285,8 @@ def run_scenario(rig, name, fault_names, messages, *, seed=1, big_share=0.12,
             future.result()
     progress.finish()
     scheduler.join()
+    if failures:
+        raise failures[0]
     rig.label = "retry after the faults"
     rig.filter.wait_ready()
     for _ in range(retry_rounds):
@@ -283,12 +297,10 @@ def run_scenario(rig, name, fault_names, messages, *, seed=1, big_share=0.12,
         with concurrent.futures.ThreadPoolExecutor(rig.sessions) as pool:
             list(pool.map(lambda m: rig.send(ledger, m), pending))
     summary = ledger.reconcile(rig.swift.connection(), container)
-    summary.extra = {
-        "faults injected": ", ".join(f"{k} x{v}" for k, v in sorted(injected.items())) or "-",
-        "auth requests by the filter": rig.proxy.stats.auth_requests - auth_before,
-        "filter restarts": rig.filter.starts - starts_before,
-        "seconds": round(time.monotonic() - started, 1)}
     summary.injected.update(injected)
+    summary.auth_requests = rig.proxy.stats.auth_requests - auth_before
+    summary.filter_restarts = rig.filter.starts - starts_before
+    summary.seconds = round(time.monotonic() - started, 1)
     return summary
 
 
