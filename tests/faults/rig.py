@@ -17,6 +17,7 @@ from collections.abc import Callable
 import concurrent.futures
 import contextlib
 from dataclasses import dataclass
+import errno
 import os
 import pathlib
 import random
@@ -165,9 +166,19 @@ def _kill_during_upload(moment, victim):
 
 
 def _fill_spool(rig):
-    free = os.statvfs(rig.spool_dir).f_bavail * os.statvfs(rig.spool_dir).f_frsize
+    """Leave the spool SPOOL_LEFT_WHEN_FULL bytes, less if messages are spooling now."""
+    stat = os.statvfs(rig.spool_dir)
+    left = stat.f_bavail * stat.f_frsize - SPOOL_LEFT_WHEN_FULL
+    block = b"\0" * (1024 * 1024)
     with open(rig.spool_dir / "filler", "wb") as filler:
-        filler.write(b"\0" * max(0, free - SPOOL_LEFT_WHEN_FULL))
+        while left > 0:
+            try:
+                left -= filler.write(block[:left])
+                filler.flush()
+            except OSError as error:
+                if error.errno != errno.ENOSPC:
+                    raise
+                break  # full already: a message took the rest meanwhile
 
 
 def _empty_spool(rig):

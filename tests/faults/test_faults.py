@@ -11,8 +11,8 @@ import pytest
 
 from tests.faults.rig import FAULTS, Rig, run_scenario
 
-MESSAGES = 24
-MIXED_MESSAGES = 60
+MESSAGES = 20
+MIXED_MESSAGES = 50
 # Faults the sender must notice (a 4xx), and faults it must not notice at all.
 FELT = {"swift-stopped", "swift-503", "swift-507", "swift-slow", "connection-cut-mid-upload",
         "filter-killed-mid-upload", "filter-killed-before-reply", "spool-full"}
@@ -42,8 +42,8 @@ def assert_promise_kept(summary):
 def test_fault_on_its_own_loses_nothing(rig, fault):
     if fault == "spool-full" and rig.spool_dir is None:
         pytest.skip("cannot mount a tmpfs for the spool here")
-    summary = run_scenario(rig, fault, [fault], MESSAGES, hold=(2, 4), gap=(2, 5),
-                           big_share=0.6 if fault == "spool-full" else 0.12)
+    summary = run_scenario(rig, fault, [fault], MESSAGES, hold=(2, 3), gap=(2, 5),
+                           big_share=0.6 if fault == "spool-full" else 0.08)
     assert_promise_kept(summary)
     assert summary.injected.get(fault, 0) >= 1
     if fault in FELT:
@@ -60,8 +60,8 @@ def test_fault_on_its_own_loses_nothing(rig, fault):
 
 def test_all_faults_mixed_at_random_lose_nothing(rig):
     faults = [name for name in FAULTS if name != "spool-full" or rig.spool_dir is not None]
-    summary = run_scenario(rig, "mixed", faults, MIXED_MESSAGES, seed=7, hold=(2, 4),
-                           gap=(1, 4))
+    summary = run_scenario(rig, "mixed", faults, MIXED_MESSAGES, seed=7, hold=(2, 3),
+                           gap=(1, 3), big_share=0.08)
     assert_promise_kept(summary)
     assert len(summary.injected) >= 4
     token_faults = summary.injected.get("token-revoked", 0) + summary.injected.get(
