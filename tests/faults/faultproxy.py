@@ -21,6 +21,8 @@ Modes (:meth:`FaultProxy.set_mode`):
 * ``drop``: forward half the request body, then cut both connections, as a
   network failure in the middle of an upload would.
 
+``methods`` limits a mode to some request methods (e.g. only ``HEAD``).
+
 :meth:`FaultProxy.arm` runs a callback once, from inside the next upload
 (half its body forwarded, or after Swift's answer and before the filter
 sees it): that is how Swift or the filter is killed at an exact moment.
@@ -50,6 +52,7 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "t
 class Mode:
     kind: str = "pass"
     arg: float = 0
+    methods: tuple = ()  # only these request methods; () means all
 
     def __str__(self):
         return self.kind if self.kind == "pass" else f"{self.kind} {self.arg:g}"
@@ -126,9 +129,9 @@ class FaultProxy:
         self.server.shutdown()
         self.server.server_close()
 
-    def set_mode(self, kind="pass", arg=0):
+    def set_mode(self, kind="pass", arg=0, methods=()):
         with self._lock:
-            self.mode = Mode(kind, arg)
+            self.mode = Mode(kind, arg, tuple(methods))
 
     def current_mode(self):
         with self._lock:
@@ -202,6 +205,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         length = int(self.headers.get("Content-Length") or 0)
         mode = self.proxy.current_mode() if is_object else Mode()
+        if mode.methods and self.command not in mode.methods:
+            mode = Mode()
         if mode.kind == "status":
             self.rfile.read(length)
             with stats.lock:
