@@ -199,7 +199,7 @@ class Ledger:
             if len(good) > 1:
                 duplicates += len(good) - 1
                 faults = ", ".join(sorted({a.fault for a in message.deferred}))
-                why = (f"4xx after the object landed ({faults})" if faults
+                why = (f"4xx after the object landed (last fault injected: {faults})" if faults
                        else "stored twice without a 4xx")
                 reasons[why] += len(good) - 1
         return Summary(

@@ -65,6 +65,7 @@ class Rig:
         self.stack = contextlib.ExitStack()
         self.label = "none"  # the fault most recently injected, for the ledger
         self.spool_dir = None
+        self.filter = None
         self.ini = self.workdir / "swiftdrop.ini"
 
     def __enter__(self):
@@ -100,7 +101,7 @@ class Rig:
         result = run_swiftdrop("check", "--config", str(self.ini))
         if result.returncode != 0:
             raise RuntimeError(f"swiftdrop check failed: {result.stdout}{result.stderr}")
-        if hasattr(self, "filter"):
+        if self.filter is not None:
             self.filter.restart()
 
     def send(self, ledger, message):
@@ -118,7 +119,8 @@ class Rig:
             code, text = NO_REPLY, f"{type(error).__name__}: {error}"
         ledger.record(message, code, text, self.label)
 
-    def swift_running(self):
+    def restart_swift(self):
+        """End a Swift outage (stopped, or killed by the proxy's trap)."""
         if self.swift.process is None:
             self.swift.start()
 
@@ -138,12 +140,18 @@ def small_tmpfs(path):
 
 @dataclass(frozen=True)
 class Fault:
-    """``inject`` starts it; ``clear`` ends it. A lasting fault holds for several messages."""
+    """``inject`` starts it; ``clear`` ends it.
+
+    A lasting fault holds for a few answered messages and at least
+    `min_seconds`: long enough for a message to use up its filter's retries
+    inside it, so that the sender really meets it.
+    """
 
     name: str
     inject: Callable[[Rig], None]
     clear: Callable[[Rig], None]
     lasting: bool
+    min_seconds: float = 0
 
 
 def _nothing(rig):
@@ -194,20 +202,21 @@ def _token(change):
 
 
 FAULTS = {fault.name: fault for fault in [
-    Fault("swift-stopped", lambda rig: rig.swift.stop(), Rig.swift_running, True),
+    Fault("swift-stopped", lambda rig: rig.swift.stop(), Rig.restart_swift, True, 3),
     Fault("swift-killed-mid-upload", _kill_during_upload("midway", "swift"),
-          Rig.swift_running, False),
-    Fault("swift-503", _proxy_mode("status", 503), _proxy_mode("pass"), True),
-    Fault("swift-507", _proxy_mode("status", 507), _proxy_mode("pass"), True),
-    Fault("swift-slow", _proxy_mode("delay", SLOW_SECONDS), _proxy_mode("pass"), True),
-    Fault("connection-cut-mid-upload", _proxy_mode("drop"), _proxy_mode("pass"), True),
+          Rig.restart_swift, False),
+    Fault("swift-503", _proxy_mode("status", 503), _proxy_mode("pass"), True, 3),
+    Fault("swift-507", _proxy_mode("status", 507), _proxy_mode("pass"), True, 3),
+    Fault("swift-slow", _proxy_mode("delay", SLOW_SECONDS), _proxy_mode("pass"), True,
+          STORE_TIMEOUT + 1),
+    Fault("connection-cut-mid-upload", _proxy_mode("drop"), _proxy_mode("pass"), True, 3),
     Fault("token-revoked", _token(tokens.revoke), _nothing, False),
     Fault("token-expired", _token(tokens.expire), _nothing, False),
     Fault("filter-killed-mid-upload", _kill_during_upload("midway", "filter"),
           lambda rig: rig.filter.wait_ready(), False),
     Fault("filter-killed-before-reply", _kill_during_upload("answered", "filter"),
           lambda rig: rig.filter.wait_ready(), False),
-    Fault("spool-full", _fill_spool, _empty_spool, True),
+    Fault("spool-full", _fill_spool, _empty_spool, True, 1),
     Fault("postfix-reload", lambda rig: rig.postfix.reload(), _nothing, False),
 ]}
 
@@ -246,10 +255,12 @@ def schedule(rig, faults, progress, *, total, rng, injected, hold, gap):
         fault = rng.choice(faults)
         rig.label = fault.name
         try:
+            began = time.monotonic()
             fault.inject(rig)
             injected[fault.name] += 1
             if fault.lasting:
                 progress.wait_for(progress.answered + rng.randint(*hold), timeout=20)
+                time.sleep(max(0, began + fault.min_seconds - time.monotonic()))
             else:
                 time.sleep(rng.uniform(0, 0.5))
         except TimeoutError:
