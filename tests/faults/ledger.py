@@ -83,6 +83,7 @@ class Summary:
     duplicate_reasons: dict
     objects: int
     unlisted: int
+    deferrals: dict = field(default_factory=dict)  # reply line -> how often
     injected: dict = field(default_factory=dict)
     auth_requests: int = 0
     filter_restarts: int = 0
@@ -109,6 +110,8 @@ class Summary:
                 ("duplicates (stored twice after a 4xx)", self.duplicates)]
         rows += [(f"  because: {why}", count) for why, count in
                  sorted(self.duplicate_reasons.items())]
+        rows += [(f"deferred with: {reply}", count) for reply, count in
+                 sorted(self.deferrals.items())]
         rows += [("faults injected", ", ".join(f"{name} x{count}" for name, count
                                                in sorted(self.injected.items())) or "-"),
                  ("auth requests by the filter", self.auth_requests),
@@ -212,4 +215,6 @@ class Ledger:
             stored=sum(any(ok for _, ok in copies[n]) for n in self.messages),
             unresolved=unresolved, lost=lost, corrupt=corrupt, bad_etag=bad_etag, stray=stray,
             duplicates=duplicates, duplicate_reasons=dict(reasons), objects=len(objects),
-            unlisted=unlisted)
+            unlisted=unlisted,
+            deferrals=dict(collections.Counter(
+                f"{a.code} {a.text}" for a in attempts if a.code != 250)))

@@ -56,6 +56,9 @@ def test_fault_on_its_own_loses_nothing(rig, fault):
         assert summary.auth_requests == 1 + summary.injected[fault]
     if fault.startswith("filter-killed"):
         assert summary.filter_restarts == summary.injected[fault]
+    if fault == "spool-full":
+        assert set(summary.deferrals) == {"451 4.3.0 Error: queue file write error"}
+        assert list(rig.spool_dir.iterdir()) == [], "the spool kept something"
 
 
 def test_all_faults_mixed_at_random_lose_nothing(rig):
