@@ -48,6 +48,7 @@ class SupervisedFilter:
         self.notify_dir = tempfile.mkdtemp(prefix="notify-", dir=self.workdir)
         self.notify_path = os.path.join(self.notify_dir, "notify")
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)  # before any READY
         self.notify.bind(self.notify_path)
         self.lock = threading.Condition()
         self.process = None
@@ -140,7 +141,6 @@ class SupervisedFilter:
 
     def _receive(self):
         """One sd_notify datagram and the sender's pid (SCM_CREDENTIALS, as systemd uses)."""
-        self.notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         data, ancillary, _, _ = self.notify.recvmsg(4096, socket.CMSG_SPACE(12))
         for level, kind, payload in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
