@@ -192,8 +192,19 @@ class SwiftStore:
         return StoredCopy(destination.container, name, etag, transaction_id, attempt)
 
     def _confirm_existing(self, session, destination, name, md5, attempt):
-        """A 412 means the name exists: it is ours if an earlier attempt landed."""
-        headers = session.call(swift.head_object, destination.container, name)
+        """A 412 means the name exists: it is ours if an earlier attempt landed.
+
+        A failed check is a StoreError like a failed PUT, so that the attempt
+        is retried and Deliverer removes the sibling copies if all fail.
+        """
+        try:
+            headers = session.call(swift.head_object, destination.container, name)
+        except ClientException as error:
+            raise StoreError(f"checking the existing {name}: {_describe(error)}",
+                             error.http_status, error.transaction_id) from None
+        except (requests.RequestException, OSError) as error:
+            raise StoreError(f"checking the existing {name}: {type(error).__name__}: "
+                             f"{error}") from None
         if headers.get("etag", "").strip('"') == md5:
             log.info("%s/%s was already stored by an earlier attempt",
                      destination.container, name)

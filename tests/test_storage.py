@@ -10,6 +10,7 @@ import pytest
 from swiftdrop.config import Account, Destination
 from swiftdrop.smtp import Message
 from swiftdrop.storage import StoreError, SwiftStore
+from tests.faults.faultproxy import FaultProxy
 
 
 def destination(swift, container, retries=0, account="test"):
@@ -124,3 +125,27 @@ def test_delete_removes_a_copy_and_reports_failure_quietly(swift, container):
     store.put(target, "cur/rollback", message(b"r\r\n"), {}, deadline=deadline())
     assert store.delete(target, "cur/rollback") is True
     assert store.delete(target, "cur/rollback") is False  # 404 is reported, not raised
+
+
+def test_a_failed_check_of_an_earlier_copy_is_a_retryable_store_error(swift, container):
+    """PUT meets 412 and the HEAD that would confirm our own copy fails: a StoreError.
+
+    Not any other exception, which would skip the retries and the removal
+    of sibling copies that a StoreError gets in Deliverer.
+    """
+    body = b"landed, reply lost\r\n"
+    swift.connection().put_object(container, "cur/unconfirmed", body,
+                                  etag=hashlib.md5(body).hexdigest())
+    with FaultProxy(swift.port) as proxy:
+        target = Destination("T", (), container,
+                             Account(authurl=proxy.auth_url, user="test:tester",
+                                     key="testing", retries=1, timeout=5))
+        proxy.set_mode("status", 503, methods=("HEAD",))
+        with pytest.raises(StoreError) as caught:
+            SwiftStore().put(target, "cur/unconfirmed", message(body), {}, deadline=deadline())
+        assert caught.value.status == 503
+        assert proxy.stats.snapshot()["injected"] == 2  # one HEAD per attempt
+        proxy.set_mode("pass")
+        copy = SwiftStore().put(target, "cur/unconfirmed", message(body), {},
+                                deadline=deadline())
+        assert copy.etag == hashlib.md5(body).hexdigest()

@@ -1,0 +1,328 @@
+"""The deployed path under fire: sender -> Postfix -> filter -> fault proxy -> Swift.
+
+:class:`Rig` starts a real Swift (its own, since faults stop and kill it),
+the :class:`~tests.faults.faultproxy.FaultProxy` in front of it, the filter
+under the :class:`~tests.faults.supervisor.SupervisedFilter` (socket held,
+restarted when it dies), spooling to a small tmpfs, and a private Postfix
+with the filter as ``smtpd_proxy_filter``. :func:`run_scenario` sends a
+numbered stream through Postfix while a scheduler injects faults, retries
+every deferred message once the faults are over, as a sending MTA would, and
+settles the :class:`~tests.faults.ledger.Ledger` against Swift.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+import concurrent.futures
+import contextlib
+from dataclasses import dataclass
+import errno
+import os
+import pathlib
+import random
+import smtplib
+import subprocess
+import threading
+import time
+
+from tests.faults import tokens
+from tests.faults.faultproxy import FaultProxy
+from tests.faults.ledger import NO_REPLY, Ledger
+from tests.faults.supervisor import SupervisedFilter
+from tests.support.postfix import postfix_instance
+from tests.support.swiftserver import SwiftServer
+
+RECIPIENT = "someone@example.com"
+SENDER = "sender@faults.swiftdrop.test"
+# Per attempt 2 s, 3 attempts, 8 s per message: a 3 s delay is "past the
+# filter's timeout", and Postfix (smtpd_proxy_timeout 100 s) always gets a reply.
+HTTP_TIMEOUT, RETRIES, STORE_TIMEOUT, SLOW_SECONDS = 2, 2, 8, 3
+SPOOL_SIZE = 16 * 1024 * 1024
+SPOOL_LEFT_WHEN_FULL = 256 * 1024
+BIG = (1100 * 1024, 1500 * 1024)  # over the filter's 1 MiB in-memory spool
+SMALL = (600, 24 * 1024)
+
+
+class DataReplySMTP(smtplib.SMTP):
+    """smtplib drops the final DATA reply's text; it names the stored object."""
+
+    last_data_reply = (NO_REPLY, "")
+
+    def data(self, msg):
+        code, text = super().data(msg)
+        self.last_data_reply = (code, text.decode(errors="replace"))
+        return code, text
+
+
+class Rig:
+    """All the moving parts, started in order and stopped in reverse."""
+
+    def __init__(self, workdir, sessions=4):
+        self.workdir = pathlib.Path(workdir)
+        self.sessions = sessions
+        self.stack = contextlib.ExitStack()
+        self.label = "none"  # the fault most recently injected, for the ledger
+        self.spool_dir = None
+        self.filter = None
+        self.ini = self.workdir / "swiftdrop.ini"
+
+    def __enter__(self):
+        try:
+            self.swift = self.stack.enter_context(SwiftServer(self.workdir / "swift"))
+            self.proxy = self.stack.enter_context(FaultProxy(self.swift.port))
+            self.spool_dir = self.stack.enter_context(small_tmpfs(self.workdir / "spool"))
+            self.use_container("faults-setup")
+            spool = ["--spool-dir", str(self.spool_dir)] if self.spool_dir else []
+            self.filter = self.stack.enter_context(SupervisedFilter(
+                self.ini, self.workdir, "--hostname", "mx.faults.swiftdrop.test",
+                "--log-target", "stderr", "--store-timeout", str(STORE_TIMEOUT), *spool))
+            self.postfix = self.stack.enter_context(postfix_instance(
+                proxy_filter=f"inet:127.0.0.1:{self.filter.port}",
+                relay_domains=["example.com"], recipients=[RECIPIENT],
+                extra_main={"notify_classes": ""}))
+        except BaseException:
+            self.stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.stack.close()
+
+    def use_container(self, container):
+        """Point the filter at a fresh, empty container: each run's ledger reads all of it."""
+        self.swift.connection().put_container(container)
+        self.ini.write_text(
+            "[DEFAULT]\nrecipient = DEFAULT\n"
+            f"container = {container}\nauth_version = 1\nauthurl = {self.proxy.auth_url}\n"
+            "user = test:tester\nkey = testing\n"
+            f"timeout = {HTTP_TIMEOUT}\nretries = {RETRIES}\n")
+        self.ini.chmod(0o640)
+        if self.filter is not None:
+            self.filter.restart()
+
+    def send(self, ledger, message):
+        """One SMTP transaction through Postfix; the reply goes into the ledger."""
+        try:
+            with DataReplySMTP("127.0.0.1", self.postfix.smtp_port, timeout=120) as client:
+                client.sendmail(SENDER, [RECIPIENT], message.data)
+                code, text = client.last_data_reply
+        except (smtplib.SMTPDataError, smtplib.SMTPSenderRefused) as error:
+            code, text = error.smtp_code, error.smtp_error.decode(errors="replace")
+        except smtplib.SMTPRecipientsRefused as error:
+            code, text = next(iter(error.recipients.values()))
+            text = text.decode(errors="replace")
+        except (OSError, smtplib.SMTPException) as error:
+            code, text = NO_REPLY, f"{type(error).__name__}: {error}"
+        ledger.record(message, code, text, self.label)
+
+    def restart_swift(self):
+        """End a Swift outage (stopped, or killed by the proxy's trap)."""
+        if self.swift.process is None:
+            self.swift.start()
+
+
+@contextlib.contextmanager
+def small_tmpfs(path):
+    """A tmpfs of SPOOL_SIZE for the filter's spool, or None where we may not mount."""
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SPOOL_SIZE},mode=1777",
+                              "swiftdrop-faults", str(path)], capture_output=True, check=False)
+    try:
+        yield path if mounted.returncode == 0 else None
+    finally:
+        if mounted.returncode == 0:
+            subprocess.run(["umount", str(path)], check=False)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """``inject`` starts it; ``clear`` ends it.
+
+    A lasting fault holds for a few answered messages and at least
+    `min_seconds`: long enough for a message to use up its filter's retries
+    inside it, so that the sender really meets it.
+    """
+
+    name: str
+    inject: Callable[[Rig], None]
+    clear: Callable[[Rig], None]
+    lasting: bool
+    min_seconds: float = 0
+
+
+def _nothing(rig):
+    """The fault ended by itself (a restart, a reload)."""
+
+
+def _proxy_mode(kind, arg=0):
+    return lambda rig: rig.proxy.set_mode(kind, arg)
+
+
+def _kill_during_upload(moment, victim):
+    """Arm the proxy to kill the victim at `moment` of the next upload; wait for it."""
+    def inject(rig):
+        kill = rig.swift.kill if victim == "swift" else rig.filter.kill
+        trap = rig.proxy.arm(moment, kill, min_size=4096)
+        if not trap.fired.wait(30) and trap.disarm():
+            raise TimeoutError(f"no upload to kill {victim} in")
+        trap.fired.wait(30)
+    return inject
+
+
+def _fill_spool(rig):
+    """Leave the spool SPOOL_LEFT_WHEN_FULL bytes, less if messages are spooling now."""
+    stat = os.statvfs(rig.spool_dir)
+    left = stat.f_bavail * stat.f_frsize - SPOOL_LEFT_WHEN_FULL
+    block = b"\0" * (1024 * 1024)
+    with open(rig.spool_dir / "filler", "wb") as filler:
+        while left > 0:
+            try:
+                left -= filler.write(block[:left])
+                filler.flush()
+            except OSError as error:
+                if error.errno != errno.ENOSPC:
+                    raise
+                break  # full already: a message took the rest meanwhile
+
+
+def _empty_spool(rig):
+    (rig.spool_dir / "filler").unlink()
+
+
+def _token(change):
+    def inject(rig):
+        token = rig.proxy.stats.last_token
+        if token is None or not change(rig.swift.memcache_port, token):
+            raise RuntimeError("no token to take away")
+    return inject
+
+
+FAULTS = {fault.name: fault for fault in [
+    Fault("swift-stopped", lambda rig: rig.swift.stop(), Rig.restart_swift, True, 3),
+    Fault("swift-killed-mid-upload", _kill_during_upload("midway", "swift"),
+          Rig.restart_swift, False),
+    Fault("swift-503", _proxy_mode("status", 503), _proxy_mode("pass"), True, 3),
+    Fault("swift-507", _proxy_mode("status", 507), _proxy_mode("pass"), True, 3),
+    Fault("swift-slow", _proxy_mode("delay", SLOW_SECONDS), _proxy_mode("pass"), True,
+          STORE_TIMEOUT + 1),
+    Fault("connection-cut-mid-upload", _proxy_mode("drop"), _proxy_mode("pass"), True, 3),
+    Fault("token-revoked", _token(tokens.revoke), _nothing, False),
+    Fault("token-expired", _token(tokens.expire), _nothing, False),
+    Fault("filter-killed-mid-upload", _kill_during_upload("midway", "filter"),
+          lambda rig: rig.filter.wait_ready(), False),
+    Fault("filter-killed-before-reply", _kill_during_upload("answered", "filter"),
+          lambda rig: rig.filter.wait_ready(), False),
+    Fault("spool-full", _fill_spool, _empty_spool, True, 1),
+    Fault("postfix-reload", lambda rig: rig.postfix.reload(), _nothing, False),
+]}
+
+
+class Progress:
+    """How many messages have their first reply; the scheduler paces faults by it."""
+
+    def __init__(self):
+        self.answered = 0
+        self.done = False
+        self.cond = threading.Condition()
+
+    def tick(self):
+        with self.cond:
+            self.answered += 1
+            self.cond.notify_all()
+
+    def finish(self):
+        with self.cond:
+            self.done = True
+            self.cond.notify_all()
+
+    def wait_for(self, count, timeout=60):
+        """Wait until `count` messages are answered; False if the stream ended first."""
+        with self.cond:
+            self.cond.wait_for(lambda: self.answered >= count or self.done, timeout)
+            return not self.done
+
+
+def schedule(rig, faults, progress, *, total, rng, injected, hold, gap):
+    """Inject faults one after another while the stream runs, then leave all cleared."""
+    if not faults:
+        return
+    progress.wait_for(rng.randint(3, 6))
+    while progress.answered < total - 6:
+        fault = rng.choice(faults)
+        rig.label = fault.name
+        try:
+            began = time.monotonic()
+            fault.inject(rig)
+            injected[fault.name] += 1
+            if fault.lasting:
+                progress.wait_for(progress.answered + rng.randint(*hold), timeout=20)
+                time.sleep(max(0, began + fault.min_seconds - time.monotonic()))
+            else:
+                time.sleep(rng.uniform(0, 0.5))
+        except TimeoutError:
+            pass  # the stream ended before the moment came
+        finally:
+            fault.clear(rig)
+        if not progress.wait_for(progress.answered + rng.randint(*gap)):
+            break
+
+
+def run_scenario(rig, name, fault_names, messages, *, seed=1, big_share=0.12,
+                 hold=(3, 8), gap=(1, 6), retry_rounds=5):
+    """Send `messages` through the rig while injecting the named faults; return the Summary.
+
+    A lasting fault holds for `hold` (a range) more answered messages, the
+    next one comes `gap` messages after the last cleared; both drawn at random.
+    """
+    rng = random.Random(seed)
+    run = f"{name}-{seed}-{int(time.time())}"
+    container = f"faults-{run}"
+    rig.use_container(container)
+    rig.label = "none"
+    ledger = Ledger(run, seed)
+    stream = [ledger.new(rng.randint(*BIG) if rng.random() < big_share else rng.randint(*SMALL))
+              for _ in range(messages)]
+    auth_before, starts_before = rig.proxy.stats.auth_requests, rig.filter.starts
+    injected = collections.Counter()
+    progress = Progress()
+    faults = [FAULTS[fault] for fault in fault_names]
+    failures = []
+
+    def run_schedule():
+        try:
+            schedule(rig, faults, progress, total=messages, rng=rng, injected=injected,
+                     hold=hold, gap=gap)
+        except Exception as error:  # re-raised below, once the stream is over
+            failures.append(error)
+
+    scheduler = threading.Thread(target=run_schedule)
+    started = time.monotonic()
+    scheduler.start()
+    with concurrent.futures.ThreadPoolExecutor(rig.sessions) as pool:
+        for future in [pool.submit(_send_and_tick, rig, ledger, m, progress) for m in stream]:
+            future.result()
+    progress.finish()
+    scheduler.join()
+    if failures:
+        raise failures[0]
+    rig.label = "retry after the faults"
+    rig.filter.wait_ready()
+    for _ in range(retry_rounds):
+        pending = ledger.to_retry()
+        if not pending:
+            break
+        time.sleep(0.5)
+        with concurrent.futures.ThreadPoolExecutor(rig.sessions) as pool:
+            list(pool.map(lambda m: rig.send(ledger, m), pending))
+    summary = ledger.reconcile(rig.swift.connection(), container)
+    summary.injected.update(injected)
+    summary.auth_requests = rig.proxy.stats.auth_requests - auth_before
+    summary.filter_restarts = rig.filter.starts - starts_before
+    summary.seconds = round(time.monotonic() - started, 1)
+    return summary
+
+
+def _send_and_tick(rig, ledger, message, progress):
+    rig.send(ledger, message)
+    progress.tick()
