@@ -72,3 +72,8 @@ def test_all_faults_mixed_at_random_lose_nothing(rig):
     token_faults = summary.injected.get("token-revoked", 0) + summary.injected.get(
         "token-expired", 0)
     assert summary.auth_requests <= 1 + token_faults + summary.filter_restarts
+    # Across every fault so far (tokens revoked, re-auths, crashes, 401s): the
+    # key and the tokens never reach a log.
+    logs = rig.filter.log_path.read_text(errors="replace") + rig.postfix.maillog()
+    assert "stored" in logs
+    assert "testing" not in logs and "AUTH_tk" not in logs
