@@ -27,30 +27,20 @@ authentication costs what it costs in production: most of a second here.
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import ctypes
 import dataclasses
-import http.client
 import os
 import pathlib
-import select
 import signal
 import socketserver
 import sqlite3
-import subprocess
 import sys
 import typing
 from wsgiref import simple_server
 
-from tests.support.swiftserver import (
-    HOST,
-    REPO_ROOT,
-    SwiftServer,
-    child_env,
-    free_port,
-    wait_until,
-)
+from tests.support.launched import HOST, LaunchedServer
+from tests.support.swiftserver import REPO_ROOT, child_env, free_port
 
 if typing.TYPE_CHECKING:
     import swiftclient
@@ -251,12 +241,16 @@ def main(argv: list[str] | None = None) -> None:
 # --------------------------------------------------------------------------
 
 
-class KeystoneServer:
+class KeystoneServer(LaunchedServer):
     """Runs the launcher above as a child process and provisions users.
 
     The port is fixed at construction (it is in the catalog), and data
     lives in workdir, so stop()/start() keeps users and tokens valid.
     """
+
+    name = "keystone"
+    health_path = "/v3"
+    health_timeout = 5
 
     def __init__(self, workdir: pathlib.Path, port: int | None = None,
                  token_life: int = 3600, verbose: bool = False):
@@ -268,7 +262,6 @@ class KeystoneServer:
         self.mail = MAIL
         self.service = SERVICE
         self.admin = Credentials("admin", ADMIN_PASSWORD, "admin", "admin")
-        self.process: subprocess.Popen | None = None
         self._provisioned = False
         self._admin = None
 
@@ -280,7 +273,6 @@ class KeystoneServer:
         """Start keystone, wait until it answers, create users once."""
         if self.process is not None:
             raise RuntimeError("keystone is already running")
-        atexit.register(self.close)
         command = [
             sys.executable, "-m", "tests.support.keystone",
             "--workdir", str(self.workdir), "--port", str(self.port),
@@ -290,37 +282,17 @@ class KeystoneServer:
         # Keystone imports eventlet but never monkey-patches; green DNS
         # would only cost ~0.5 s of imports.
         env.setdefault("EVENTLET_NO_GREENDNS", "yes")
-        self.process = subprocess.Popen(command, cwd=REPO_ROOT, env=env,
-                                        stdout=subprocess.PIPE)
-        try:
-            self._wait_for_ready(timeout)
-            wait_until(self._healthy, timeout, "keystone GET /v3")
-            if not self._provisioned:
+        self.launch(command, cwd=REPO_ROOT, env=env, timeout=timeout)
+        if not self._provisioned:
+            try:
                 self.provision()
-                self._provisioned = True
-        except BaseException:
-            self.kill()
-            raise
+            except BaseException:
+                self.kill()
+                raise
+            self._provisioned = True
 
-    def stop(self) -> None:
-        """SIGTERM keystone and wait for it."""
-        SwiftServer._signal_and_wait(self.process, signal.SIGTERM)
-        self.process = None
-
-    def kill(self) -> None:
-        SwiftServer._signal_and_wait(self.process, signal.SIGKILL)
-        self.process = None
-
-    def close(self) -> None:
-        self.stop()
-        atexit.unregister(self.close)
-
-    def __enter__(self) -> typing.Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
+    def where_to_look(self) -> str:
+        return f"see {self.log_path}"
 
     def admin_client(self):
         """A keystoneclient v3 Client as the bootstrap admin (cached).
@@ -389,30 +361,6 @@ class KeystoneServer:
         return swiftclient.Connection(authurl=self.auth_url, user=who.user,
                                       key=who.password, auth_version="3",
                                       os_options=options, **kwargs)
-
-    def _wait_for_ready(self, timeout: float) -> None:
-        """Read the launcher's single ``READY <port>`` line."""
-        stdout = self.process.stdout
-        ready, _, _ = select.select([stdout], [], [], timeout)
-        line = stdout.readline().decode().strip() if ready else ""
-        stdout.close()
-        if line != f"READY {self.port}":
-            raise RuntimeError(f"keystone did not start (said {line!r}); "
-                               f"see {self.log_path}")
-
-    def _healthy(self) -> bool:
-        """GET /v3 directly: urllib would honour any http_proxy."""
-        if self.process.poll() is not None:
-            raise RuntimeError(f"keystone exited with {self.process.returncode}"
-                               f"; see {self.log_path}")
-        conn = http.client.HTTPConnection(HOST, self.port, timeout=5)
-        try:
-            conn.request("GET", "/v3")
-            return conn.getresponse().status == 200
-        except OSError:
-            return False
-        finally:
-            conn.close()
 
 
 def _find_or_create(manager, **attributes):

@@ -28,27 +28,24 @@ before swift is imported, and neither should pay for the other's imports.
 from __future__ import annotations
 
 import argparse
-import atexit
-import http.client
 import logging
 import os
 import pathlib
-import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
 import typing
 import warnings
+
+from tests.support.launched import HOST, LaunchedServer, signal_and_wait, wait_until
 
 if typing.TYPE_CHECKING:
     import swiftclient
 
     from tests.support.keystone import KeystoneServer
 
-HOST = "127.0.0.1"
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 ACCOUNTS = {
     "test": ("test:tester", "testing"),
@@ -344,15 +341,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_until(ready, timeout: float, what: str) -> None:
-    """Poll ``ready()`` until it is true; raise TimeoutError after timeout."""
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not ready after {timeout} s")
-        time.sleep(0.02)
-
-
 def child_env() -> dict[str, str]:
     """Environment for the launcher: ours, made to start faster.
 
@@ -374,7 +362,7 @@ def accepts_connections(port: int) -> bool:
     return True
 
 
-class SwiftServer:
+class SwiftServer(LaunchedServer):
     """Runs the launcher above (plus memcached) as child processes.
 
     memcached is started once and survives stop()/start() of swift, so
@@ -389,6 +377,9 @@ class SwiftServer:
     (:mod:`tests.support.tlsfront`): tempauth then hands out https storage
     URLs on the host and port the client used, i.e. the terminator's.
     """
+
+    name = "swift"
+    health_path = "/healthcheck"
 
     def __init__(self, workdir: pathlib.Path, port: int | None = None,
                  token_life: int = 86400, verbose: bool = False,
@@ -408,13 +399,11 @@ class SwiftServer:
             self.accounts = {}
         self.memcached: subprocess.Popen | None = None
         self.memcache_port: int | None = None
-        self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30) -> None:
         """Start memcached (first time only) and swift; wait until usable."""
         if self.process is not None:
             raise RuntimeError("swift is already running")
-        atexit.register(self.close)
         if self.memcached is None:
             self._start_memcached(timeout)
             if self.keystone is not None:
@@ -432,32 +421,12 @@ class SwiftServer:
                         "--keystone-service-user", service.user,
                         "--keystone-service-password", service.password,
                         "--keystone-service-project", service.project]
-        self.process = subprocess.Popen(command, cwd=REPO_ROOT,
-                                        env=child_env(),
-                                        stdout=subprocess.PIPE)
-        try:
-            self._wait_for_ready(timeout)
-            wait_until(self._healthy, timeout, "swift /healthcheck")
-        except BaseException:
-            self.kill()
-            raise
+        self.launch(command, cwd=REPO_ROOT, env=child_env(), timeout=timeout)
 
-    def stop(self) -> None:
-        """SIGTERM swift and wait for it; memcached keeps running."""
-        self._signal_and_wait(self.process, signal.SIGTERM)
-        self.process = None
-
-    def kill(self) -> None:
-        """SIGKILL swift, e.g. to simulate a crash."""
-        self._signal_and_wait(self.process, signal.SIGKILL)
-        self.process = None
-
-    def close(self) -> None:
-        """Stop swift and memcached."""
-        self.stop()
-        self._signal_and_wait(self.memcached, signal.SIGTERM)
+    def release(self) -> None:
+        """memcached survives stop()/start() of swift; close() ends it too."""
+        signal_and_wait(self.memcached, signal.SIGTERM)
         self.memcached = None
-        atexit.unregister(self.close)
 
     def connection(self, account: str = "test",
                    **kwargs) -> swiftclient.Connection:
@@ -473,13 +442,6 @@ class SwiftServer:
         return swiftclient.Connection(authurl=self.auth_url, user=user,
                                       key=key, auth_version="1", **kwargs)
 
-    def __enter__(self) -> typing.Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
     def _start_memcached(self, timeout: float) -> None:
         binary = shutil.which("memcached") or "/usr/bin/memcached"
         self.memcache_port = free_port()
@@ -491,47 +453,12 @@ class SwiftServer:
                    and accepts_connections(self.memcache_port),
                    timeout, "memcached")
 
-    def _wait_for_ready(self, timeout: float) -> None:
-        """Read the launcher's single ``READY <port>`` line."""
-        stdout = self.process.stdout
-        ready, _, _ = select.select([stdout], [], [], timeout)
-        line = stdout.readline().decode().strip() if ready else ""
-        stdout.close()
-        if line != f"READY {self.port}":
-            raise RuntimeError(f"swift did not start (said {line!r}); "
-                               "its stderr tells why")
-
-    def _healthy(self) -> bool:
-        """GET /healthcheck directly: urllib would honour any http_proxy."""
-        self._alive(self.process, "swift")
-        conn = http.client.HTTPConnection(HOST, self.port, timeout=1)
-        try:
-            conn.request("GET", "/healthcheck")
-            return conn.getresponse().status == 200
-        except OSError:
-            return False
-        finally:
-            conn.close()
-
     @staticmethod
     def _alive(process: subprocess.Popen, name: str) -> bool:
         """Return True, or raise if the process has already exited."""
         if process.poll() is not None:
             raise RuntimeError(f"{name} exited with {process.returncode}")
         return True
-
-    @staticmethod
-    def _signal_and_wait(process: subprocess.Popen | None,
-                         signum: int) -> None:
-        """Send signum and reap the process, escalating to SIGKILL."""
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signum)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 if __name__ == "__main__":
