@@ -188,6 +188,7 @@ def test_postfix_proxy_sequence_with_split_xforward(smtp):
     (["EHLO x", "STARTTLS"], "502 5.5.1"),
     (["EHLO x", "FROBNICATE"], "500 5.5.2"),
     (["EHLO x", "\x00\x01\x02 binary"], "500 5.5.2"),
+    (["EHLO x", "ma\u0131l FROM:<a@b>"], "500 5.5.2"),          # dotless i: "MAIL" upper-cased
     (["EHLO x", "MAIL FROM:<a@b>", "RSET", "RCPT TO:<a@b>"], "503 5.5.1"),
     (["NOOP"], "250 2.0.0"),
 ])
