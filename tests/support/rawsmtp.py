@@ -48,8 +48,15 @@ class RawSmtp:
         return self.reply()
 
     def at_eof(self):
-        """True when the server has closed the connection and sent nothing more."""
-        return self.reader.read() == b""
+        """True when the server has closed the connection and sent nothing more.
+
+        A server that closes with our input still unread makes the kernel send
+        a reset; that is a close too.
+        """
+        try:
+            return self.reader.read() == b""
+        except ConnectionResetError:
+            return True
 
     def close(self):
         self.reader.close()
