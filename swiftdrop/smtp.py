@@ -225,12 +225,19 @@ class SmtpSession:
             pass
 
     def read_command(self):
+        """The next command line; None for one over MAX_COMMAND_LINE (skipped to its end).
+
+        A line the client did not finish before closing is no command: it gets
+        no reply (it used to get "line too long").
+        """
         line = self.reader.readline(MAX_COMMAND_LINE)
-        if not line:
-            raise EOFError
         if not line.endswith(b"\n"):
-            while line and not line.endswith(b"\n"):
+            if len(line) < MAX_COMMAND_LINE:
+                raise EOFError
+            while not line.endswith(b"\n"):
                 line = self.reader.readline(MAX_COMMAND_LINE)
+                if not line:
+                    raise EOFError
             return None
         return line.rstrip(b"\r\n").decode("utf-8", errors="surrogateescape")
 

@@ -204,6 +204,12 @@ def test_over_long_command_line(smtp):
     assert smtp.command("NOOP").startswith("250")
 
 
+def test_a_line_cut_off_by_the_close_gets_no_reply(smtp):
+    smtp.send(b"NOOP")
+    smtp.client.shutdown(socket.SHUT_WR)
+    assert smtp.reader.read() == b""
+
+
 def test_oversized_data_is_refused_and_nothing_delivered():
     smtp = Dialogue(max_message_size=1000)
     smtp.command("EHLO x")
