@@ -39,8 +39,7 @@ def path(swift, swift_ini, tmp_path_factory):
         code, _ = send_one(address, b"Subject: warm-up\r\n\r\n",
                            recipients=("a@example.net", "prod@example.com"))
         assert code == 250
-        yield address, proxy, probe, probe.wait_until_back_to(probe.snapshot(),
-                                                                        timeout=0)
+        yield address, proxy, probe, probe.wait_until_back_to(probe.snapshot(), timeout=0)
 
 
 @pytest.fixture

@@ -17,8 +17,12 @@ class ConnectionClosed(Exception):
 
 
 class RawSmtp:
-    def __init__(self, address, timeout=60):
-        self.socket = socket.create_connection(address, timeout=timeout)
+    """`server` is an address to connect to, or a connected socket (one end of a pair)."""
+
+    def __init__(self, server, timeout=60):
+        self.socket = (server if isinstance(server, socket.socket)
+                       else socket.create_connection(server, timeout=timeout))
+        self.socket.settimeout(timeout)
         self.reader = self.socket.makefile("rb")
         self.banner = self.reply()
 
