@@ -13,6 +13,7 @@ Swift, with a spool that reaches its disk, and the leak check.
 
 import hashlib
 import re
+import time
 
 import pytest
 
@@ -38,13 +39,13 @@ def filter_under_test(swift, swift_ini, tmp_path_factory):
     with FilterProcess(swift_ini, workdir, "--hostname", "mx.bad-input.test",
                        "--idle-timeout", str(IDLE_TIMEOUT), "--log-target", "stderr",
                        env={"TMPDIR": str(tmpdir)}) as process:
-        probe = ResourceProbe(process.process.pid, tmpdir, swift.port)
+        probe = ResourceProbe(process.process.pid, tmpdir, swift.port, process.port)
         with RawSmtp(process.address) as client:
             client.command("EHLO warm.up")
             code, _ = transaction(client, b"Subject: warm-up\r\n\r\n",
                                   recipients=("a@example.org", "prod@example.com"))
             assert code == 250
-        yield process, probe, probe.wait_until_back_to(probe.snapshot(), timeout=0)
+        yield process, probe, probe.idle()
 
 
 @pytest.fixture
@@ -272,3 +273,21 @@ def test_pipelined_transactions_in_one_write_are_answered_in_order(swift, filt):
     [(_, stored_first)] = stored_objects(swift, replies[4][1])
     [(_, stored_second), (_, copy)] = stored_objects(swift, replies[9][1])
     assert (stored_first, stored_second, copy) == (first, second, second)
+
+
+def test_the_leak_probe_sees_an_open_connection_and_an_open_spool_file(filter_under_test):
+    """Guard for the check every case above relies on: it must be able to fail."""
+    process, probe, idle = filter_under_test
+    with RawSmtp(process.address) as client:
+        assert client.command("EHLO client.test")[0] == 250
+        with pytest.raises(AssertionError, match="did not return to its idle resources"):
+            probe.wait_until_back_to(idle, timeout=0.3)
+        client.command("MAIL FROM:<a@origin.test>")
+        client.command("RCPT TO:<r@example.org>")
+        assert client.command("DATA")[0] == 354
+        client.send(b"Subject: spooled\r\n\r\n" + b"s" * 2_000_000)
+        deadline = time.monotonic() + IDLE_TIMEOUT
+        while probe.snapshot().tmp_descriptors == 0:  # an O_TMPFILE spool file
+            assert time.monotonic() < deadline, "the spool file never showed"
+            time.sleep(0.02)
+    probe.wait_until_back_to(idle)

@@ -34,12 +34,12 @@ def path(swift, swift_ini, tmp_path_factory):
             postfix_instance(proxy_filter=f"inet:127.0.0.1:{proxy.port}",
                              relay_domains=RELAY_DOMAINS, recipients=RECIPIENTS,
                              extra_main={"smtpd_timeout": f"{SMTPD_TIMEOUT}s"}) as postfix:
-        probe = ResourceProbe(proxy.process.pid, tmpdir, swift.port)
+        probe = ResourceProbe(proxy.process.pid, tmpdir, swift.port, proxy.port)
         address = ("127.0.0.1", postfix.smtp_port)
         code, _ = send_one(address, b"Subject: warm-up\r\n\r\n",
                            recipients=("a@example.net", "prod@example.com"))
         assert code == 250
-        yield address, proxy, probe, probe.wait_until_back_to(probe.snapshot(), timeout=0)
+        yield address, proxy, probe, probe.idle()
 
 
 @pytest.fixture

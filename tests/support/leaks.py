@@ -22,6 +22,8 @@ import os
 import pathlib
 import time
 
+TCP_LISTEN = "0A"  # the state column of /proc/net/tcp
+
 
 @dataclass(frozen=True)
 class Resources:
@@ -37,13 +39,22 @@ class Resources:
 class ResourceProbe:
     """Snapshots of one process's descriptors and of the files in its TMPDIR."""
 
-    def __init__(self, pid, tmpdir, swift_port):
+    def __init__(self, pid, tmpdir, swift_port, listen_port):
         self.pid = pid
         self.tmpdir = pathlib.Path(tmpdir).resolve()
         self.swift_port = swift_port
+        self.listen_port = listen_port
+
+    def idle(self, timeout=15):
+        """The snapshot once no client connection is open: the baseline for the cases."""
+        deadline = time.monotonic() + timeout
+        while self._tcp_sockets(local_port=self.listen_port, listening=False):
+            assert time.monotonic() < deadline, "a client connection stays open"
+            time.sleep(0.05)
+        return self.snapshot()
 
     def snapshot(self):
-        swift_inodes = self._socket_inodes_to(self.swift_port)
+        swift_inodes = self._tcp_sockets(remote_port=self.swift_port)
         descriptors, swift_sockets, tmp_descriptors = [], 0, 0
         fd_dir = pathlib.Path(f"/proc/{self.pid}/fd")
         for entry in fd_dir.iterdir():
@@ -61,8 +72,12 @@ class ResourceProbe:
                                  for path in self.tmpdir.rglob("*")))
         return Resources(tuple(sorted(descriptors)), swift_sockets, tmp_names, tmp_descriptors)
 
-    def _socket_inodes_to(self, port):
-        """Inodes of this process's TCP sockets whose remote end is `port` on any host."""
+    def _tcp_sockets(self, remote_port=None, local_port=None, listening=True):
+        """Inodes of TCP sockets in the process's network namespace that match.
+
+        Sockets the process has closed but the kernel still winds down
+        (TIME_WAIT) have inode 0 and are left out.
+        """
         inodes = set()
         for table in ("tcp", "tcp6"):
             path = pathlib.Path(f"/proc/{self.pid}/net/{table}")
@@ -70,9 +85,14 @@ class ResourceProbe:
                 continue
             for line in path.read_text().splitlines()[1:]:
                 fields = line.split()
-                remote_port = int(fields[2].rsplit(":", 1)[1], 16)
-                if remote_port == port:
-                    inodes.add(fields[9])
+                local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+                if inode == "0" or (not listening and state == TCP_LISTEN):
+                    continue
+                if remote_port is not None and int(remote.rsplit(":", 1)[1], 16) != remote_port:
+                    continue
+                if local_port is not None and int(local.rsplit(":", 1)[1], 16) != local_port:
+                    continue
+                inodes.add(inode)
         return inodes
 
     def wait_until_back_to(self, baseline, timeout=15):
