@@ -324,7 +324,8 @@ def test_regressions(stream):
     assert replies[-1] == 250 and under_test.delivered == []
 
 
-@pytest.mark.parametrize("stream", [b"\r", b"EHLO x\r\nNOOP", b"EHLO x\r\n" + b"N" * 5000])
+@pytest.mark.parametrize("stream", [b"\r", b"EHLO x\r\nNOOP", b"EHLO x\r\n" + b"N" * 5000],
+                         ids=["a lone CR", "after a command", "an over-long line"])
 def test_regression_a_line_cut_off_by_the_close_gets_no_reply(stream):
     """Found by the fuzzer: it was answered "500 line too long"."""
     replies, _ = run_stream(stream)
