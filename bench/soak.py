@@ -130,16 +130,21 @@ def report(results, elapsed, sampler, stored):
     shown = sorted({*range(0, len(sampler.samples), step), len(sampler.samples) - 1})
     for at, rss, fds, spool in (sampler.samples[index] for index in shown):
         print(f"{at:>6.0f} {rss / 2**20:>8.1f} {fds:>5} {spool:>5}")
-    first = [s for s in sampler.samples if s[0] <= 60]
-    last = [s for s in sampler.samples if s[0] >= sampler.samples[-1][0] - 60]
+    # Drift under load: the idle sample before and the ones after the run are left out.
+    loaded = [sample for sample in sampler.samples if 0 < sample[0] <= elapsed]
+    first = [sample for sample in loaded if sample[0] <= 60]
+    last = [sample for sample in loaded if sample[0] >= elapsed - 60]
     if first and last:
         def mean(samples, index):
             return statistics.mean(sample[index] for sample in samples)
 
-        print(f"drift first -> last minute: RSS {mean(first, 1) / 2**20:.1f} -> "
+        print(f"under load, first -> last minute: RSS {mean(first, 1) / 2**20:.1f} -> "
               f"{mean(last, 1) / 2**20:.1f} MiB, fds {mean(first, 2):.1f} -> "
-              f"{mean(last, 2):.1f}, peak RSS {max(s[1] for s in sampler.samples) / 2**20:.1f}"
-              f" MiB")
+              f"{mean(last, 2):.1f}; peak RSS {max(s[1] for s in loaded) / 2**20:.1f} MiB")
+    idle, after = sampler.samples[0], sampler.samples[-1]
+    print(f"idle before -> after the run: RSS {idle[1] / 2**20:.1f} -> {after[1] / 2**20:.1f} "
+          f"MiB, fds {idle[2]} -> {after[2]} (the rest are kept-alive Swift connections), "
+          f"spool files {idle[3]} -> {after[3]}")
 
 
 def main():

@@ -50,13 +50,13 @@ def open_descriptors():
 class SessionUnderTest:
     """A SmtpSession served in a thread over a socket pair; records deliveries and crashes."""
 
-    def __init__(self, outcome=STORED):
+    def __init__(self):
         self.spool_dir = pathlib.Path(tempfile.mkdtemp(prefix="swiftdrop-fuzz-"))
         self.descriptors_before = open_descriptors()
         self.patch = mock.patch.object(smtp_module, "SPOOL_IN_MEMORY", SPOOL_IN_MEMORY)
         self.patch.start()
         self.client_socket, server = socket.socketpair()
-        self.outcome = outcome
+        self.outcome = STORED  # what deliver answers; the model changes it per message
         self.delivered = []
         self.crash = None
         self.session = SmtpSession(server, self.deliver, hostname="mx.fuzz.test",
