@@ -153,6 +153,9 @@ def main():
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--sample-seconds", type=float, default=5)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--direct", action="store_true",
+                        help="send straight to the filter, without Postfix: tells the "
+                             "filter's own memory behaviour from the whole path's")
     options = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="swiftdrop-soak-") as scratch:
@@ -166,7 +169,7 @@ def main():
                     postfix_instance(proxy_filter=f"inet:127.0.0.1:{proxy.port}",
                                      relay_domains=["example.com"],
                                      recipients=[RECIPIENT]) as postfix:
-                address = ("127.0.0.1", postfix.smtp_port)
+                address = proxy.address if options.direct else ("127.0.0.1", postfix.smtp_port)
                 before = object_count(swift)
                 sampler = Sampler(proxy.process.pid, tmpdir, options.sample_seconds)
                 sampler.sample()
@@ -187,8 +190,9 @@ def main():
                 sampler.stopping.set()
                 sampler.join()
                 sampler.sample()
-                print(f"{options.sessions} sessions for {options.minutes:g} minutes through "
-                      f"Postfix, sizes {', '.join(label for label, _, _ in SIZES)} "
+                route = "straight to the filter" if options.direct else "through Postfix"
+                print(f"{options.sessions} sessions for {options.minutes:g} minutes {route}, "
+                      f"sizes {', '.join(label for label, _, _ in SIZES)} "
                       f"weighted {'/'.join(str(w) for _, _, w in SIZES)}")
                 report(results, elapsed, sampler, object_count(swift) - before)
                 if "Traceback" in proxy.log():
