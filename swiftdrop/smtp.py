@@ -98,6 +98,24 @@ class SyntaxProblem(Exception):
     """A command whose arguments we cannot accept; carries the reply."""
 
 
+def printable(text):
+    """Client text made fit to echo in a reply: RFC 5321 reply text is printable ASCII.
+
+    Commands are decoded with surrogateescape, so 8-bit bytes would otherwise
+    make the reply unencodable and end the session without any answer.
+    """
+    return "".join(ch if " " <= ch <= "~" else "?" for ch in text)
+
+
+def is_utf8(text):
+    """False when the command carried bytes that are not UTF-8 (kept as surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def xtext_decode(value):
     """Decode RFC 3461 xtext (``+XX`` escapes), as XFORWARD uses it."""
     return re.sub(r"\+([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), value)
@@ -207,12 +225,19 @@ class SmtpSession:
             pass
 
     def read_command(self):
+        """The next command line; None for one over MAX_COMMAND_LINE (skipped to its end).
+
+        A line the client did not finish before closing is no command: it gets
+        no reply (it used to get "line too long").
+        """
         line = self.reader.readline(MAX_COMMAND_LINE)
-        if not line:
-            raise EOFError
         if not line.endswith(b"\n"):
-            while line and not line.endswith(b"\n"):
+            if len(line) < MAX_COMMAND_LINE:
+                raise EOFError
+            while not line.endswith(b"\n"):
                 line = self.reader.readline(MAX_COMMAND_LINE)
+                if not line:
+                    raise EOFError
             return None
         return line.rstrip(b"\r\n").decode("utf-8", errors="surrogateescape")
 
@@ -226,7 +251,8 @@ class SmtpSession:
             reply = "500 5.5.2 Error: line too long"
         else:
             verb, _, argument = line.partition(" ")
-            handler = getattr(self, f"smtp_{verb.upper()}", None) if verb.isalpha() else None
+            handler = (getattr(self, f"smtp_{verb.upper()}", None)
+                       if verb.isascii() and verb.isalpha() else None)
             if handler is not None:
                 try:
                     reply = handler(argument.strip())
@@ -280,7 +306,7 @@ class SmtpSession:
             name, equals, value = token.partition("=")
             name = name.upper()
             if not equals or name not in XFORWARD_ATTRIBUTES:
-                return f"501 5.5.4 Bad XFORWARD attribute: {name}"
+                return f"501 5.5.4 Bad XFORWARD attribute: {printable(name)}"
             value = xtext_decode(value)
             attributes[name] = None if value in ("[UNAVAILABLE]", "[TEMPUNAVAIL]") else value
         if not attributes:
@@ -294,9 +320,11 @@ class SmtpSession:
         if self.envelope is not None:
             return "503 5.5.1 Error: nested MAIL command"
         address, parameters = parse_path(argument, "FROM:")
+        if not is_utf8(address):
+            return "501 5.1.7 Bad sender address syntax"
         unknown = set(parameters) - MAIL_PARAMETERS
         if unknown:
-            return f"555 5.5.4 Unsupported option: {sorted(unknown)[0]}"
+            return f"555 5.5.4 Unsupported option: {printable(sorted(unknown)[0])}"
         size = parameters.get("SIZE")
         if size is not None:
             if not size.isdigit():
@@ -313,11 +341,11 @@ class SmtpSession:
         if self.envelope is None:
             return "503 5.5.1 Error: need MAIL command"
         address, parameters = parse_path(argument, "TO:")
-        if not address:
+        if not address or not is_utf8(address):
             return "501 5.1.3 Bad recipient address syntax"
         unknown = set(parameters) - RCPT_PARAMETERS
         if unknown:
-            return f"555 5.5.4 Unsupported option: {sorted(unknown)[0]}"
+            return f"555 5.5.4 Unsupported option: {printable(sorted(unknown)[0])}"
         if len(self.envelope.recipients) >= MAX_RECIPIENTS:
             return "452 4.5.3 Error: too many recipients"
         self.envelope.recipients.append(address)

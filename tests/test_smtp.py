@@ -188,6 +188,7 @@ def test_postfix_proxy_sequence_with_split_xforward(smtp):
     (["EHLO x", "STARTTLS"], "502 5.5.1"),
     (["EHLO x", "FROBNICATE"], "500 5.5.2"),
     (["EHLO x", "\x00\x01\x02 binary"], "500 5.5.2"),
+    (["EHLO x", "ma\u0131l FROM:<a@b>"], "500 5.5.2"),          # dotless i: "MAIL" upper-cased
     (["EHLO x", "MAIL FROM:<a@b>", "RSET", "RCPT TO:<a@b>"], "503 5.5.1"),
     (["NOOP"], "250 2.0.0"),
 ])
@@ -201,6 +202,12 @@ def test_bad_commands_get_the_right_code_and_the_session_goes_on(smtp, commands,
 def test_over_long_command_line(smtp):
     assert smtp.command("NOOP " + "x" * 100_000).startswith("500 5.5.2")
     assert smtp.command("NOOP").startswith("250")
+
+
+def test_a_line_cut_off_by_the_close_gets_no_reply(smtp):
+    smtp.send(b"NOOP")
+    smtp.client.shutdown(socket.SHUT_WR)
+    assert smtp.reader.read() == b""
 
 
 def test_oversized_data_is_refused_and_nothing_delivered():

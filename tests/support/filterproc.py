@@ -40,8 +40,9 @@ def run_swiftdrop(*args, timeout=60):
 class FilterProcess:
     """``swiftdrop serve --listen 127.0.0.1:PORT``, logging to a file we can read."""
 
-    def __init__(self, config_path, workdir, *extra_args, port=None, launcher=()):
+    def __init__(self, config_path, workdir, *extra_args, port=None, launcher=(), env=None):
         self.config_path = str(config_path)
+        self.env = dict(env or {})  # e.g. its own TMPDIR, to count its temporary files
         self.port = port or free_port()
         self.log_path = pathlib.Path(workdir) / f"filter-{self.port}.log"
         self.extra_args = extra_args
@@ -61,7 +62,7 @@ class FilterProcess:
 
     def start(self):
         log = open(self.log_path, "ab")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.process = subprocess.Popen(self.command(), stdout=log, stderr=log, env=env)
         log.close()
         wait_for_port(self.port, process=self.process)
