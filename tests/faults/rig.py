@@ -248,8 +248,11 @@ def schedule(rig, faults, progress, *, total, rng, injected, hold, gap):
     if not faults:
         return
     progress.wait_for(rng.randint(3, 6))
+    deck = []  # a shuffled deck, not rng.choice: every fault comes before any repeats
     while progress.answered < total - 6:
-        fault = rng.choice(faults)
+        if not deck:
+            deck = rng.sample(faults, len(faults))
+        fault = deck.pop()
         rig.label = fault.name
         try:
             began = time.monotonic()
