@@ -52,7 +52,6 @@ class Deliverer:
                                    fields=fields)
         if stored is None:
             return QUEUE_WRITE_ERROR
-        relayed = None
         if for_admin:
             relayed = self.forward_to_admin(envelope, message, name, for_admin, fields)
             if relayed is None:

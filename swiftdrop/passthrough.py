@@ -9,6 +9,7 @@ took the message, so the promise is the same as for Swift: accepted means
 queued or stored, never "probably".
 """
 
+from contextlib import contextmanager
 from email.message import EmailMessage
 import email.utils
 import logging
@@ -48,22 +49,18 @@ class AdminRelay:
             options.append("SMTPUTF8")
         message.spool.seek(0)
         try:
-            with smtplib.SMTP(self.host, self.port, local_hostname=self.hostname,
-                              timeout=self.timeout) as client:
+            with self._session() as client:
                 client.ehlo()
-                _expect(client, client.mail(envelope.mail_from or "", options), 250)
+                _expect(client.mail(envelope.mail_from or "", options), 250)
                 for recipient in recipients:
-                    _expect(client, client.rcpt(recipient), 250, 251)
-                _expect(client, client.docmd("DATA"), 354)
+                    _expect(client.rcpt(recipient), 250, 251)
+                _expect(client.docmd("DATA"), 354)
                 for chunk in dot_stuffed(iter(lambda: message.spool.read(CHUNK), b"")):
                     client.sock.sendall(chunk)
-                _, text = _expect(client, client.getreply(), 250)
-        except (OSError, smtplib.SMTPException) as error:
-            raise RelayError(f"admin relay {self.host}:{self.port}: {error}") from None
+                _, text = _expect(client.getreply(), 250)
         finally:
             message.spool.seek(0)
         return text.decode("utf-8", "replace")
-
 
     def notify(self, recipient, subject, text):
         """Mail a short notice from SwiftDrop itself (failure alerts)."""
@@ -75,15 +72,21 @@ class AdminRelay:
         notice["Message-ID"] = email.utils.make_msgid("swiftdrop", domain=self.hostname)
         notice["Auto-Submitted"] = "auto-generated"
         notice.set_content(text)
+        with self._session() as client:
+            client.send_message(notice, from_addr="", to_addrs=[recipient])
+
+    @contextmanager
+    def _session(self):
+        """An SMTP session with the relay; any failure in it is a RelayError."""
         try:
             with smtplib.SMTP(self.host, self.port, local_hostname=self.hostname,
                               timeout=self.timeout) as client:
-                client.send_message(notice, from_addr="", to_addrs=[recipient])
+                yield client
         except (OSError, smtplib.SMTPException) as error:
             raise RelayError(f"admin relay {self.host}:{self.port}: {error}") from None
 
 
-def _expect(client, reply, *codes):
+def _expect(reply, *codes):
     code, text = reply
     if code not in codes:
         raise RelayError(f"admin relay answered {code} {text.decode('utf-8', 'replace')}")
