@@ -180,11 +180,9 @@ class SwiftStore:
                 session.forget_token(token)
             if error.http_status == 412:
                 return self._confirm_existing(session, destination, name, message.md5, attempt)
-            if untrusted_certificate(error) is not None:  # Keystone's, wrapped by swiftclient
-                raise _transport_store_error(error) from None
-            raise StoreError(_describe(error), error.http_status, error.transaction_id) from None
+            raise _store_error(error) from None
         except (requests.RequestException, OSError) as error:
-            raise _transport_store_error(error) from None
+            raise _store_error(error) from None
         transaction_id = response.get("headers", {}).get("x-trans-id")
         if response.get("status") != 201 or etag != message.md5:
             raise StoreError(f"unexpected answer {response.get('status')} with ETag {etag!r}",
@@ -199,12 +197,8 @@ class SwiftStore:
         """
         try:
             headers = session.call(swift.head_object, destination.container, name)
-        except ClientException as error:
-            raise StoreError(f"checking the existing {name}: {_describe(error)}",
-                             error.http_status, error.transaction_id) from None
-        except (requests.RequestException, OSError) as error:
-            raise StoreError(f"checking the existing {name}: {type(error).__name__}: "
-                             f"{error}") from None
+        except (ClientException, requests.RequestException, OSError) as error:
+            raise _store_error(error, doing=f"checking the existing {name}") from None
         if headers.get("etag", "").strip('"') == md5:
             log.info("%s/%s was already stored by an earlier attempt",
                      destination.container, name)
@@ -251,8 +245,16 @@ def describe_failure(error):
     return str(error)
 
 
-def _transport_store_error(error):
-    return StoreError(describe_transport_error(error),
+def _store_error(error, doing=None):
+    """The StoreError for what a Swift request raised: Swift's answer, or why none came.
+
+    An untrusted certificate (also Keystone's, which swiftclient wraps in a
+    ClientException) is permanent: no retry can fix it.
+    """
+    prefix = f"{doing}: " if doing else ""
+    if isinstance(error, ClientException) and untrusted_certificate(error) is None:
+        return StoreError(prefix + _describe(error), error.http_status, error.transaction_id)
+    return StoreError(prefix + describe_transport_error(error),
                       permanent=untrusted_certificate(error) is not None)
 
 
