@@ -261,15 +261,24 @@ def test_journald_entry_has_structured_fields(swift, swift_ini, tmp_path, journa
     assert "testing" not in everything
 
 
-def test_failure_is_a_journal_entry_at_error_priority(swift, tmp_path, journald):
-    ini = write_ini(tmp_path / "swiftdrop.ini", swift, container="never-created",
-                    create_container="false")
-    with FilterProcess(ini, tmp_path, "--log-target", "journal") as process:
-        code, _ = send(process.address, "s@o.test", ["a@example.com"], b"fails\r\n")
+def failure_journal_entry(ini, workdir, journald, body):
+    """Send `body` through a filter logging to the journal; it must fail with 451.
+
+    Returns the message's one journal entry (priority err) and the filter's pid.
+    """
+    with FilterProcess(ini, workdir, "--log-target", "journal") as process:
+        code, _ = send(process.address, "s@o.test", ["a@example.com"], body)
         pid = process.process.pid
     assert code == 451
     [entry] = journald.entries(_PID=str(pid), SWIFTDROP_RESULT="failed")
     assert entry["PRIORITY"] == "3"
+    return entry, pid
+
+
+def test_failure_is_a_journal_entry_at_error_priority(swift, tmp_path, journald):
+    ini = write_ini(tmp_path / "swiftdrop.ini", swift, container="never-created",
+                    create_container="false")
+    entry, _ = failure_journal_entry(ini, tmp_path, journald, b"fails\r\n")
     assert entry["SWIFTDROP_SWIFT_STATUS"] == "404"
     assert entry["SWIFTDROP_TRANS_ID"].startswith("tx")
     assert entry["SWIFTDROP_SECTION"] == "DEFAULT"

@@ -17,7 +17,7 @@ from tests.support.keystone import KeystoneServer
 from tests.support.swiftserver import SwiftServer
 from tests.support.tlsfront import TestCA, TLSFront
 from tests.test_keystone import write_keystone_ini
-from tests.test_service import send, stored_location
+from tests.test_service import failure_journal_entry, send, stored_location
 
 CONTAINER = "tls"
 SYSTEM_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
@@ -118,12 +118,7 @@ def test_an_untrusted_certificate_is_a_451_whose_journal_entry_says_why(
     keys = {key: str(ca.cert) for key in keys}
     ini = write_tls_ini(tmp_path / "swiftdrop.ini", dialled, **keys)
     before = object_names(front, ca)
-    with FilterProcess(ini, tmp_path, "--log-target", "journal") as process:
-        code, _ = send(process.address, "s@o.test", ["a@example.com"], b"refused\r\n")
-        pid = process.process.pid
-    assert code == 451
-    [entry] = journald.entries(_PID=str(pid), SWIFTDROP_RESULT="failed")
-    assert entry["PRIORITY"] == "3"
+    entry, pid = failure_journal_entry(ini, tmp_path, journald, b"refused\r\n")
     assert f"TLS certificate of {dialled.url} not trusted: {reason}" in entry["MESSAGE"]
     # Certificates do not heal in a second: one attempt, no retry warnings.
     warnings = journald.entries(timeout=0, _PID=str(pid), PRIORITY="4")
