@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import CONTAINERS, create_containers, write_ini
 from tests.support.filterproc import (
+    FULL_REPLY,
     FilterProcess,
     free_port,
     run_swiftdrop,
@@ -31,7 +32,7 @@ STORED = re.compile(r"^2\.0\.0 Ok: stored as ([^/]+)/(cur/\S+?,S=\d+)")
 def filter_process(swift_ini, tmp_path_factory):
     with FilterProcess(swift_ini, tmp_path_factory.mktemp("filter"),
                        "--hostname", "mx1.example.test", "--max-message-size", "20000000",
-                       "--log-target", "stderr") as process:
+                       "--log-target", "stderr", *FULL_REPLY) as process:
         yield process
 
 
@@ -149,13 +150,14 @@ def test_swift_down_gives_451_then_the_retry_is_stored(own_swift, tmp_path):
     ini = write_ini(tmp_path / "swiftdrop.ini", own_swift, timeout="2", retries="1")
     create_containers(ini)
     body = b"Subject: retry me\r\n\r\nplease\r\n"
-    with FilterProcess(ini, tmp_path, "--store-timeout", "8", "--log-target", "stderr") as proc:
+    with FilterProcess(ini, tmp_path, "--store-timeout", "8", "--log-target", "stderr",
+                       *FULL_REPLY) as proc:
         stored_location(send(proc.address, "s@o.test", ["a@example.com"], b"warm-up\r\n"))
         own_swift.stop()
         code, text = send(proc.address, "s@o.test", ["a@example.com"], body)
         assert (code, text) == (451, "4.3.0 Error: queue file write error")
         assert re.search(r"ERROR: not stored cur/\S+ in \[DEFAULT\] container fallback: "
-                         r"ConnectionError", proc.log())
+                         r"Swift at http://127\.0\.0\.1:\d+: connection refused", proc.log())
         own_swift.start()
         names = [o["name"] for o in own_swift.connection().get_container("fallback")[1]]
         assert len(names) == 1  # only the warm-up: nothing of the 451 message was stored
@@ -166,7 +168,7 @@ def test_swift_down_gives_451_then_the_retry_is_stored(own_swift, tmp_path):
 def test_expired_token_means_one_reauth_not_a_451(own_swift, tmp_path):
     ini = write_ini(tmp_path / "swiftdrop.ini", own_swift)
     create_containers(ini)
-    with FilterProcess(ini, tmp_path, "--log-target", "stderr") as proc:
+    with FilterProcess(ini, tmp_path, "--log-target", "stderr", *FULL_REPLY) as proc:
         stored_location(send(proc.address, "s@o.test", ["a@example.com"], b"one\r\n"))
         time.sleep(4)  # tokens of own_swift live 3 s
         stored_location(send(proc.address, "s@o.test", ["a@example.com"], b"two\r\n"))
@@ -209,7 +211,8 @@ def test_check_reports_every_section(swift, swift_ini, tmp_path):
 
 def test_socket_activation_with_systemd_socket_activate(swift, swift_ini, tmp_path):
     port = free_port()
-    process = FilterProcess(swift_ini, tmp_path, "--log-target", "stderr", port=port,
+    process = FilterProcess(swift_ini, tmp_path, "--log-target", "stderr", *FULL_REPLY,
+                            port=port,
                             launcher=["systemd-socket-activate", "-l", f"127.0.0.1:{port}"])
     with process:
         container, name = stored_location(send(("127.0.0.1", port), "s@o.test",
@@ -219,7 +222,7 @@ def test_socket_activation_with_systemd_socket_activate(swift, swift_ini, tmp_pa
 
 
 def test_sigterm_lets_a_session_in_progress_finish(swift, swift_ini, tmp_path):
-    with FilterProcess(swift_ini, tmp_path, "--log-target", "stderr") as process:
+    with FilterProcess(swift_ini, tmp_path, "--log-target", "stderr", *FULL_REPLY) as process:
         client = socket.create_connection(process.address, timeout=30)
         reader = client.makefile("rb")
         reader.readline()
@@ -244,14 +247,22 @@ def test_sigterm_lets_a_session_in_progress_finish(swift, swift_ini, tmp_path):
 
 
 def test_journald_entry_has_structured_fields(swift, swift_ini, tmp_path, journald):
+    """The default 250 names an opaque id only; the journal leads from it to the object."""
     with FilterProcess(swift_ini, tmp_path, "--log-target", "journal") as process:
-        container, name = stored_location(send(process.address, "s@o.test",
-                                               ["billing@example.com"], b"journal me\r\n"))
+        code, text = send(process.address, "s@o.test", ["billing@example.com"],
+                          b"journal me\r\n")
         pid = process.process.pid
-    entries = journald.entries(_PID=str(pid), SWIFTDROP_OBJECT=name)
+    assert code == 250
+    match = re.fullmatch(r"2\.0\.0 Ok: stored, id ([0-9a-f]{16})", text)
+    assert match, text
+    assert "billing" not in text and "cur/" not in text and str(pid) not in text
+    entries = journald.entries(SWIFTDROP_ID=match.group(1))
     assert len(entries) == 1
     entry = entries[0]
-    assert entry["SWIFTDROP_CONTAINER"] == container == "billing"
+    assert entry["_PID"] == str(pid)
+    assert entry["SWIFTDROP_CONTAINER"] == "billing"
+    assert NAME.match(entry["SWIFTDROP_OBJECT"])
+    assert get(swift, "test", "billing", entry["SWIFTDROP_OBJECT"])[1] == b"journal me\r\n"
     assert entry["SWIFTDROP_SIZE"] == str(len(b"journal me\r\n"))
     assert entry["SWIFTDROP_RESULT"] == "stored"
     assert int(entry["SWIFTDROP_DURATION_MS"]) >= 0
@@ -282,7 +293,11 @@ def test_failure_is_a_journal_entry_at_error_priority(swift, tmp_path, journald)
     assert entry["SWIFTDROP_SWIFT_STATUS"] == "404"
     assert entry["SWIFTDROP_TRANS_ID"].startswith("tx")
     assert entry["SWIFTDROP_SECTION"] == "DEFAULT"
+    assert entry["SWIFTDROP_CONTAINER"] == "never-created"
+    assert entry["SWIFTDROP_REASON"] == "Swift answered 404 Not Found"
     assert "Swift answered 404" in entry["MESSAGE"]
+    for field in ("ID", "OBJECT", "SIZE", "DURATION_MS", "MESSAGE_ID", "RECIPIENTS"):
+        assert f"SWIFTDROP_{field}" in entry, field
 
 
 def test_check_config_only_needs_no_swift(tmp_path):
@@ -346,7 +361,7 @@ def test_ten_failures_in_a_row_send_one_notice(swift, tmp_path):
     url = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
     try:
         with FilterProcess(ini, tmp_path, "--alert-webhook", url, "--alert-interval", "4",
-                           "--log-target", "stderr") as process:
+                           "--log-target", "stderr", *FULL_REPLY) as process:
             started = time.monotonic()
             for _ in range(10):
                 assert send(process.address, "s@o.test", ["a@example.com"], b"x\r\n")[0] == 451

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from swiftdrop.config import Account, Destination
+from swiftdrop.deadline import Deadline
 from swiftdrop.smtp import Message
 from swiftdrop.storage import StoreError, SwiftStore
 from tests.faults.faultproxy import FaultProxy
@@ -31,7 +32,7 @@ def container(swift):
 
 
 def deadline(seconds=20):
-    return time.monotonic() + seconds
+    return Deadline(seconds)
 
 
 def test_put_is_verified_and_carries_metadata(swift, container):
@@ -91,7 +92,7 @@ def test_deadline_stops_retrying(swift, container):
     store = SwiftStore()
     with pytest.raises(StoreError, match="deadline"):
         store.put(destination(swift, container), "cur/late", message(b"x\r\n"), {},
-                  deadline=time.monotonic() + 0.5)
+                  deadline=Deadline(0.5))
 
 
 def test_threads_share_one_token_per_account(swift, container):
@@ -124,7 +125,13 @@ def test_delete_removes_a_copy_and_reports_failure_quietly(swift, container):
     target = destination(swift, container)
     store.put(target, "cur/rollback", message(b"r\r\n"), {}, deadline=deadline())
     assert store.delete(target, "cur/rollback") is True
-    assert store.delete(target, "cur/rollback") is False  # 404 is reported, not raised
+    assert store.delete(target, "cur/rollback") is True  # 404: gone is gone
+    assert store.delete(destination(swift, "no-such-container"), "cur/x") is True
+    with FaultProxy(swift.port) as proxy:
+        proxy.set_mode("status", 503, methods=("DELETE",))
+        unreachable = Destination("T", (), container, Account(
+            authurl=proxy.auth_url, user="test:tester", key="testing", timeout=5))
+        assert store.delete(unreachable, "cur/rollback") is False  # reported, not raised
 
 
 def test_a_failed_check_of_an_earlier_copy_is_a_retryable_store_error(swift, container):

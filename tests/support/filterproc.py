@@ -8,6 +8,10 @@ import subprocess
 import sys
 import time
 
+# The 250 reply names container and object only with this; tests that fetch
+# the stored object by the reply use it (the default reply is an opaque id).
+FULL_REPLY = ("--reply-detail", "full")
+
 
 def free_port():
     with socket.socket() as probe:
