@@ -12,6 +12,7 @@ internal error.
 """
 
 import errno
+import http
 import http.client
 import socket
 import ssl
@@ -78,8 +79,8 @@ def _why(error, server, timeout):
     causes = list(_causes(error))
     for cause in causes:
         if isinstance(cause, keystone_errors.HttpError) and cause.http_status:
-            answer = f"{cause.http_status} {cause.message or ''}".strip()
-            return f"{server} answered {answer}", cause.http_status in (401, 403)
+            return (f"{server} answered {_status_line(cause.http_status)}",
+                    cause.http_status in (401, 403))
         if isinstance(cause, keystone_errors.EndpointNotFound | keystone_errors.Unauthorized):
             return f"{server}: {cause}", True
     if any(isinstance(cause, ConnectionRefusedError)
@@ -100,6 +101,13 @@ def _why(error, server, timeout):
     if isinstance(error, ClientException):  # swiftclient's words for a Keystone refusal
         return f"{server}: {error.msg}", error.msg.startswith(REFUSED_CREDENTIALS)
     return f"{server}: {type(error).__name__}: {error}", False
+
+
+def _status_line(status):
+    try:
+        return f"{status} {http.HTTPStatus(status).phrase}"
+    except ValueError:
+        return str(status)
 
 
 def describe_failure(error):

@@ -156,3 +156,34 @@ def test_a_failed_check_of_an_earlier_copy_is_a_retryable_store_error(swift, con
         copy = SwiftStore().put(target, "cur/unconfirmed", message(body), {},
                                 deadline=deadline())
         assert copy.etag == hashlib.md5(body).hexdigest()
+
+
+def test_a_connection_cut_after_the_put_headers_is_retried_and_found_stored(swift, container):
+    """swiftclient reads the body lazily: the cut surfaces as urllib3's ProtocolError.
+
+    Swift stored the object; the retry meets 412 and the HEAD confirms our copy.
+    """
+    body = b"answered, then cut\r\n"
+    with FaultProxy(swift.port) as proxy:
+        target = Destination("T", (), container,
+                             Account(authurl=proxy.auth_url, user="test:tester",
+                                     key="testing", retries=1, timeout=5))
+        proxy.set_mode("cut-after-headers", 1, methods=("PUT",))
+        copy = SwiftStore().put(target, "cur/cut-after-headers", message(body), {},
+                                deadline=deadline())
+        assert proxy.stats.snapshot()["injected"] == 1
+    assert (copy.etag, copy.attempts) == (hashlib.md5(body).hexdigest(), 2)
+    assert swift.connection().get_object(container, "cur/cut-after-headers")[1] == body
+
+
+def test_every_put_cut_after_its_headers_is_a_store_error_that_says_so(swift, container):
+    with FaultProxy(swift.port) as proxy:
+        target = Destination("T", (), container,
+                             Account(authurl=proxy.auth_url, user="test:tester",
+                                     key="testing", retries=1, timeout=5))
+        proxy.set_mode("cut-after-headers", 0, methods=("PUT", "HEAD"))
+        with pytest.raises(StoreError) as caught:
+            SwiftStore().put(target, "cur/always-cut", message(b"cut\r\n"), {},
+                             deadline=deadline())
+    assert caught.value.reason.endswith("closed the connection after its response headers")
+    assert caught.value.reason.startswith(f"Swift at http://127.0.0.1:{proxy.port}")
