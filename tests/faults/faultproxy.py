@@ -120,8 +120,12 @@ class FaultProxy:
         self.thread = None
 
     @property
+    def url(self):
+        return f"http://{HOST}:{self.port}"
+
+    @property
     def auth_url(self):
-        return f"http://{HOST}:{self.port}/auth/v1.0"
+        return f"{self.url}/auth/v1.0"
 
     def start(self):
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True,
