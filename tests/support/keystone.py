@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import dataclasses
 import http
 import json
@@ -45,6 +44,7 @@ import signal
 import socketserver
 import sqlite3
 import sys
+import threading
 import time
 import typing
 from wsgiref import simple_server
@@ -259,13 +259,20 @@ def exit_now(signum, frame) -> None:
 
 
 def die_with_parent() -> None:
-    """Have the kernel SIGTERM us when pytest dies, even by SIGKILL."""
-    pr_set_pdeathsig = 1
+    """Exit when pytest dies, even by SIGKILL: we are then reparented.
+
+    Not prctl(PR_SET_PDEATHSIG): that fires when the *thread* that started
+    us ends, and the fault suite restarts Keystone from a scheduler thread
+    that ends long before the test run.
+    """
     parent = os.getppid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-    if os.getppid() != parent:  # died before prctl took effect
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
         os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="die-with-parent").start()
 
 
 def main(argv: list[str] | None = None) -> None:
