@@ -169,11 +169,12 @@ class Deliverer:
             where = dict(fields, SWIFTDROP_SECTION=destination.section,
                          SWIFTDROP_CONTAINER=destination.container)
             for attempt in range(CLEANUP_ATTEMPTS):
+                if attempt:
+                    time.sleep(2 ** attempt)
                 if self.store.delete(destination, name):
                     log.info("removed %s/%s after the reply (451)", destination.container,
                              name, extra=dict(where, SWIFTDROP_RESULT="removed"))
                     break
-                time.sleep(2 ** attempt)
             else:
                 log.error("could not remove %s/%s after its message got 451; it is a copy "
                           "of a message the sender will retry: delete it", destination.container,
