@@ -246,12 +246,22 @@ def _token(change):
 
 
 def _revoke_in_keystone(rig):
-    """Revoke the filter's token in Keystone; Swift's authtoken must then ask again."""
+    """Revoke the filter's token in Keystone; wait until the filter had to authenticate again.
+
+    Revoking takes Keystone a moment; a fast stream could end before the
+    token is used again, and the fault would have hit nothing.
+    """
     token = rig.proxy.stats.last_token
     if token is None:
         raise RuntimeError("no token to revoke")
+    before = rig.authentications()
     rig.keystone.revoke(token)
-    tokens.flush(rig.swift.memcache_port)
+    tokens.flush(rig.swift.memcache_port)  # Swift's authtoken cache of it
+    deadline = time.monotonic() + 20
+    while rig.authentications() == before:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the revoked token was not used again")
+        time.sleep(0.1)
 
 
 def _keystone_outage(kind):
@@ -390,6 +400,7 @@ def run_scenario(rig, name, fault_names, messages, *, seed=1, big_share=0.12,
     stream = [ledger.new(rng.randint(*BIG) if rng.random() < big_share else rng.randint(*SMALL))
               for _ in range(messages)]
     auth_before, starts_before = rig.authentications(), rig.filter.starts
+    log_before = len(rig.filter.log_path.read_text(errors="replace"))
     notices_before = len(rig.webhook.notices)
     injected = collections.Counter()
     progress = Progress()
@@ -427,6 +438,8 @@ def run_scenario(rig, name, fault_names, messages, *, seed=1, big_share=0.12,
     summary.auth_requests = rig.authentications() - auth_before
     summary.notices = len(rig.webhook.wait_for(notices_before + 1, timeout=1)) - notices_before
     summary.filter_restarts = rig.filter.starts - starts_before
+    summary.internal_errors = rig.filter.log_path.read_text(errors="replace")[
+        log_before:].count("internal error")
     summary.seconds = round(time.monotonic() - started, 1)
     return summary
 
