@@ -8,15 +8,11 @@ import subprocess
 import sys
 import time
 
+from tests.support.ports import reserve_port
+
 # The 250 reply names container and object only with this; tests that fetch
 # the stored object by the reply use it (the default reply is an opaque id).
 FULL_REPLY = ("--reply-detail", "full")
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_for_port(port, timeout=15, process=None):
@@ -47,7 +43,7 @@ class FilterProcess:
     def __init__(self, config_path, workdir, *extra_args, port=None, launcher=(), env=None):
         self.config_path = str(config_path)
         self.env = dict(env or {})  # e.g. its own TMPDIR, to count its temporary files
-        self.port = port or free_port()
+        self.port = port or reserve_port()
         self.log_path = pathlib.Path(workdir) / f"filter-{self.port}.log"
         self.extra_args = extra_args
         self.launcher = list(launcher)
