@@ -10,10 +10,12 @@ import sys
 import threading
 
 from . import config as config_module
+from .delivery import REPLY_DETAILS
+from .failures import describe_failure
 from .passthrough import parse_address
 from .queue import Claimed, LostLock, MailQueue, work
 from .service import EX_CONFIG, configure_logging, serve
-from .storage import SwiftStore, describe_failure
+from .storage import SwiftStore
 
 # Postfix gives up on the filter after smtpd_proxy_timeout (100 s by default);
 # our reply must come well before, or a message stored after the client was
@@ -69,6 +71,10 @@ def build_parser():
                                    "%(default)s)")
     serve_parser.add_argument("--alert-mail", metavar="ADDRESS",
                               help="mail failure notices to ADDRESS through --admin-relay")
+    serve_parser.add_argument("--reply-detail", choices=REPLY_DETAILS, default="id",
+                              help="id: the 250 reply names an opaque id, which the journal "
+                                   "entry carries as SWIFTDROP_ID; full: container and object "
+                                   "name of every copy (tells the sender your layout)")
     serve_parser.add_argument("--log-target", choices=("auto", "journal", "stderr"),
                               default="auto", help="auto: journal when run by systemd")
 

@@ -76,8 +76,11 @@ class Account:
 
     def describe(self):
         """A loggable identity of the account: no key, no token."""
-        project = dict(self.os_options).get("project_name") or self.tenant_name
+        options = dict(self.os_options)
+        project = options.get("project_name") or self.tenant_name
         who = f"{project}:{self.user}" if project else self.user
+        if options.get("auth_type") == "v3applicationcredential":
+            who = f"application credential {options.get('application_credential_id')}"
         return f"{who} at {self.authurl} (auth v{self.auth_version})"
 
 

@@ -1,16 +1,31 @@
 """Turn one received message into stored copies and the single SMTP reply for it."""
 
+import hashlib
 import logging
+import threading
 import time
 
+from .deadline import Deadline
+from .failures import StoreError
 from .passthrough import RelayError
 from .routing import Router
 from .smtp import QUEUE_WRITE_ERROR
-from .storage import MAX_META_VALUE, StoreError, metadata_value
+from .storage import MAX_META_VALUE, metadata_value
 
 log = logging.getLogger(__name__)
 
 MAX_REPLY_TEXT = 400  # keep the 250 line well under SMTP's 512-octet reply limit
+REPLY_DETAILS = ("id", "full")
+CLEANUP_ATTEMPTS = 3
+
+
+def opaque_id(name):
+    """A short id for the reply that says nothing about our layout, host or PID.
+
+    Derived from the object name, so it is the same in the journal entry
+    (SWIFTDROP_ID) and can be recomputed from any stored object.
+    """
+    return hashlib.blake2b(name.encode(), digest_size=8).hexdigest()
 
 
 class Deliverer:
@@ -19,58 +34,72 @@ class Deliverer:
     Replies are per message, never per recipient: Postfix's speed_adjust mode
     relays our one reply to the client, so a partial success must become a 451
     for all, and the copies already made are removed again so the sender's
-    retry does not leave duplicates behind.
+    retry does not leave duplicates behind. Everything done for one message
+    is bounded by one Deadline, store_timeout from the end of DATA; removing
+    copies that did not fit in it continues in the background.
     """
 
     def __init__(self, config, store, namer, store_timeout, *, alerter=None,
-                 admin_relay=None):
+                 admin_relay=None, reply_detail="id"):
         self.router = Router(config)
         self.store = store
         self.namer = namer
         self.store_timeout = store_timeout
         self.alerter = alerter
         self.admin_relay = admin_relay
+        self.reply_detail = reply_detail
 
     def __call__(self, envelope, message):
+        deadline = Deadline(self.store_timeout)
+        name = self.namer.name(message.size)
+        fields = {"SWIFTDROP_ID": opaque_id(name), "SWIFTDROP_OBJECT": name,
+                  "SWIFTDROP_SIZE": message.size,
+                  "SWIFTDROP_MESSAGE_ID": message.message_id or "",
+                  "SWIFTDROP_RECIPIENTS": len(envelope.recipients),
+                  "SWIFTDROP_CONTAINER": "", "SWIFTDROP_SECTION": "",
+                  "SWIFTDROP_SWIFT_STATUS": "", "SWIFTDROP_TRANS_ID": ""}
         try:
-            return self.deliver(envelope, message)
-        except Exception:  # a bug must defer the message, never drop the session silently
-            log.exception("internal error while storing a message; replied 451")
+            return self.deliver(envelope, message, name, fields, deadline)
+        except Exception as error:  # a bug must defer the message, never drop the session
+            reason = f"internal error: {type(error).__name__}: {error}"
+            fields.update(SWIFTDROP_RESULT="failed", SWIFTDROP_REASON=reason,
+                          SWIFTDROP_DURATION_MS=_elapsed_ms(deadline))
+            log.exception("internal error while storing %s; replied 451", name, extra=fields)
+            self.notify(fields, reason)
             return QUEUE_WRITE_ERROR
 
-    def deliver(self, envelope, message):
-        started = time.monotonic()
-        name = self.namer.name(message.size)
-        fields = {"SWIFTDROP_OBJECT": name, "SWIFTDROP_SIZE": message.size,
-                  "SWIFTDROP_MESSAGE_ID": message.message_id or "",
-                  "SWIFTDROP_RECIPIENTS": len(envelope.recipients)}
+    def deliver(self, envelope, message, name, fields, deadline):
         for_admin = self.admin_recipients(envelope.recipients)
         deliveries = self.router.route([r for r in envelope.recipients if r not in for_admin])
         fields["SWIFTDROP_CONTAINER"] = " ".join(d.destination.container for d in deliveries)
         fields["SWIFTDROP_SECTION"] = " ".join(d.destination.section for d in deliveries)
-        stored = self.store_copies(envelope, message, name, deliveries, started=started,
-                                   fields=fields)
+        stored = self.store_copies(envelope, message, name, deliveries, fields=fields,
+                                   deadline=deadline)
         if stored is None:
             return QUEUE_WRITE_ERROR
         if for_admin:
-            relayed = self.forward_to_admin(envelope, message, name, for_admin, fields)
+            relayed = self.forward_to_admin(envelope, message, name, for_admin, fields,
+                                            deadline=deadline)
             if relayed is None:
-                self.remove(stored, name)
+                self.remove(stored, name, deadline, fields)
                 return QUEUE_WRITE_ERROR
             if not stored:
-                return f"250 2.0.0 Ok: forwarded to the administrator ({relayed})"[
-                    :MAX_REPLY_TEXT]
-        fields.update(SWIFTDROP_RESULT="stored", SWIFTDROP_DURATION_MS=_elapsed_ms(started),
+                if self.reply_detail == "full":
+                    return f"250 2.0.0 Ok: forwarded to the administrator ({relayed})"[
+                        :MAX_REPLY_TEXT]
+                return f"250 2.0.0 Ok: forwarded, id {fields['SWIFTDROP_ID']}"
+        fields.update(SWIFTDROP_RESULT="stored", SWIFTDROP_DURATION_MS=_elapsed_ms(deadline),
                       SWIFTDROP_TRANS_ID=" ".join(copy.transaction_id or "-" for _, copy in stored))
         log.info("stored %s (%d bytes) in %s in %d ms", name, message.size,
                  ", ".join(f"[{d.destination.section}] {d.destination.container}"
                            for d, _ in stored),
                  fields["SWIFTDROP_DURATION_MS"], extra=fields)
-        return stored_reply([f"{copy.container}/{copy.name}" for _, copy in stored])
+        if self.reply_detail == "full":
+            return stored_reply([f"{copy.container}/{copy.name}" for _, copy in stored])
+        return f"250 2.0.0 Ok: stored, id {fields['SWIFTDROP_ID']}"
 
-    def store_copies(self, envelope, message, name, deliveries, *, started, fields):
+    def store_copies(self, envelope, message, name, deliveries, *, fields, deadline):
         """All copies stored, or None after logging why and removing the partial ones."""
-        deadline = started + self.store_timeout
         stored = []
         try:
             for delivery in deliveries:
@@ -79,38 +108,77 @@ class Deliverer:
                                       deadline=deadline)
                 stored.append((delivery, copy))
         except StoreError as error:
-            self.remove(stored, name)
-            fields.update(SWIFTDROP_RESULT="failed", SWIFTDROP_SECTION=delivery.destination.section,
-                          SWIFTDROP_CONTAINER=delivery.destination.container,
+            destination = delivery.destination
+            fields.update(SWIFTDROP_SECTION=destination.section,
+                          SWIFTDROP_CONTAINER=destination.container,
                           SWIFTDROP_SWIFT_STATUS=error.status or "",
-                          SWIFTDROP_TRANS_ID=error.transaction_id or "",
-                          SWIFTDROP_DURATION_MS=_elapsed_ms(started))
-            log.error("not stored %s in [%s] container %s: %s%s; replied 451",
-                      name, delivery.destination.section, delivery.destination.container,
-                      error.reason,
-                      f" (transaction {error.transaction_id})" if error.transaction_id else "",
-                      extra=fields)
-            if self.alerter is not None:
-                self.alerter.failure(delivery.destination.section, delivery.destination.container,
-                                     error.reason, error.status, error.transaction_id)
+                          SWIFTDROP_TRANS_ID=error.transaction_id or "")
+            self.failed(fields, deadline, error.reason,
+                        f"not stored {name} in [{destination.section}] container "
+                        f"{destination.container}", status=error.status,
+                        transaction_id=error.transaction_id)
+            self.remove(stored, name, deadline, fields)
             return None
+        except Exception:
+            self.remove(stored, name, deadline, fields)
+            raise
         return stored
 
-    def forward_to_admin(self, envelope, message, name, recipients, fields):
+    def failed(self, fields, deadline, reason, what, *, status=None, transaction_id=None):
+        """The err journal entry with every SWIFTDROP_* field, and the failure notice."""
+        fields.update(SWIFTDROP_RESULT="failed", SWIFTDROP_REASON=reason,
+                      SWIFTDROP_DURATION_MS=_elapsed_ms(deadline))
+        log.error("%s: %s%s; replied 451", what, reason,
+                  f" (transaction {transaction_id})" if transaction_id else "", extra=fields)
+        self.notify(fields, reason, status, transaction_id)
+
+    def notify(self, fields, reason, status=None, transaction_id=None):
+        if self.alerter is not None:
+            self.alerter.failure(fields["SWIFTDROP_SECTION"] or "-",
+                                 fields["SWIFTDROP_CONTAINER"] or "-", reason, status,
+                                 transaction_id)
+
+    def forward_to_admin(self, envelope, message, name, recipients, fields, *, deadline):
         """Postfix's reply (with its queue id), or None after logging why it failed."""
         try:
-            relayed = self.admin_relay.forward(envelope, recipients, message)
+            relayed = self.admin_relay.forward(envelope, recipients, message, deadline=deadline)
         except RelayError as error:
-            log.error("not forwarded %s for %s: %s; replied 451", name, ", ".join(recipients),
-                      error, extra=dict(fields, SWIFTDROP_RESULT="failed"))
+            self.failed(dict(fields, SWIFTDROP_SECTION="admin relay",
+                             SWIFTDROP_CONTAINER=""), deadline, str(error),
+                        f"not forwarded {name} for {', '.join(recipients)}")
             return None
         log.info("forwarded %s (%d bytes) for %s to the admin relay: %s", name, message.size,
                  ", ".join(recipients), relayed, extra=dict(fields, SWIFTDROP_RESULT="forwarded"))
         return relayed
 
-    def remove(self, stored, name):
-        for delivery, _ in stored:
-            self.store.delete(delivery.destination, name)
+    def remove(self, stored, name, deadline, fields):
+        """Delete the copies of a message that gets 451; what the deadline leaves, later.
+
+        The reply must not wait for the cleanup once the deadline has passed,
+        so the rest is removed by a background thread, and logged.
+        """
+        leftover = [delivery.destination for delivery, _ in stored
+                    if deadline.remaining() <= 0
+                    or not self.store.delete(delivery.destination, name, deadline=deadline)]
+        if leftover:
+            threading.Thread(target=self.remove_later, args=(leftover, name, fields),
+                             daemon=True, name="swiftdrop-cleanup").start()
+
+    def remove_later(self, destinations, name, fields):
+        for destination in destinations:
+            where = dict(fields, SWIFTDROP_SECTION=destination.section,
+                         SWIFTDROP_CONTAINER=destination.container)
+            for attempt in range(CLEANUP_ATTEMPTS):
+                if attempt:
+                    time.sleep(2 ** attempt)
+                if self.store.delete(destination, name):
+                    log.info("removed %s/%s after the reply (451)", destination.container,
+                             name, extra=dict(where, SWIFTDROP_RESULT="removed"))
+                    break
+            else:
+                log.error("could not remove %s/%s after its message got 451; it is a copy "
+                          "of a message the sender will retry: delete it", destination.container,
+                          name, extra=dict(where, SWIFTDROP_RESULT="not-removed"))
 
     def admin_recipients(self, recipients):
         """Role addresses the admin relay takes, unless a named section routes them."""
@@ -156,5 +224,5 @@ def stored_reply(locations):
     return text
 
 
-def _elapsed_ms(started):
-    return round((time.monotonic() - started) * 1000)
+def _elapsed_ms(deadline):
+    return round(deadline.elapsed() * 1000)

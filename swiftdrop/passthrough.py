@@ -40,8 +40,11 @@ class AdminRelay:
         local_part, at, _ = recipient.rpartition("@")
         return bool(at) and local_part.casefold() in self.local_parts
 
-    def forward(self, envelope, recipients, message):
-        """Queue `message` for `recipients` in Postfix; return its reply text (queue id)."""
+    def forward(self, envelope, recipients, message, *, deadline):
+        """Queue `message` for `recipients` in Postfix; return its reply text (queue id).
+
+        Every SMTP step waits at most until the message's `deadline`.
+        """
         options = []
         if envelope.body_8bit:
             options.append("BODY=8BITMIME")
@@ -49,18 +52,30 @@ class AdminRelay:
             options.append("SMTPUTF8")
         message.spool.seek(0)
         try:
-            with self._session() as client:
-                client.ehlo()
-                _expect(client.mail(envelope.mail_from or "", options), 250)
+            with self._session(deadline) as client:
+                def step(reply_of, *codes):
+                    client.sock.settimeout(self._step_timeout(deadline))
+                    return _expect(reply_of(), *codes)
+
+                step(client.ehlo, 250)
+                step(lambda: client.mail(envelope.mail_from or "", options), 250)
                 for recipient in recipients:
-                    _expect(client.rcpt(recipient), 250, 251)
-                _expect(client.docmd("DATA"), 354)
+                    step(lambda recipient=recipient: client.rcpt(recipient), 250, 251)
+                step(lambda: client.docmd("DATA"), 354)
                 for chunk in dot_stuffed(iter(lambda: message.spool.read(CHUNK), b"")):
+                    client.sock.settimeout(self._step_timeout(deadline))
                     client.sock.sendall(chunk)
-                _, text = _expect(client.getreply(), 250)
+                _, text = step(client.getreply, 250)
         finally:
             message.spool.seek(0)
         return text.decode("utf-8", "replace")
+
+    def _step_timeout(self, deadline):
+        timeout = deadline.timeout(self.timeout)
+        if timeout <= 0:
+            raise RelayError(f"admin relay {self.host}:{self.port}: no time left before "
+                             f"the message's deadline")
+        return timeout
 
     def notify(self, recipient, subject, text):
         """Mail a short notice from SwiftDrop itself (failure alerts)."""
@@ -76,11 +91,12 @@ class AdminRelay:
             client.send_message(notice, from_addr="", to_addrs=[recipient])
 
     @contextmanager
-    def _session(self):
+    def _session(self, deadline=None):
         """An SMTP session with the relay; any failure in it is a RelayError."""
+        timeout = self.timeout if deadline is None else self._step_timeout(deadline)
         try:
             with smtplib.SMTP(self.host, self.port, local_hostname=self.hostname,
-                              timeout=self.timeout) as client:
+                              timeout=timeout) as client:
                 yield client
         except (OSError, smtplib.SMTPException) as error:
             raise RelayError(f"admin relay {self.host}:{self.port}: {error}") from None

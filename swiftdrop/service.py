@@ -183,7 +183,7 @@ def serve(options):
         alerter = Alerter(options.alert_interval, webhook_url=options.alert_webhook,
                           mail_to=options.alert_mail, relay=admin_relay)
     deliver = Deliverer(config, SwiftStore(), namer, options.store_timeout, alerter=alerter,
-                        admin_relay=admin_relay)
+                        admin_relay=admin_relay, reply_detail=options.reply_detail)
 
     def make_session(connection):
         return SmtpSession(connection, deliver, hostname=namer.hostname,

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from tests.support.filterproc import run_swiftdrop, wait_for_port
+from tests.support.keystone import KeystoneServer
 from tests.support.ports import reserve_port
 from tests.support.swiftserver import SwiftServer
 
@@ -52,6 +53,24 @@ def create_containers(ini):
 @pytest.fixture(scope="session")
 def swift(tmp_path_factory):
     with SwiftServer(tmp_path_factory.mktemp("swift")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def keystone(tmp_path_factory):
+    """A real Keystone; tests that inject faults into it clear them again."""
+    started = time.monotonic()
+    with KeystoneServer(tmp_path_factory.mktemp("keystone")) as server:
+        print(f"keystone startup (incl. users) took {time.monotonic() - started:.2f} s")
+        yield server
+
+
+@pytest.fixture(scope="session")
+def keystone_swift(keystone, tmp_path_factory):
+    """A Swift that authenticates against `keystone` (authtoken + keystoneauth)."""
+    started = time.monotonic()
+    with SwiftServer(tmp_path_factory.mktemp("swift"), keystone=keystone) as server:
+        print(f"keystone-mode swift startup took {time.monotonic() - started:.2f} s")
         yield server
 
 

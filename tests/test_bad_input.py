@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from tests.support.filterproc import FilterProcess
+from tests.support.filterproc import FULL_REPLY, FilterProcess
 from tests.support.leaks import ResourceProbe
 from tests.support.rawsmtp import RawSmtp, dot_stuff
 
@@ -38,6 +38,7 @@ def filter_under_test(swift, swift_ini, tmp_path_factory):
     tmpdir.mkdir()
     with FilterProcess(swift_ini, workdir, "--hostname", "mx.bad-input.test",
                        "--idle-timeout", str(IDLE_TIMEOUT), "--log-target", "stderr",
+                       *FULL_REPLY,
                        env={"TMPDIR": str(tmpdir)}) as process:
         probe = ResourceProbe(process.process.pid, tmpdir, swift.port, process.port)
         with RawSmtp(process.address) as client:

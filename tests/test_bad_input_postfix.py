@@ -11,7 +11,7 @@ import hashlib
 
 import pytest
 
-from tests.support.filterproc import FilterProcess
+from tests.support.filterproc import FULL_REPLY, FilterProcess
 from tests.support.leaks import ResourceProbe
 from tests.support.postfix import postfix_instance
 from tests.support.rawsmtp import RawSmtp, dot_stuff
@@ -33,7 +33,8 @@ def path(swift, swift_ini, tmp_path_factory):
     tmpdir = workdir / "tmp"
     tmpdir.mkdir()
     with FilterProcess(swift_ini, workdir, "--hostname", "mx.swiftdrop.test",
-                       "--log-target", "stderr", env={"TMPDIR": str(tmpdir)}) as proxy, \
+                       "--log-target", "stderr", *FULL_REPLY,
+                       env={"TMPDIR": str(tmpdir)}) as proxy, \
             postfix_instance(proxy_filter=f"inet:127.0.0.1:{proxy.port}",
                              relay_domains=RELAY_DOMAINS, recipients=RECIPIENTS,
                              extra_main={"smtpd_timeout": f"{SMTPD_TIMEOUT}s"}) as postfix:

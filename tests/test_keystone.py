@@ -13,8 +13,6 @@ import pytest
 from swiftclient import client
 
 from tests.support.filterproc import FilterProcess, run_swiftdrop
-from tests.support.keystone import KeystoneServer
-from tests.support.swiftserver import SwiftServer
 
 # swiftclient's auth v3 still uses keystoneclient's deprecated session-less API.
 # A real Keystone takes a while to start: left out of the quick loop.
@@ -26,22 +24,6 @@ pytestmark = [
 
 CONTAINER = "keystone-mail"
 MESSAGE = b"Subject: x\r\n\r\nbody\r\n"
-
-
-@pytest.fixture(scope="module")
-def keystone(tmp_path_factory):
-    started = time.monotonic()
-    with KeystoneServer(tmp_path_factory.mktemp("keystone")) as server:
-        print(f"keystone startup (incl. users) took {time.monotonic() - started:.2f} s")
-        yield server
-
-
-@pytest.fixture(scope="module")
-def keystone_swift(keystone, tmp_path_factory):
-    started = time.monotonic()
-    with SwiftServer(tmp_path_factory.mktemp("swift"), keystone=keystone) as server:
-        print(f"keystone-mode swift startup took {time.monotonic() - started:.2f} s")
-        yield server
 
 
 def get_auth(keystone):

@@ -5,6 +5,7 @@ The whole chain is real: client -> Postfix smtpd -> filter -> second
 """
 
 import io
+import re
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,7 +14,7 @@ import pytest
 from swiftdrop.passthrough import dot_stuffed
 from swiftdrop.smtp import unstuff
 from tests.conftest import create_containers, write_ini
-from tests.support.filterproc import FilterProcess
+from tests.support.filterproc import FULL_REPLY, FilterProcess
 from tests.support.ports import reserve_port
 from tests.support.postfix import make_workdir, postfix_instance
 from tests.support.smtpsink import SmtpSink
@@ -43,7 +44,7 @@ def admin_mx(swift, swift_ini, tmp_path_factory):
                 "-o syslog_name=postfix/admin")
     with SmtpSink() as sink, \
             FilterProcess(swift_ini, workdir, "--admin-relay", f"127.0.0.1:{admin_port}",
-                          "--log-target", "stderr") as proxy, \
+                          "--log-target", "stderr", *FULL_REPLY) as proxy, \
             postfix_instance(proxy_filter=f"inet:127.0.0.1:{proxy.port}",
                              relay_domains=DOMAINS,
                              recipients=["someone@example.com", *ROLE_ADDRESSES],
@@ -90,7 +91,8 @@ def test_admin_relay_down_means_451_and_no_swift_copy(swift, tmp_path):
         code, _ = send(process.address, "s@o.test", ["someone@example.com",
                                                      "hostmaster@example.com"], b"x\r\n")
         assert code == 451
-        assert "not forwarded" in process.log()
+        assert re.search(r"ERROR: not forwarded cur/\S+ for hostmaster@example\.com: "
+                         r"admin relay 127\.0\.0\.1:\d+: .*Connection refused", process.log())
     _, listing = swift.connection("test").get_container("passthrough-down")
     assert listing == []
 

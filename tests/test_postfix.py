@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from tests.conftest import create_containers, write_ini
-from tests.support.filterproc import FilterProcess
+from tests.support.filterproc import FULL_REPLY, FilterProcess
 from tests.support.postfix import postfix_instance
 from tests.support.swiftserver import SwiftServer
 from tests.test_service import ReplyRecordingSMTP, send, stored_location
@@ -26,7 +26,7 @@ def mx(swift, swift_ini, tmp_path_factory):
     """Postfix on a loopback port with the filter as its smtpd_proxy_filter."""
     workdir = tmp_path_factory.mktemp("mx")
     with FilterProcess(swift_ini, workdir, "--hostname", "mx.swiftdrop.test",
-                       "--log-target", "stderr") as proxy, \
+                       "--log-target", "stderr", *FULL_REPLY) as proxy, \
             postfix_instance(proxy_filter=f"inet:127.0.0.1:{proxy.port}",
                              relay_domains=RELAY_DOMAINS, recipients=RECIPIENTS) as postfix:
         yield postfix
@@ -125,7 +125,7 @@ def test_swift_down_through_postfix_gives_451_and_retry_is_stored(tmp_path):
         ini = write_ini(tmp_path / "swiftdrop.ini", swift, timeout="2", retries="1")
         create_containers(ini)
         with FilterProcess(ini, tmp_path, "--store-timeout", "8",
-                           "--log-target", "stderr") as proxy, \
+                           "--log-target", "stderr", *FULL_REPLY) as proxy, \
                 postfix_instance(proxy_filter=f"inet:127.0.0.1:{proxy.port}",
                                  relay_domains=RELAY_DOMAINS, recipients=RECIPIENTS) as postfix:
             address = ("127.0.0.1", postfix.smtp_port)
@@ -152,7 +152,7 @@ def test_reply_recording_client_sees_the_final_text(mx):
 def test_size_limits_give_552_and_store_nothing(swift, swift_ini, tmp_path):
     """Postfix refuses at MAIL SIZE= and at the end of DATA; the filter's own cap holds too."""
     with FilterProcess(swift_ini, tmp_path, "--max-message-size", "3000",
-                       "--log-target", "stderr") as proxy, \
+                       "--log-target", "stderr", *FULL_REPLY) as proxy, \
             postfix_instance(proxy_filter=f"inet:127.0.0.1:{proxy.port}",
                              relay_domains=RELAY_DOMAINS, recipients=RECIPIENTS,
                              extra_main={"message_size_limit": "5000"}) as postfix:

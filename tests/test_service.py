@@ -14,7 +14,9 @@ import typing
 import pytest
 
 from tests.conftest import CONTAINERS, create_containers, write_ini
+from tests.faults.faultproxy import FaultProxy
 from tests.support.filterproc import (
+    FULL_REPLY,
     FilterProcess,
     run_swiftdrop,
     swiftdrop_command,
@@ -31,7 +33,7 @@ STORED = re.compile(r"^2\.0\.0 Ok: stored as ([^/]+)/(cur/\S+?,S=\d+)")
 def filter_process(swift_ini, tmp_path_factory):
     with FilterProcess(swift_ini, tmp_path_factory.mktemp("filter"),
                        "--hostname", "mx1.example.test", "--max-message-size", "20000000",
-                       "--log-target", "stderr") as process:
+                       "--log-target", "stderr", *FULL_REPLY) as process:
         yield process
 
 
@@ -150,13 +152,14 @@ def test_swift_down_gives_451_then_the_retry_is_stored(own_swift, tmp_path):
     ini = write_ini(tmp_path / "swiftdrop.ini", own_swift, timeout="2", retries="1")
     create_containers(ini)
     body = b"Subject: retry me\r\n\r\nplease\r\n"
-    with FilterProcess(ini, tmp_path, "--store-timeout", "8", "--log-target", "stderr") as proc:
+    with FilterProcess(ini, tmp_path, "--store-timeout", "8", "--log-target", "stderr",
+                       *FULL_REPLY) as proc:
         stored_location(send(proc.address, "s@o.test", ["a@example.com"], b"warm-up\r\n"))
         own_swift.stop()
         code, text = send(proc.address, "s@o.test", ["a@example.com"], body)
         assert (code, text) == (451, "4.3.0 Error: queue file write error")
         assert re.search(r"ERROR: not stored cur/\S+ in \[DEFAULT\] container fallback: "
-                         r"ConnectionError", proc.log())
+                         r"Swift at http://127\.0\.0\.1:\d+: connection refused", proc.log())
         own_swift.start()
         names = [o["name"] for o in own_swift.connection().get_container("fallback")[1]]
         assert len(names) == 1  # only the warm-up: nothing of the 451 message was stored
@@ -168,7 +171,7 @@ def test_swift_down_gives_451_then_the_retry_is_stored(own_swift, tmp_path):
 def test_expired_token_means_one_reauth_not_a_451(own_swift, tmp_path):
     ini = write_ini(tmp_path / "swiftdrop.ini", own_swift)
     create_containers(ini)
-    with FilterProcess(ini, tmp_path, "--log-target", "stderr") as proc:
+    with FilterProcess(ini, tmp_path, "--log-target", "stderr", *FULL_REPLY) as proc:
         stored_location(send(proc.address, "s@o.test", ["a@example.com"], b"one\r\n"))
         time.sleep(4)  # tokens of own_swift live 3 s
         stored_location(send(proc.address, "s@o.test", ["a@example.com"], b"two\r\n"))
@@ -211,7 +214,8 @@ def test_check_reports_every_section(swift, swift_ini, tmp_path):
 
 def test_socket_activation_with_systemd_socket_activate(swift, swift_ini, tmp_path):
     port = reserve_port()
-    process = FilterProcess(swift_ini, tmp_path, "--log-target", "stderr", port=port,
+    process = FilterProcess(swift_ini, tmp_path, "--log-target", "stderr", *FULL_REPLY,
+                            port=port,
                             launcher=["systemd-socket-activate", "-l", f"127.0.0.1:{port}"])
     with process:
         container, name = stored_location(send(("127.0.0.1", port), "s@o.test",
@@ -221,7 +225,7 @@ def test_socket_activation_with_systemd_socket_activate(swift, swift_ini, tmp_pa
 
 
 def test_sigterm_lets_a_session_in_progress_finish(swift, swift_ini, tmp_path):
-    with FilterProcess(swift_ini, tmp_path, "--log-target", "stderr") as process:
+    with FilterProcess(swift_ini, tmp_path, "--log-target", "stderr", *FULL_REPLY) as process:
         client = socket.create_connection(process.address, timeout=30)
         reader = client.makefile("rb")
         reader.readline()
@@ -249,14 +253,22 @@ def test_sigterm_lets_a_session_in_progress_finish(swift, swift_ini, tmp_path):
 
 
 def test_journald_entry_has_structured_fields(swift, swift_ini, tmp_path, journald):
+    """The default 250 names an opaque id only; the journal leads from it to the object."""
     with FilterProcess(swift_ini, tmp_path, "--log-target", "journal") as process:
-        container, name = stored_location(send(process.address, "s@o.test",
-                                               ["billing@example.com"], b"journal me\r\n"))
+        code, text = send(process.address, "s@o.test", ["billing@example.com"],
+                          b"journal me\r\n")
         pid = process.process.pid
-    entries = journald.entries(_PID=str(pid), SWIFTDROP_OBJECT=name)
+    assert code == 250
+    match = re.fullmatch(r"2\.0\.0 Ok: stored, id ([0-9a-f]{16})", text)
+    assert match, text
+    assert "billing" not in text and "cur/" not in text and str(pid) not in text
+    entries = journald.entries(SWIFTDROP_ID=match.group(1))
     assert len(entries) == 1
     entry = entries[0]
-    assert entry["SWIFTDROP_CONTAINER"] == container == "billing"
+    assert entry["_PID"] == str(pid)
+    assert entry["SWIFTDROP_CONTAINER"] == "billing"
+    assert NAME.match(entry["SWIFTDROP_OBJECT"])
+    assert get(swift, "test", "billing", entry["SWIFTDROP_OBJECT"])[1] == b"journal me\r\n"
     assert entry["SWIFTDROP_SIZE"] == str(len(b"journal me\r\n"))
     assert entry["SWIFTDROP_RESULT"] == "stored"
     assert int(entry["SWIFTDROP_DURATION_MS"]) >= 0
@@ -287,7 +299,11 @@ def test_failure_is_a_journal_entry_at_error_priority(swift, tmp_path, journald)
     assert entry["SWIFTDROP_SWIFT_STATUS"] == "404"
     assert entry["SWIFTDROP_TRANS_ID"].startswith("tx")
     assert entry["SWIFTDROP_SECTION"] == "DEFAULT"
+    assert entry["SWIFTDROP_CONTAINER"] == "never-created"
+    assert entry["SWIFTDROP_REASON"] == "Swift answered 404 Not Found"
     assert "Swift answered 404" in entry["MESSAGE"]
+    for field in ("ID", "OBJECT", "SIZE", "DURATION_MS", "MESSAGE_ID", "RECIPIENTS"):
+        assert f"SWIFTDROP_{field}" in entry, field
 
 
 def test_check_config_only_needs_no_swift(tmp_path):
@@ -353,7 +369,7 @@ def test_ten_failures_in_a_row_send_one_notice(swift, tmp_path):
         # The interval is long enough for ten failures on a loaded machine too.
         interval = 12
         with FilterProcess(ini, tmp_path, "--alert-webhook", url, "--alert-interval",
-                           str(interval), "--log-target", "stderr") as process:
+                           str(interval), "--log-target", "stderr", *FULL_REPLY) as process:
             started = time.monotonic()
             for _ in range(10):
                 assert send(process.address, "s@o.test", ["a@example.com"], b"x\r\n")[0] == 451
@@ -376,3 +392,45 @@ def test_ten_failures_in_a_row_send_one_notice(swift, tmp_path):
             assert "testing" not in json.dumps(WebhookReceiver.received)
     finally:
         receiver.shutdown()
+
+
+def test_a_silent_swift_costs_the_deadline_and_the_cleanup_happens_after_the_reply(
+        swift, tmp_path):
+    """Two destinations; the second Swift holds its answer back past the deadline.
+
+    The reply (451) must not wait for that, nor for removing the first copy:
+    store_timeout + 1 s is the bound issue 12 asks for (hence the timing
+    assertion), and the removal happens in the background and is logged.
+    """
+    swift.connection().put_container("cleanup-first")
+    swift.connection().put_container("cleanup-silent")
+    with FaultProxy(swift.port) as proxy:
+        ini = tmp_path / "swiftdrop.ini"
+        ini.write_text(
+            "[DEFAULT]\nrecipient = DEFAULT\ncontainer = cleanup-first\n"
+            f"authurl = {swift.auth_url}\nuser = test:tester\nkey = testing\ntimeout = 10\n"
+            "[SILENT]\nrecipient = silent@example.com\ncontainer = cleanup-silent\n"
+            f"authurl = {proxy.auth_url}\n")
+        ini.chmod(0o640)
+        with FilterProcess(ini, tmp_path, "--store-timeout", "4", "--log-target", "stderr",
+                           *FULL_REPLY) as process:
+            stored_location(send(process.address, "s@o.test", ["a@example.com",
+                                                               "silent@example.com"], b"w\r\n"))
+            proxy.set_mode("delay", 30, methods=("PUT",))
+            started = time.monotonic()
+            code, _ = send(process.address, "s@o.test", ["a@example.com", "silent@example.com"],
+                           b"Subject: half stored\r\n\r\nx\r\n")
+            took = time.monotonic() - started
+            deadline = time.monotonic() + 30
+            while "after the reply (451)" not in process.log():
+                assert time.monotonic() < deadline, process.log()
+                time.sleep(0.1)
+            proxy.set_mode("pass")
+            log = process.log()
+    assert code == 451
+    assert took <= 4 + 1, f"the reply took {took:.1f} s"
+    assert re.search(r"ERROR: not stored cur/\S+ in \[SILENT\] container cleanup-silent: "
+                     r"Swift at http://127\.0\.0\.1:\d+ did not answer within [\d.]+ s", log)
+    assert re.search(r"INFO: removed cleanup-first/cur/\S+ after the reply \(451\)", log)
+    names = [o["name"] for o in swift.connection().get_container("cleanup-first")[1]]
+    assert len(names) == 1  # the warm-up only

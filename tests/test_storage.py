@@ -8,6 +8,7 @@ import time
 import pytest
 
 from swiftdrop.config import Account, Destination
+from swiftdrop.deadline import Deadline
 from swiftdrop.smtp import Message
 from swiftdrop.storage import StoreError, SwiftStore
 from tests.faults.faultproxy import FaultProxy
@@ -31,7 +32,7 @@ def container(swift):
 
 
 def deadline(seconds=20):
-    return time.monotonic() + seconds
+    return Deadline(seconds)
 
 
 def test_put_is_verified_and_carries_metadata(swift, container):
@@ -91,7 +92,7 @@ def test_deadline_stops_retrying(swift, container):
     store = SwiftStore()
     with pytest.raises(StoreError, match="deadline"):
         store.put(destination(swift, container), "cur/late", message(b"x\r\n"), {},
-                  deadline=time.monotonic() + 0.5)
+                  deadline=Deadline(0.5))
 
 
 def test_threads_share_one_token_per_account(swift, container):
@@ -124,7 +125,13 @@ def test_delete_removes_a_copy_and_reports_failure_quietly(swift, container):
     target = destination(swift, container)
     store.put(target, "cur/rollback", message(b"r\r\n"), {}, deadline=deadline())
     assert store.delete(target, "cur/rollback") is True
-    assert store.delete(target, "cur/rollback") is False  # 404 is reported, not raised
+    assert store.delete(target, "cur/rollback") is True  # 404: gone is gone
+    assert store.delete(destination(swift, "no-such-container"), "cur/x") is True
+    with FaultProxy(swift.port) as proxy:
+        proxy.set_mode("status", 503, methods=("DELETE",))
+        unreachable = Destination("T", (), container, Account(
+            authurl=proxy.auth_url, user="test:tester", key="testing", timeout=5))
+        assert store.delete(unreachable, "cur/rollback") is False  # reported, not raised
 
 
 def test_a_failed_check_of_an_earlier_copy_is_a_retryable_store_error(swift, container):
@@ -149,3 +156,34 @@ def test_a_failed_check_of_an_earlier_copy_is_a_retryable_store_error(swift, con
         copy = SwiftStore().put(target, "cur/unconfirmed", message(body), {},
                                 deadline=deadline())
         assert copy.etag == hashlib.md5(body).hexdigest()
+
+
+def test_a_connection_cut_after_the_put_headers_is_retried_and_found_stored(swift, container):
+    """swiftclient reads the body lazily: the cut surfaces as urllib3's ProtocolError.
+
+    Swift stored the object; the retry meets 412 and the HEAD confirms our copy.
+    """
+    body = b"answered, then cut\r\n"
+    with FaultProxy(swift.port) as proxy:
+        target = Destination("T", (), container,
+                             Account(authurl=proxy.auth_url, user="test:tester",
+                                     key="testing", retries=1, timeout=5))
+        proxy.set_mode("cut-after-headers", 1, methods=("PUT",))
+        copy = SwiftStore().put(target, "cur/cut-after-headers", message(body), {},
+                                deadline=deadline())
+        assert proxy.stats.snapshot()["injected"] == 1
+    assert (copy.etag, copy.attempts) == (hashlib.md5(body).hexdigest(), 2)
+    assert swift.connection().get_object(container, "cur/cut-after-headers")[1] == body
+
+
+def test_every_put_cut_after_its_headers_is_a_store_error_that_says_so(swift, container):
+    with FaultProxy(swift.port) as proxy:
+        target = Destination("T", (), container,
+                             Account(authurl=proxy.auth_url, user="test:tester",
+                                     key="testing", retries=1, timeout=5))
+        proxy.set_mode("cut-after-headers", 0, methods=("PUT", "HEAD"))
+        with pytest.raises(StoreError) as caught:
+            SwiftStore().put(target, "cur/always-cut", message(b"cut\r\n"), {},
+                             deadline=deadline())
+    assert caught.value.reason.endswith("closed the connection after its response headers")
+    assert caught.value.reason.startswith(f"Swift at http://127.0.0.1:{proxy.port}")

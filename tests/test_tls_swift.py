@@ -12,7 +12,7 @@ import subprocess
 import pytest
 import swiftclient
 
-from tests.support.filterproc import FilterProcess, run_swiftdrop
+from tests.support.filterproc import FULL_REPLY, FilterProcess, run_swiftdrop
 from tests.support.keystone import KeystoneServer
 from tests.support.ports import reserve_port
 from tests.support.swiftserver import SwiftServer
@@ -85,7 +85,7 @@ def test_a_trusted_certificate_stores_the_message(front, ca, tmp_path, trust):
     keys = {"cacert": str(ca.cert)} if trust == "cacert" else {"insecure": "true"}
     ini = write_tls_ini(tmp_path / "swiftdrop.ini", front, **keys)
     body = f"Subject: over TLS with {trust}\r\n\r\nsealed\r\n".encode()
-    with FilterProcess(ini, tmp_path, "--log-target", "stderr") as process:
+    with FilterProcess(ini, tmp_path, "--log-target", "stderr", *FULL_REPLY) as process:
         container, name = stored_location(send(process.address, "s@o.test",
                                                ["a@example.com"], body))
     assert container == CONTAINER
@@ -104,7 +104,7 @@ def test_a_swift_unaware_of_its_terminator_works_with_object_storage_url(swift, 
         swift.connection().put_container(CONTAINER)
         ini = write_tls_ini(tmp_path / "swiftdrop.ini", terminator, cacert=str(ca.cert),
                             os_options_object_storage_url=f"{terminator.url}/v1/AUTH_test")
-        with FilterProcess(ini, tmp_path, "--log-target", "stderr") as process:
+        with FilterProcess(ini, tmp_path, "--log-target", "stderr", *FULL_REPLY) as process:
             _, name = stored_location(send(process.address, "s@o.test", ["a@example.com"], body))
     assert swift.connection().get_object(CONTAINER, name)[1] == body
 
@@ -166,7 +166,8 @@ def test_the_system_store_is_the_default(front, ca, tmp_path, monkeypatch):
     port = reserve_port()
     with_store = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
                   f'mount --bind "$0" {SYSTEM_BUNDLE} && exec "$@"', str(bundle)]
-    with FilterProcess(ini, tmp_path, "--listen", f"127.0.0.1:{port}", "--log-target", "stderr",
+    with FilterProcess(ini, tmp_path, "--listen", f"127.0.0.1:{port}",
+                       "--log-target", "stderr", *FULL_REPLY,
                        port=port, launcher=with_store) as process:
         _, name = stored_location(send(process.address, "s@o.test", ["a@example.com"],
                                        b"trusted by the system store\r\n"))
@@ -177,7 +178,7 @@ def test_requests_ca_bundle_replaces_the_system_store(front, ca, tmp_path, monke
     """What requests honours instead of the default path (not SSL_CERT_FILE)."""
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(private_system_store(ca, tmp_path / "store")))
     ini = write_tls_ini(tmp_path / "swiftdrop.ini", front)
-    with FilterProcess(ini, tmp_path, "--log-target", "stderr") as process:
+    with FilterProcess(ini, tmp_path, "--log-target", "stderr", *FULL_REPLY) as process:
         _, name = stored_location(send(process.address, "s@o.test", ["a@example.com"],
                                        b"trusted through REQUESTS_CA_BUNDLE\r\n"))
     assert name in object_names(front, ca)
@@ -214,7 +215,7 @@ def test_keystone_authentication_is_verified_too(keystone_behind_tls, ca, tmp_pa
     check = run_swiftdrop("check", "--config", str(ini))
     assert check.returncode == 0, check.stdout + check.stderr
     ini.write_text(untrusted)
-    with FilterProcess(ini, tmp_path, "--log-target", "stderr") as process:
+    with FilterProcess(ini, tmp_path, "--log-target", "stderr", *FULL_REPLY) as process:
         code, _ = send(process.address, "s@o.test", ["a@example.com"], b"refused\r\n")
     assert code == 451
     assert f"TLS certificate of {terminator.url} not trusted: {UNKNOWN_CA}" in process.log()

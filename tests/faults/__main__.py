@@ -1,8 +1,9 @@
 """The full fault run: ``PYTHONPATH=. .venv/bin/python -m tests.faults [--messages 1000]``.
 
-One stream of numbered messages through Postfix, the filter and Swift with
-every fault mixed in at random (optionally each fault on its own first,
-``--each N``), then the ledger of every run. Exits 1 if any ledger shows a
+One stream of numbered messages through Postfix, the filter and Swift (behind
+a real Keystone by default, ``--auth``) with every fault mixed in at random
+(optionally each fault on its own first, ``--each N``), then the ledger of
+every run. Exits 1 if any ledger shows a
 broken promise: a 250 not in Swift, a deferred message not stored after the
 faults, a partial or stray object.
 """
@@ -11,7 +12,7 @@ import argparse
 import shutil
 import sys
 
-from tests.faults.rig import FAULTS, Rig, run_scenario
+from tests.faults.rig import AUTHS, FAULTS, Rig, faults_for, run_scenario
 from tests.support.postfix import make_workdir
 
 
@@ -22,20 +23,24 @@ def main(argv=None):
                         help="messages in the mixed stream (default 1000)")
     parser.add_argument("--each", type=int, default=0, metavar="N",
                         help="first run each fault on its own with N messages")
-    parser.add_argument("--faults", default=",".join(FAULTS),
-                        help=f"comma-separated subset of: {', '.join(FAULTS)}")
+    parser.add_argument("--auth", choices=AUTHS, default="password",
+                        help="how the filter authenticates: Keystone with a password "
+                             "(default) or an application credential, or Swift's tempauth")
+    parser.add_argument("--faults", help="comma-separated subset of: "
+                        f"{', '.join(FAULTS)} (default: all that apply to --auth)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--sessions", type=int, default=4, help="concurrent SMTP clients")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
-    names = [name.strip() for name in args.faults.split(",") if name.strip()]
-    unknown = sorted(set(names) - set(FAULTS))
+    names = ([name.strip() for name in args.faults.split(",") if name.strip()]
+             if args.faults else faults_for(args.auth))
+    unknown = sorted(set(names) - set(faults_for(args.auth)))
     if unknown:
-        parser.error(f"unknown fault(s): {', '.join(unknown)}")
+        parser.error(f"unknown fault(s) with --auth {args.auth}: {', '.join(unknown)}")
     workdir = make_workdir("swiftdrop-faults-")
     broken = []
     try:
-        with Rig(workdir, sessions=args.sessions) as rig:
+        with Rig(workdir, sessions=args.sessions, auth=args.auth) as rig:
             if rig.spool_dir is None and "spool-full" in names:
                 print("cannot mount a tmpfs (not root?): leaving out spool-full")
                 names.remove("spool-full")

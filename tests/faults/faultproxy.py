@@ -19,7 +19,11 @@ Modes (:meth:`FaultProxy.set_mode`):
 * ``delay`` (``arg`` seconds): forward, then hold Swift's answer back for
   ``arg`` seconds -- Swift stored the object but the filter may give up first;
 * ``drop``: forward half the request body, then cut both connections, as a
-  network failure in the middle of an upload would.
+  network failure in the middle of an upload would;
+* ``cut-after-headers`` (``arg`` N): forward, relay Swift's status line and
+  headers (the body announced as chunked), then cut the connection before
+  the body, for the next N requests, then ``pass`` again. Swift has stored
+  the object; the client learns it only by asking again.
 
 ``methods`` limits a mode to some request methods (e.g. only ``HEAD``).
 
@@ -116,8 +120,12 @@ class FaultProxy:
         self.thread = None
 
     @property
+    def url(self):
+        return f"http://{HOST}:{self.port}"
+
+    @property
     def auth_url(self):
-        return f"http://{HOST}:{self.port}/auth/v1.0"
+        return f"{self.url}/auth/v1.0"
 
     def start(self):
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True,
@@ -136,6 +144,14 @@ class FaultProxy:
     def current_mode(self):
         with self._lock:
             return self.mode
+
+    def take_cut(self):
+        """Count one cut of a ``cut-after-headers`` mode; back to pass after the last."""
+        with self._lock:
+            if self.mode.kind == "cut-after-headers" and self.mode.arg > 0:
+                left = self.mode.arg - 1
+                self.mode = Mode("cut-after-headers", left, self.mode.methods) if left \
+                    else Mode()
 
     def arm(self, moment, callback, min_size=0):
         """Run `callback` once inside the next upload of at least `min_size` bytes.
@@ -255,6 +271,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             with self.proxy.stats.lock:
                 self.proxy.stats.injected += 1
             time.sleep(mode.arg)
+        if mode.kind == "cut-after-headers":
+            self.cut_after_headers(response)
         self.send_response_only(response.status, response.reason)
         for name, value in response.getheaders():
             if name.lower() not in HOP_BY_HOP and name.lower() != "content-length":
@@ -266,6 +284,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+
+    def cut_after_headers(self, response):
+        """Relay the status and headers, promise a chunked body, and hang up."""
+        self.proxy.take_cut()
+        with self.proxy.stats.lock:
+            self.proxy.stats.injected += 1
+        self.send_response_only(response.status, response.reason)
+        for name, value in response.getheaders():
+            if name.lower() not in HOP_BY_HOP and name.lower() != "content-length":
+                self.send_header(name, value)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.wfile.flush()
+        raise ConnectionError("cut after the response headers on purpose")
 
     def answer(self, status):
         self.send_response_only(status)

@@ -87,6 +87,7 @@ class Summary:
     injected: dict = field(default_factory=dict)
     auth_requests: int = 0
     filter_restarts: int = 0
+    notices: int = 0
     seconds: float = 0
 
     @property
@@ -115,6 +116,7 @@ class Summary:
         rows += [("faults injected", ", ".join(f"{name} x{count}" for name, count
                                                in sorted(self.injected.items())) or "-"),
                  ("auth requests by the filter", self.auth_requests),
+                 ("failure notices (webhook)", self.notices),
                  ("filter restarts", self.filter_restarts), ("seconds", self.seconds)]
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

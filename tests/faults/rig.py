@@ -1,6 +1,9 @@
 """The deployed path under fire: sender -> Postfix -> filter -> fault proxy -> Swift.
 
 :class:`Rig` starts a real Swift (its own, since faults stop and kill it),
+with tempauth or behind a real Keystone (``auth="password"`` or
+``"application-credential"``: the filter authenticates with Keystone
+directly and reaches Swift through the proxy by ``object_storage_url``),
 the :class:`~tests.faults.faultproxy.FaultProxy` in front of it, the filter
 under the :class:`~tests.faults.supervisor.SupervisedFilter` (socket held,
 restarted when it dies), spooling to a small tmpfs, and a private Postfix
@@ -21,6 +24,7 @@ import errno
 import os
 import pathlib
 import random
+import re
 import smtplib
 import subprocess
 import threading
@@ -30,8 +34,10 @@ from tests.faults import tokens
 from tests.faults.faultproxy import FaultProxy
 from tests.faults.ledger import NO_REPLY, Ledger
 from tests.faults.supervisor import SupervisedFilter
+from tests.support.keystone import KeystoneServer
 from tests.support.postfix import postfix_instance
 from tests.support.swiftserver import SwiftServer
+from tests.support.webhook import Webhook
 
 RECIPIENT = "someone@example.com"
 SENDER = "sender@faults.swiftdrop.test"
@@ -42,6 +48,9 @@ SPOOL_SIZE = 16 * 1024 * 1024
 SPOOL_LEFT_WHEN_FULL = 256 * 1024
 BIG = (1100 * 1024, 1500 * 1024)  # over the filter's 1 MiB in-memory spool
 SMALL = (600, 24 * 1024)
+AUTHS = ("tempauth", "password", "application-credential")
+AUTHENTICATIONS = re.compile(r"^swiftdrop: (INFO: authenticated |WARNING: authentication failed)",
+                             re.MULTILINE)
 
 
 class DataReplySMTP(smtplib.SMTP):
@@ -58,25 +67,38 @@ class DataReplySMTP(smtplib.SMTP):
 class Rig:
     """All the moving parts, started in order and stopped in reverse."""
 
-    def __init__(self, workdir, sessions=4):
+    def __init__(self, workdir, sessions=4, auth="tempauth"):
+        if auth not in AUTHS:
+            raise ValueError(f"auth must be one of {AUTHS}")
         self.workdir = pathlib.Path(workdir)
         self.sessions = sessions
+        self.auth = auth
         self.stack = contextlib.ExitStack()
         self.label = "none"  # the fault most recently injected, for the ledger
         self.spool_dir = None
         self.filter = None
+        self.keystone = None
         self.ini = self.workdir / "swiftdrop.ini"
 
     def __enter__(self):
         try:
-            self.swift = self.stack.enter_context(SwiftServer(self.workdir / "swift"))
+            if self.auth != "tempauth":
+                self.keystone = self.stack.enter_context(
+                    KeystoneServer(self.workdir / "keystone"))
+            self.swift = self.stack.enter_context(
+                SwiftServer(self.workdir / "swift", keystone=self.keystone))
             self.proxy = self.stack.enter_context(FaultProxy(self.swift.port))
+            self.webhook = self.stack.enter_context(Webhook())
             self.spool_dir = self.stack.enter_context(small_tmpfs(self.workdir / "spool"))
+            self.credentials = self.auth_settings()
             self.use_container("faults-setup")
             spool = ["--spool-dir", str(self.spool_dir)] if self.spool_dir else []
+            # The ledger finds an object by the name its 250 gave: full reply text.
             self.filter = self.stack.enter_context(SupervisedFilter(
                 self.ini, self.workdir, "--hostname", "mx.faults.swiftdrop.test",
-                "--log-target", "stderr", "--store-timeout", str(STORE_TIMEOUT), *spool))
+                "--log-target", "stderr", "--store-timeout", str(STORE_TIMEOUT),
+                "--reply-detail", "full", "--alert-webhook", self.webhook.url,
+                "--alert-interval", "3600", *spool))
             self.postfix = self.stack.enter_context(postfix_instance(
                 proxy_filter=f"inet:127.0.0.1:{self.filter.port}",
                 relay_domains=["example.com"], recipients=[RECIPIENT],
@@ -89,17 +111,41 @@ class Rig:
     def __exit__(self, *exc):
         self.stack.close()
 
+    def auth_settings(self):
+        """The ini lines that authenticate the filter, for this rig's kind of auth."""
+        if self.keystone is None:
+            return (f"auth_version = 1\nauthurl = {self.proxy.auth_url}\n"
+                    "user = test:tester\nkey = testing\n")
+        mail = self.keystone.mail
+        project_id = self.keystone.admin_client().projects.find(name=mail.project).id
+        settings = (f"auth_version = 3\nauthurl = {self.keystone.auth_url}\n"
+                    f"os_options_object_storage_url = {self.proxy.url}/v1/AUTH_{project_id}\n")
+        if self.auth == "password":
+            return settings + (f"user = {mail.user}\nkey = {mail.password}\n"
+                               f"os_options_project_name = {mail.project}\n"
+                               f"os_options_project_domain_name = {mail.domain}\n"
+                               f"os_options_user_domain_name = {mail.domain}\n")
+        credential_id, secret = self.keystone.application_credential("swiftdrop-faults")
+        return settings + ("user = unused\nkey = unused\n"
+                           "os_options_auth_type = v3applicationcredential\n"
+                           f"os_options_application_credential_id = {credential_id}\n"
+                           f"os_options_application_credential_secret = {secret}\n")
+
     def use_container(self, container):
         """Point the filter at a fresh, empty container: each run's ledger reads all of it."""
         self.swift.connection().put_container(container)
         self.ini.write_text(
-            "[DEFAULT]\nrecipient = DEFAULT\n"
-            f"container = {container}\nauth_version = 1\nauthurl = {self.proxy.auth_url}\n"
-            "user = test:tester\nkey = testing\n"
+            f"[DEFAULT]\nrecipient = DEFAULT\ncontainer = {container}\n{self.credentials}"
             f"timeout = {HTTP_TIMEOUT}\nretries = {RETRIES}\n")
         self.ini.chmod(0o640)
         if self.filter is not None:
             self.filter.restart()
+
+    def authentications(self):
+        """How often the filter authenticated (or tried to) so far, from its log."""
+        if self.keystone is None:
+            return self.proxy.stats.auth_requests
+        return len(AUTHENTICATIONS.findall(self.filter.log_path.read_text(errors="replace")))
 
     def send(self, ledger, message):
         """One SMTP transaction through Postfix; the reply goes into the ledger."""
@@ -149,6 +195,7 @@ class Fault:
     clear: Callable[[Rig], None]
     lasting: bool
     min_seconds: float = 0
+    auth: str = "any"  # "tempauth" or "keystone" where only that auth has it
 
 
 def _nothing(rig):
@@ -198,6 +245,46 @@ def _token(change):
     return inject
 
 
+def _revoke_in_keystone(rig):
+    """Revoke the filter's token in Keystone; Swift's authtoken must then ask again."""
+    token = rig.proxy.stats.last_token
+    if token is None:
+        raise RuntimeError("no token to revoke")
+    rig.keystone.revoke(token)
+    tokens.flush(rig.swift.memcache_port)
+
+
+def _keystone_outage(kind):
+    """Keystone down in one way, and a filter that must authenticate during it.
+
+    The filter holds a token for hours, so an outage alone would go unnoticed;
+    a restart (a deployment, a crash) is when it needs Keystone.
+    """
+    def inject(rig):
+        if kind == "refused":
+            rig.keystone.stop()
+        else:
+            rig.keystone.set_fault(kind)
+        rig.filter.restart()
+    return inject
+
+
+def _keystone_back(rig):
+    if rig.keystone.process is None:
+        rig.keystone.start()
+    rig.keystone.set_fault("")
+
+
+def _cut_after_headers(rig):
+    """Cut the connection after the headers of the next PUT's answer; wait for it."""
+    rig.proxy.set_mode("cut-after-headers", 1, methods=("PUT",))
+    deadline = time.monotonic() + 30
+    while rig.proxy.current_mode().kind != "pass":
+        if time.monotonic() > deadline:
+            raise TimeoutError("no upload to cut")
+        time.sleep(0.05)
+
+
 FAULTS = {fault.name: fault for fault in [
     Fault("swift-stopped", lambda rig: rig.swift.stop(), Rig.restart_swift, True, 3),
     Fault("swift-killed-mid-upload", _kill_during_upload("midway", "swift"),
@@ -207,8 +294,18 @@ FAULTS = {fault.name: fault for fault in [
     Fault("swift-slow", _proxy_mode("delay", SLOW_SECONDS), _proxy_mode("pass"), True,
           STORE_TIMEOUT + 1),
     Fault("connection-cut-mid-upload", _proxy_mode("drop"), _proxy_mode("pass"), True, 3),
-    Fault("token-revoked", _token(tokens.revoke), _nothing, False),
-    Fault("token-expired", _token(tokens.expire), _nothing, False),
+    Fault("connection-cut-after-headers", _cut_after_headers, _proxy_mode("pass"), False),
+    Fault("token-revoked", _token(tokens.revoke), _nothing, False, auth="tempauth"),
+    Fault("token-expired", _token(tokens.expire), _nothing, False, auth="tempauth"),
+    Fault("keystone-token-revoked", _revoke_in_keystone, _nothing, False, auth="keystone"),
+    Fault("keystone-refused", _keystone_outage("refused"), _keystone_back, True, 3,
+          auth="keystone"),
+    Fault("keystone-silent", _keystone_outage("silent"), _keystone_back, True,
+          STORE_TIMEOUT + 1, auth="keystone"),
+    Fault("keystone-500", _keystone_outage("status 500"), _keystone_back, True, 3,
+          auth="keystone"),
+    Fault("keystone-503", _keystone_outage("status 503"), _keystone_back, True, 3,
+          auth="keystone"),
     Fault("filter-killed-mid-upload", _kill_during_upload("midway", "filter"),
           lambda rig: rig.filter.wait_ready(), False),
     Fault("filter-killed-before-reply", _kill_during_upload("answered", "filter"),
@@ -216,6 +313,12 @@ FAULTS = {fault.name: fault for fault in [
     Fault("spool-full", _fill_spool, _empty_spool, True, 1),
     Fault("postfix-reload", lambda rig: rig.postfix.reload(), _nothing, False),
 ]}
+
+
+def faults_for(auth):
+    """The faults that apply with this kind of auth (tempauth's tokens live in memcached)."""
+    kind = "tempauth" if auth == "tempauth" else "keystone"
+    return [name for name, fault in FAULTS.items() if fault.auth in ("any", kind)]
 
 
 class Progress:
@@ -286,7 +389,8 @@ def run_scenario(rig, name, fault_names, messages, *, seed=1, big_share=0.12,
     ledger = Ledger(run, seed)
     stream = [ledger.new(rng.randint(*BIG) if rng.random() < big_share else rng.randint(*SMALL))
               for _ in range(messages)]
-    auth_before, starts_before = rig.proxy.stats.auth_requests, rig.filter.starts
+    auth_before, starts_before = rig.authentications(), rig.filter.starts
+    notices_before = len(rig.webhook.notices)
     injected = collections.Counter()
     progress = Progress()
     faults = [FAULTS[fault] for fault in fault_names]
@@ -320,7 +424,8 @@ def run_scenario(rig, name, fault_names, messages, *, seed=1, big_share=0.12,
             list(pool.map(lambda m: rig.send(ledger, m), pending))
     summary = ledger.reconcile(rig.swift.connection(), container)
     summary.injected.update(injected)
-    summary.auth_requests = rig.proxy.stats.auth_requests - auth_before
+    summary.auth_requests = rig.authentications() - auth_before
+    summary.notices = len(rig.webhook.wait_for(notices_before + 1, timeout=1)) - notices_before
     summary.filter_restarts = rig.filter.starts - starts_before
     summary.seconds = round(time.monotonic() - started, 1)
     return summary

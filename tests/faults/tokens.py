@@ -26,12 +26,18 @@ def _command(port, line, payload=None):
         sock.sendall(line + (b"\r\n" + payload if payload is not None else b"") + b"\r\n")
         reply = b""
         while not reply.endswith((b"END\r\n", b"STORED\r\n", b"DELETED\r\n", b"NOT_FOUND\r\n",
-                                  b"ERROR\r\n")):
+                                  b"ERROR\r\n", b"OK\r\n")):
             data = sock.recv(65536)
             if not data:
                 break
             reply += data
         return reply
+
+
+def flush(memcache_port):
+    """Empty memcached: Swift's authtoken cache too, so a token revoked in Keystone
+    is validated again (and refused) at its next use instead of after the cache time."""
+    return _command(memcache_port, b"flush_all").startswith(b"OK")
 
 
 def revoke(memcache_port, token):

@@ -10,6 +10,10 @@ import time
 
 from tests.support.ports import reserve_port
 
+# The 250 reply names container and object only with this; tests that fetch
+# the stored object by the reply use it (the default reply is an opaque id).
+FULL_REPLY = ("--reply-detail", "full")
+
 
 def wait_for_port(port, timeout=15, process=None):
     deadline = time.monotonic() + timeout

@@ -21,6 +21,13 @@ Two halves live here, as in :mod:`tests.support.swiftserver`:
 
 Passwords are hashed with Keystone's defaults (bcrypt, 12 rounds), so an
 authentication costs what it costs in production: most of a second here.
+
+Faults for the fault suite: :meth:`KeystoneServer.set_fault` makes Keystone
+answer authentication requests (``POST /v3/auth/tokens``) with a status
+(500, 503) or accept them and never answer (``silent``); the switch is a
+file in the workdir that a middleware around Keystone's app reads per
+request. Token validation (Swift's authtoken) is left alone. Refusing
+connections is the real thing: stop(), then start() on the same port.
 """
 # ruff: noqa: PLC0415 (lazy imports on purpose: keystone takes ~4 s to import)
 
@@ -28,14 +35,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import dataclasses
+import http
+import json
 import os
 import pathlib
 import signal
 import socketserver
 import sqlite3
 import sys
+import threading
+import time
 import typing
 from wsgiref import simple_server
 
@@ -49,6 +59,7 @@ if typing.TYPE_CHECKING:
 DOMAIN = "Default"
 REGION = "RegionOne"
 ADMIN_PASSWORD = "keystone-admin-secret"  # user admin, project admin
+FAULT_FILE = "fault"  # in the workdir: read by FaultSwitch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,6 +189,42 @@ class QuietHandler(simple_server.WSGIRequestHandler):
         pass
 
 
+class FaultSwitch:
+    """WSGI middleware: disturb authentication requests as the fault file says.
+
+    ``silent``: hold the request without a byte of answer until the fault
+    is cleared; ``status N``: answer N at once. No file: pass everything.
+    """
+
+    def __init__(self, app, fault_file: pathlib.Path):
+        self.app = app
+        self.fault_file = fault_file
+
+    def fault(self) -> str:
+        try:
+            return self.fault_file.read_text().strip()
+        except FileNotFoundError:
+            return ""
+
+    def __call__(self, environ, start_response):
+        is_auth = (environ["REQUEST_METHOD"] == "POST"
+                   and environ.get("PATH_INFO", "").rstrip("/").endswith("/auth/tokens"))
+        fault = self.fault() if is_auth else ""
+        if fault == "silent":
+            while self.fault() == "silent":
+                time.sleep(0.1)
+            fault = self.fault()
+        if fault.startswith("status "):
+            status = int(fault.split()[1])
+            body = json.dumps({"error": {"code": status, "title": "Injected fault",
+                                         "message": "fault suite"}}).encode()
+            start_response(f"{status} {http.HTTPStatus(status).phrase}",
+                           [("Content-Type", "application/json"),
+                            ("Content-Length", str(len(body)))])
+            return [body]
+        return self.app(environ, start_response)
+
+
 def run(args: argparse.Namespace) -> None:
     """Prepare the database and keys, serve Keystone, print READY."""
     workdir = args.workdir.resolve()
@@ -199,8 +246,8 @@ def run(args: argparse.Namespace) -> None:
                                        handler_class=QuietHandler)
     port = server.server_address[1]
     bootstrap(f"http://{HOST}:{port}/v3")
-    server.set_app(core.setup_app_middleware(
-        application.application_factory("public")))
+    server.set_app(FaultSwitch(core.setup_app_middleware(
+        application.application_factory("public")), workdir / FAULT_FILE))
     print(f"READY {port}", flush=True)
     # Nobody reads our stdout after READY; a full pipe must never block us.
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
@@ -213,13 +260,20 @@ def exit_now(signum, frame) -> None:
 
 
 def die_with_parent() -> None:
-    """Have the kernel SIGTERM us when pytest dies, even by SIGKILL."""
-    pr_set_pdeathsig = 1
+    """Exit when pytest dies, even by SIGKILL: we are then reparented.
+
+    Not prctl(PR_SET_PDEATHSIG): that fires when the *thread* that started
+    us ends, and the fault suite restarts Keystone from a scheduler thread
+    that ends long before the test run.
+    """
     parent = os.getppid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-    if os.getppid() != parent:  # died before prctl took effect
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1)
         os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="die-with-parent").start()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -328,6 +382,30 @@ class KeystoneServer(LaunchedServer):
                 password=who.password, default_project=project)
             role = admin.roles.find(name=who.role)
             admin.roles.grant(role, user=user, project=project)
+
+    def set_fault(self, fault: str = "") -> None:
+        """``silent``, ``status 503``...; "" clears it. Affects authentication only."""
+        path = self.workdir / FAULT_FILE
+        if fault:
+            temporary = path.with_suffix(".new")
+            temporary.write_text(fault)
+            temporary.replace(path)
+        else:
+            path.unlink(missing_ok=True)
+
+    def application_credential(self, name: str) -> tuple[str, str]:
+        """(id, secret) of a new application credential of the mail user."""
+        from keystoneauth1 import session
+        from keystoneclient.v3 import client
+
+        mail = client.Client(session=session.Session(auth=self.password_auth(self.mail)))
+        user_id = mail.session.get_user_id()
+        credential = mail.application_credentials.create(name=name, user=user_id)
+        return credential.id, credential.secret
+
+    def revoke(self, token: str) -> None:
+        """Revoke `token` in Keystone, as an operator or a password change would."""
+        self.admin_client().tokens.revoke_token(token)
 
     def register_swift(self, proxy_port: int) -> str:
         """Put Swift (object-store) in the catalog; return its URL template.
