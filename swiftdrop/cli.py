@@ -75,6 +75,10 @@ def build_parser():
                               help="id: the 250 reply names an opaque id, which the journal "
                                    "entry carries as SWIFTDROP_ID; full: container and object "
                                    "name of every copy (tells the sender your layout)")
+    serve_parser.add_argument("--metrics-listen", type=host_and_port, metavar="ADDRESS",
+                              help="serve Prometheus metrics on http://ADDRESS/metrics "
+                                   "(127.0.0.1:PORT or [::1]:PORT; another address only if "
+                                   "you mean it: the figures are not secret, but not public)")
     serve_parser.add_argument("--log-target", choices=("auto", "journal", "stderr"),
                               default="auto", help="auto: journal when run by systemd")
 
@@ -131,6 +135,13 @@ def loopback_address(text):
         parse_address(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def host_and_port(text):
+    host, colon, port = text.rpartition(":")
+    if not colon or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT or [V6]:PORT")
     return text
 
 

@@ -5,6 +5,7 @@ import logging
 import threading
 import time
 
+from . import metrics
 from .deadline import Deadline
 from .failures import StoreError
 from .passthrough import RelayError
@@ -107,8 +108,10 @@ class Deliverer:
                 copy = self.store.put(delivery.destination, name, message, metadata,
                                       deadline=deadline)
                 stored.append((delivery, copy))
+                metrics.COPIES.labels(delivery.destination.section, "stored").inc()
         except StoreError as error:
             destination = delivery.destination
+            metrics.COPIES.labels(destination.section, "failed").inc()
             fields.update(SWIFTDROP_SECTION=destination.section,
                           SWIFTDROP_CONTAINER=destination.container,
                           SWIFTDROP_SWIFT_STATUS=error.status or "",
@@ -147,6 +150,7 @@ class Deliverer:
                              SWIFTDROP_CONTAINER=""), deadline, str(error),
                         f"not forwarded {name} for {', '.join(recipients)}")
             return None
+        metrics.ADMIN_RELAYED.inc()
         log.info("forwarded %s (%d bytes) for %s to the admin relay: %s", name, message.size,
                  ", ".join(recipients), relayed, extra=dict(fields, SWIFTDROP_RESULT="forwarded"))
         return relayed
