@@ -57,6 +57,9 @@ class Deliverer:
                   "SWIFTDROP_SIZE": message.size,
                   "SWIFTDROP_MESSAGE_ID": message.message_id or "",
                   "SWIFTDROP_RECIPIENTS": len(envelope.recipients),
+                  "SWIFTDROP_CLIENT_ADDRESS": envelope.xforward.get("ADDR") or "",
+                  "SWIFTDROP_MAIL_FROM": envelope.mail_from or "<>",
+                  "SWIFTDROP_ATTEMPTS": 0,
                   "SWIFTDROP_CONTAINER": "", "SWIFTDROP_SECTION": "",
                   "SWIFTDROP_SWIFT_STATUS": "", "SWIFTDROP_TRANS_ID": ""}
         try:
@@ -89,6 +92,9 @@ class Deliverer:
                     return f"250 2.0.0 Ok: forwarded to the administrator ({relayed})"[
                         :MAX_REPLY_TEXT]
                 return f"250 2.0.0 Ok: forwarded, id {fields['SWIFTDROP_ID']}"
+        if self.alerter is not None:
+            for delivery, _ in stored:
+                self.alerter.stored(delivery.destination.section)
         fields.update(SWIFTDROP_RESULT="stored", SWIFTDROP_DURATION_MS=_elapsed_ms(deadline),
                       SWIFTDROP_TRANS_ID=" ".join(copy.transaction_id or "-" for _, copy in stored))
         log.info("stored %s (%d bytes) in %s in %d ms", name, message.size,
@@ -108,9 +114,11 @@ class Deliverer:
                 copy = self.store.put(delivery.destination, name, message, metadata,
                                       deadline=deadline)
                 stored.append((delivery, copy))
+                fields["SWIFTDROP_ATTEMPTS"] += copy.attempts
                 metrics.COPIES.labels(delivery.destination.section, "stored").inc()
         except StoreError as error:
             destination = delivery.destination
+            fields["SWIFTDROP_ATTEMPTS"] += getattr(error, "attempts", 0)
             metrics.COPIES.labels(destination.section, "failed").inc()
             fields.update(SWIFTDROP_SECTION=destination.section,
                           SWIFTDROP_CONTAINER=destination.container,

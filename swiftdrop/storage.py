@@ -198,6 +198,7 @@ class SwiftStore:
                                       deadline=deadline, attempt=attempt)
             except StoreError as error:
                 last_error = error
+                error.attempts = attempt  # for the journal entry's SWIFTDROP_ATTEMPTS
                 if error.permanent or (error.status not in RETRYABLE_STATUSES
                                        and error.status not in (None, 401)):
                     raise
