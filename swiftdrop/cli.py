@@ -1,4 +1,4 @@
-"""The ``swiftdrop`` command: ``serve``, ``check``."""
+"""The ``swiftdrop`` command: ``serve``, ``check``, ``queue``, ``status``."""
 
 import argparse
 import json
@@ -15,6 +15,7 @@ from .failures import describe_failure
 from .passthrough import parse_address
 from .queue import Claimed, LostLock, MailQueue, work
 from .service import EX_CONFIG, configure_logging, serve
+from .status import status_command
 from .storage import SwiftStore
 
 # Postfix gives up on the filter after smtpd_proxy_timeout (100 s by default);
@@ -89,7 +90,23 @@ def build_parser():
                               help="validate the file without contacting Swift "
                                    "(for a deployment tool's validate step)")
     add_queue_commands(commands)
+    add_status_command(commands)
     return parser
+
+
+def add_status_command(commands):
+    status = commands.add_parser(
+        "status", help="the last hour from the journal: stored/failed, store time, per "
+                       "destination, the last failure; the socket; the metrics if given")
+    status.add_argument("--since", type=duration, default=3600, metavar="AGE",
+                        help="how far back, e.g. 30m, 12h, 2d (default: 1h)")
+    status.add_argument("--match", action="append", default=[], metavar="FIELD=VALUE",
+                        help="only journal entries with this field too, as journalctl "
+                             "takes it (e.g. _HOSTNAME=mx1, _PID=1234; repeatable)")
+    status.add_argument("--metrics", type=host_and_port, metavar="ADDRESS",
+                        help="the filter's --metrics-listen address, for what it "
+                             "knows now (sessions, bytes held, counts since start)")
+    status.add_argument("--json", action="store_true", help="one JSON object")
 
 
 def add_queue_commands(commands):
@@ -283,6 +300,8 @@ def main(argv=None):
         return serve(options)
     if options.command == "queue":
         return queue_command(options)
+    if options.command == "status":
+        return status_command(options)
     return check(options)
 
 
