@@ -10,13 +10,15 @@ import sys
 import threading
 
 from . import config as config_module
+from . import migrate
 from .delivery import REPLY_DETAILS
 from .failures import describe_failure
 from .passthrough import parse_address
-from .queue import Claimed, LostLock, MailQueue, work
+from .queue import Claimed, LostLock, MailQueue
 from .service import EX_CONFIG, configure_logging, serve
 from .status import status_command
 from .storage import SwiftStore
+from .worker import work
 
 # Postfix gives up on the filter after smtpd_proxy_timeout (100 s by default);
 # our reply must come well before, or a message stored after the client was
@@ -91,6 +93,15 @@ def build_parser():
                                    "(for a deployment tool's validate step)")
     add_queue_commands(commands)
     add_status_command(commands)
+
+    import_parser = commands.add_parser(
+        "import-env", help="convert the Docker SwiftDrop's environment to an ini or group_vars")
+    import_parser.add_argument("--env-file", metavar="FILE",
+                               help="read KEY=VALUE lines from FILE (default: this process's "
+                                    "environment)")
+    import_parser.add_argument("--format", choices=("ini", "ansible"), default="ini",
+                               help="ini: /etc/swiftdrop.ini as confd wrote it; ansible: "
+                                    "group_vars for roles/swiftdrop, secrets in a Vault part")
     return parser
 
 
@@ -107,6 +118,19 @@ def add_status_command(commands):
                         help="the filter's --metrics-listen address, for what it "
                              "knows now (sessions, bytes held, counts since start)")
     status.add_argument("--json", action="store_true", help="one JSON object")
+
+
+def import_env(options):
+    """``swiftdrop import-env``: print the converted configuration."""
+    try:
+        variables = (migrate.read_env_file(options.env_file) if options.env_file
+                     else dict(os.environ))
+        convert = migrate.to_ini if options.format == "ini" else migrate.to_ansible
+        sys.stdout.write(convert(variables))
+    except (OSError, migrate.MigrationError) as error:
+        print(f"swiftdrop import-env: {error}", file=sys.stderr)
+        return EX_CONFIG
+    return 0
 
 
 def add_queue_commands(commands):
@@ -302,6 +326,8 @@ def main(argv=None):
         return queue_command(options)
     if options.command == "status":
         return status_command(options)
+    if options.command == "import-env":
+        return import_env(options)
     return check(options)
 
 
