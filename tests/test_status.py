@@ -1,6 +1,7 @@
 """``swiftdrop status`` reads back what the filter wrote to the real journal and its metrics."""
 
 import json
+import time
 
 import pytest
 
@@ -8,8 +9,14 @@ from tests.conftest import create_containers, write_ini
 from tests.support.filterproc import FilterProcess, run_swiftdrop
 from tests.support.ports import reserve_port
 from tests.test_metrics import BROKEN_SECTION
-from tests.test_notices import wait_for
 from tests.test_service import send
+
+
+def wait_for(condition, timeout=15):
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
 
 
 def status(*args):
