@@ -9,6 +9,7 @@ now, bytes held, counts since it started).
 
 import datetime
 import json
+import math
 import subprocess
 import urllib.request
 
@@ -34,7 +35,7 @@ def percentile(values, fraction):
     if not values:
         return None
     ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, round(fraction * len(ordered) + 0.5) - 1))]
+    return ordered[max(1, math.ceil(fraction * len(ordered))) - 1]
 
 
 def summarize(entries):

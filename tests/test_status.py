@@ -1,10 +1,12 @@
 """``swiftdrop status`` reads back what the filter wrote to the real journal and its metrics."""
 
+from datetime import datetime
 import json
 import time
 
 import pytest
 
+from swiftdrop.status import percentile, summarize
 from tests.conftest import create_containers, write_ini
 from tests.support.filterproc import FilterProcess, run_swiftdrop
 from tests.support.ports import reserve_port
@@ -60,3 +62,24 @@ def test_status_reads_the_journal_and_the_metrics(swift, tmp_path, journald):
     assert "last failure: " in text and "Swift answered 404 Not Found" in text
     # Nothing older than --since: a window that ends before the messages is empty.
     assert json.loads(status("--since", "0s", "--match", own, "--json"))["stored"] == 0
+
+
+def test_summary_splits_multi_copy_sections_and_ranks_store_times():
+    """Pure logic: a stored entry names every section; p50/p99 are nearest-rank."""
+    def entry(result, section, ms, **more):
+        return {"SWIFTDROP_RESULT": result, "SWIFTDROP_SECTION": section,
+                "SWIFTDROP_DURATION_MS": str(ms),
+                "__REALTIME_TIMESTAMP": datetime(2026, 11, 30, 12, 0, 0), **more}
+
+    entries = [entry("stored", "DEFAULT BILLING", 10), entry("stored", "DEFAULT", 20),
+               entry("failed", "admin relay", 30, SWIFTDROP_REASON="refused"),
+               entry("removed", "DEFAULT", 0), entry("forwarded", "", 5)]
+    summary = summarize(entries)
+    assert (summary["stored"], summary["failed"], summary["forwarded"]) == (2, 1, 1)
+    assert summary["destinations"] == {"DEFAULT": {"stored": 2, "failed": 0},
+                                       "BILLING": {"stored": 1, "failed": 0},
+                                       "admin relay": {"stored": 0, "failed": 1}}
+    assert summary["last_failure"]["reason"] == "refused"
+    assert summary["store_ms"] == {"p50": 10, "p99": 30}
+    assert percentile(list(range(1, 101)), 0.99) == 99
+    assert percentile([], 0.5) is None
