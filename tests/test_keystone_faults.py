@@ -27,6 +27,7 @@ from tests.support.filterproc import FilterProcess
 from tests.support.webhook import Webhook
 
 pytestmark = [
+    pytest.mark.slow,  # Keystone, and each case waits out a store timeout
     pytest.mark.filterwarnings("ignore::DeprecationWarning:keystoneclient"),
     pytest.mark.filterwarnings("ignore:Using the 'tenant_id' argument:DeprecationWarning"),
 ]

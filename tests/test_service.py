@@ -394,6 +394,7 @@ def test_ten_failures_in_a_row_send_one_notice(swift, tmp_path):
         receiver.shutdown()
 
 
+@pytest.mark.slow  # over 10 s: kept out of the quick loop
 def test_a_silent_swift_costs_the_deadline_and_the_cleanup_happens_after_the_reply(
         swift, tmp_path):
     """Two destinations; the second Swift holds its answer back past the deadline.

@@ -88,13 +88,18 @@ class Summary:
     auth_requests: int = 0
     filter_restarts: int = 0
     notices: int = 0
+    internal_errors: int = 0
     seconds: float = 0
 
     @property
     def promise_kept(self):
-        """Nothing lost, nothing half-stored, every retried message stored in the end."""
+        """Nothing lost, nothing half-stored, every retried message stored in the end.
+
+        And no bug on the way: a failure of Swift or Keystone is never an
+        internal error of the filter.
+        """
         return not (self.lost or self.corrupt or self.bad_etag or self.stray
-                    or self.unresolved or self.replies_5xx)
+                    or self.unresolved or self.replies_5xx or self.internal_errors)
 
     def table(self):
         rows = [("sent (messages)", self.sent), ("SMTP attempts", self.attempts),
@@ -117,6 +122,7 @@ class Summary:
                                                in sorted(self.injected.items())) or "-"),
                  ("auth requests by the filter", self.auth_requests),
                  ("failure notices (webhook)", self.notices),
+                 ("'internal error' in the filter's log", self.internal_errors),
                  ("filter restarts", self.filter_restarts), ("seconds", self.seconds)]
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

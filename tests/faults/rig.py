@@ -41,9 +41,11 @@ from tests.support.webhook import Webhook
 
 RECIPIENT = "someone@example.com"
 SENDER = "sender@faults.swiftdrop.test"
-# Per attempt 2 s, 3 attempts, 8 s per message: a 3 s delay is "past the
-# filter's timeout", and Postfix (smtpd_proxy_timeout 100 s) always gets a reply.
-HTTP_TIMEOUT, RETRIES, STORE_TIMEOUT, SLOW_SECONDS = 2, 2, 8, 3
+# Per attempt 2 s, 3 attempts, 8 s per message: Swift answering 1 s later than
+# the timeout is "past the filter's timeout", and Postfix (smtpd_proxy_timeout
+# 100 s) always gets a reply. Behind Keystone an attempt gets 4 s: Swift asks
+# Keystone about every new token, and a loaded Keystone is slower than tempauth.
+HTTP_TIMEOUT, KEYSTONE_HTTP_TIMEOUT, RETRIES, STORE_TIMEOUT = 2, 4, 2, 8
 SPOOL_SIZE = 16 * 1024 * 1024
 SPOOL_LEFT_WHEN_FULL = 256 * 1024
 BIG = (1100 * 1024, 1500 * 1024)  # over the filter's 1 MiB in-memory spool
@@ -78,6 +80,7 @@ class Rig:
         self.spool_dir = None
         self.filter = None
         self.keystone = None
+        self.http_timeout = HTTP_TIMEOUT if auth == "tempauth" else KEYSTONE_HTTP_TIMEOUT
         self.ini = self.workdir / "swiftdrop.ini"
 
     def __enter__(self):
@@ -136,7 +139,7 @@ class Rig:
         self.swift.connection().put_container(container)
         self.ini.write_text(
             f"[DEFAULT]\nrecipient = DEFAULT\ncontainer = {container}\n{self.credentials}"
-            f"timeout = {HTTP_TIMEOUT}\nretries = {RETRIES}\n")
+            f"timeout = {self.http_timeout}\nretries = {RETRIES}\n")
         self.ini.chmod(0o640)
         if self.filter is not None:
             self.filter.restart()
@@ -206,6 +209,11 @@ def _proxy_mode(kind, arg=0):
     return lambda rig: rig.proxy.set_mode(kind, arg)
 
 
+def _answer_late(rig):
+    """Swift stores, and answers a second after the filter's timeout."""
+    rig.proxy.set_mode("delay", rig.http_timeout + 1)
+
+
 def _kill_during_upload(moment, victim):
     """Arm the proxy to kill the victim at `moment` of the next upload; wait for it."""
     def inject(rig):
@@ -246,12 +254,22 @@ def _token(change):
 
 
 def _revoke_in_keystone(rig):
-    """Revoke the filter's token in Keystone; Swift's authtoken must then ask again."""
+    """Revoke the filter's token in Keystone; wait until the filter had to authenticate again.
+
+    Revoking takes Keystone a moment; a fast stream could end before the
+    token is used again, and the fault would have hit nothing.
+    """
     token = rig.proxy.stats.last_token
     if token is None:
         raise RuntimeError("no token to revoke")
+    before = rig.authentications()
     rig.keystone.revoke(token)
-    tokens.flush(rig.swift.memcache_port)
+    tokens.flush(rig.swift.memcache_port)  # Swift's authtoken cache of it
+    deadline = time.monotonic() + 20
+    while rig.authentications() == before:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the revoked token was not used again")
+        time.sleep(0.1)
 
 
 def _keystone_outage(kind):
@@ -291,8 +309,7 @@ FAULTS = {fault.name: fault for fault in [
           Rig.restart_swift, False),
     Fault("swift-503", _proxy_mode("status", 503), _proxy_mode("pass"), True, 3),
     Fault("swift-507", _proxy_mode("status", 507), _proxy_mode("pass"), True, 3),
-    Fault("swift-slow", _proxy_mode("delay", SLOW_SECONDS), _proxy_mode("pass"), True,
-          STORE_TIMEOUT + 1),
+    Fault("swift-slow", _answer_late, _proxy_mode("pass"), True, STORE_TIMEOUT + 1),
     Fault("connection-cut-mid-upload", _proxy_mode("drop"), _proxy_mode("pass"), True, 3),
     Fault("connection-cut-after-headers", _cut_after_headers, _proxy_mode("pass"), False),
     Fault("token-revoked", _token(tokens.revoke), _nothing, False, auth="tempauth"),
@@ -390,6 +407,7 @@ def run_scenario(rig, name, fault_names, messages, *, seed=1, big_share=0.12,
     stream = [ledger.new(rng.randint(*BIG) if rng.random() < big_share else rng.randint(*SMALL))
               for _ in range(messages)]
     auth_before, starts_before = rig.authentications(), rig.filter.starts
+    log_before = len(rig.filter.log_path.read_text(errors="replace"))
     notices_before = len(rig.webhook.notices)
     injected = collections.Counter()
     progress = Progress()
@@ -429,6 +447,8 @@ def run_scenario(rig, name, fault_names, messages, *, seed=1, big_share=0.12,
     summary.notices = sum(notice["event"] == "swiftdrop.store_failed" for notice in
                           rig.webhook.wait_for(notices_before + 1, timeout=1)[notices_before:])
     summary.filter_restarts = rig.filter.starts - starts_before
+    summary.internal_errors = rig.filter.log_path.read_text(errors="replace")[
+        log_before:].count("internal error")
     summary.seconds = round(time.monotonic() - started, 1)
     return summary
 

@@ -11,18 +11,17 @@ import pytest
 
 from tests.faults.rig import Rig, faults_for, run_scenario
 
+# The fault rig (Postfix, supervisor, fault proxy): left out of the quick loop.
 # swiftclient's Keystone password auth still uses keystoneclient's deprecated API.
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.filterwarnings("ignore::DeprecationWarning:keystoneclient"),
     pytest.mark.filterwarnings("ignore::DeprecationWarning:debtcollector"),
 ]
 
-# The fault rig (Postfix, supervisor, fault proxy): left out of the quick loop.
-pytestmark = pytest.mark.slow
-
 MESSAGES = 20
 MIXED_MESSAGES = 50
-KEYSTONE_MESSAGES = 16
+KEYSTONE_MESSAGES = 24
 # Faults the sender must notice (a 4xx), and faults it must not notice at all.
 FELT = {"swift-stopped", "swift-503", "swift-507", "swift-slow", "connection-cut-mid-upload",
         "filter-killed-mid-upload", "filter-killed-before-reply", "spool-full"}
@@ -111,7 +110,10 @@ def test_keystone_fault_on_its_own_loses_nothing(keystone_rig, fault):
     is when a filter meets Keystone.
     """
     log_before = len(keystone_rig.filter.log_path.read_text(errors="replace"))
-    summary = run_scenario(keystone_rig, fault, [fault], KEYSTONE_MESSAGES, hold=(3, 5),
+    notices_before = len(keystone_rig.webhook.notices)
+    # A fault that is over at once needs messages after it: more of them.
+    messages = KEYSTONE_MESSAGES if fault in KEYSTONE_OUTAGES else 3 * KEYSTONE_MESSAGES
+    summary = run_scenario(keystone_rig, fault, [fault], messages, hold=(3, 5),
                            gap=(2, 4), big_share=0.05)
     assert_promise_kept(summary)
     injected = summary.injected.get(fault, 0)
@@ -128,7 +130,11 @@ def test_keystone_fault_on_its_own_loses_nothing(keystone_rig, fault):
         assert set(summary.deferrals) == {"451 4.3.0 Error: queue file write error"}
         assert f"Keystone at {keystone_rig.keystone.auth_url}" in log
         assert "ERROR: not stored" in log
-        # One notice per outage: the restart it comes with starts a new interval.
-        assert summary.notices == injected
+        # One notice per outage from the filter that needs a token. The one it
+        # replaces may send one too (an hour's interval is per process): with
+        # Keystone down, Swift cannot validate a token it has not cached.
+        notices = keystone_rig.webhook.notices[notices_before:]
+        about_keystone = [n for n in notices if n["reason"].startswith("Keystone at ")]
+        assert injected <= len(about_keystone) <= len(notices) <= 2 * injected, notices
     if fault == "connection-cut-after-headers":
         assert "closed the connection after its response headers" in log
