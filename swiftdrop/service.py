@@ -173,10 +173,11 @@ def serve(options):
     configure_logging(options.log_target)
     try:
         config = config_module.load(options.config)
-        listeners = ([bind_listener(spec) for spec in options.listen] if options.listen
-                     else inherited_listeners())
+        # Before the SMTP socket: once that answers, so do the metrics.
         if options.metrics_listen:
             metrics.serve_metrics(options.metrics_listen)
+        listeners = ([bind_listener(spec) for spec in options.listen] if options.listen
+                     else inherited_listeners())
     except (config_module.ConfigError, UnsafeListenAddress, OSError) as error:
         log.error("cannot start: %s", error)
         return EX_CONFIG

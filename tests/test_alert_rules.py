@@ -11,6 +11,7 @@ import pathlib
 import re
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -65,6 +66,17 @@ def wait_until(condition, timeout=90, what="condition"):
         time.sleep(0.5)
 
 
+def ready(port):
+    """True once Prometheus answers /-/ready with 200 (503 while it starts up)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=10):
+            return True
+    except urllib.error.HTTPError as error:
+        if error.code == 503:
+            return False
+        raise
+
+
 @pytest.fixture
 def prometheus_for(tmp_path):
     """Start a real Prometheus scraping `metrics_port` every second; yields a starter."""
@@ -86,9 +98,7 @@ def prometheus_for(tmp_path):
         log.close()
         processes.append(process)
         wait_for_port(port, timeout=60, process=process)
-        wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready",
-                                                  timeout=10).status == 200,
-                   what="ready Prometheus")
+        wait_until(lambda: ready(port), what="ready Prometheus")
         return port
 
     yield start
