@@ -2,6 +2,7 @@
 
 from datetime import datetime
 import json
+import pathlib
 import time
 
 import pytest
@@ -54,7 +55,10 @@ def test_status_reads_the_journal_and_the_metrics(swift, tmp_path, journald):
     failure = report["last_failure"]
     assert (failure["section"], failure["container"], failure["reason"]) == (
         "BROKEN", "never-created", "Swift answered 404 Not Found")
-    assert report["socket"] == "unknown"  # no systemd as PID 1 on the test machine
+    if pathlib.Path("/run/systemd/system").is_dir():  # booted with systemd
+        assert report["socket"] in ("active", "inactive", "failed", "activating")
+    else:
+        assert report["socket"] == "unknown"
     assert report["metrics"]["sessions_active"] == 0
     assert (report["metrics"]["messages_stored"], report["metrics"]["messages_failed"]) == (2, 1)
     assert "stored 2, failed 1, forwarded 0" in text
