@@ -193,9 +193,10 @@ def serve(options):
                           mail_to=options.alert_mail, relay=admin_relay)
     metrics.known_destinations(destination.section for destination in config.destinations)
     activity = Activity()
+    metrics.on_reply(activity.replied)
     deliver = metrics.MeasuredDelivery(
         Deliverer(config, SwiftStore(), namer, options.store_timeout, alerter=alerter,
-                  admin_relay=admin_relay, reply_detail=options.reply_detail), activity)
+                  admin_relay=admin_relay, reply_detail=options.reply_detail))
 
     def make_session(connection):
         return SmtpSession(connection, deliver, hostname=namer.hostname,

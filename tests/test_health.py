@@ -19,6 +19,7 @@ import pytest
 from swiftdrop.health import Activity, Heartbeat
 from swiftdrop.service import Server
 from tests.support.filterproc import FilterProcess
+from tests.test_metrics import send_without_size
 from tests.test_service import send
 
 WATCHDOG_USEC = 200_000  # a ping every 0.1 s
@@ -69,14 +70,19 @@ def drain(receiver):
 def test_status_line_and_watchdog_from_the_real_process(swift_ini, tmp_path):
     with notify_socket() as (path, receiver):
         env = {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": str(WATCHDOG_USEC)}
-        with FilterProcess(swift_ini, tmp_path, "--log-target", "stderr", env=env) as process:
+        with FilterProcess(swift_ini, tmp_path, "--log-target", "stderr",
+                           "--max-message-size", "1000", env=env) as process:
             receive_until(receiver, "READY=1")
             assert receive_until(receiver, "STATUS=") == (
                 "STATUS=stored 0, failed 0 in the last hour; last failure —")
             receive_until(receiver, "WATCHDOG=1")
             assert send(process.address, "s@o.test", ["a@example.com"], b"x\r\n")[0] == 250
-            assert receive_until(receiver, "STATUS=") == (
-                "STATUS=stored 1, failed 0 in the last hour; last failure —")
+            # Refused while spooling, not by the deliverer: counted all the same.
+            assert send_without_size(process.address, b"x" * 2000 + b"\r\n") == 552
+            expected = "STATUS=stored 1, failed 0, rejected 1 in the last hour; last failure —"
+            deadline = time.monotonic() + 30
+            while (status := receive_until(receiver, "STATUS=")) != expected:
+                assert time.monotonic() < deadline, status
             # A frozen process sends nothing: this is what makes systemd restart it.
             process.process.send_signal(signal.SIGSTOP)
             try:
