@@ -89,7 +89,7 @@ def _why(error, server, timeout):
     # urllib3's NewConnectionError (refused, unreachable) is a ConnectTimeoutError.
     if any(isinstance(cause, TIMEOUTS)
            and not isinstance(cause, urllib3.exceptions.NewConnectionError) for cause in causes):
-        within = f" within {timeout:g} s" if timeout is not None else " in time"
+        within = f" within {timeout:.3g} s" if timeout is not None else " in time"
         return f"{server} did not answer{within}", False
     if any(isinstance(cause, socket.gaierror) for cause in causes):
         return f"{server}: host name not found", False

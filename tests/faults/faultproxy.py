@@ -146,12 +146,19 @@ class FaultProxy:
             return self.mode
 
     def take_cut(self):
-        """Count one cut of a ``cut-after-headers`` mode; back to pass after the last."""
+        """True if this answer is to be cut: exactly N of them with ``arg`` N (0: all).
+
+        Decided when the answer is there, not when the request came: of
+        several concurrent uploads only as many are cut as were asked for.
+        """
         with self._lock:
-            if self.mode.kind == "cut-after-headers" and self.mode.arg > 0:
+            if self.mode.kind != "cut-after-headers":
+                return False
+            if self.mode.arg > 0:
                 left = self.mode.arg - 1
                 self.mode = Mode("cut-after-headers", left, self.mode.methods) if left \
                     else Mode()
+            return True
 
     def arm(self, moment, callback, min_size=0):
         """Run `callback` once inside the next upload of at least `min_size` bytes.
@@ -271,7 +278,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             with self.proxy.stats.lock:
                 self.proxy.stats.injected += 1
             time.sleep(mode.arg)
-        if mode.kind == "cut-after-headers":
+        if mode.kind == "cut-after-headers" and self.proxy.take_cut():
             self.cut_after_headers(response)
         self.send_response_only(response.status, response.reason)
         for name, value in response.getheaders():
@@ -287,7 +294,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def cut_after_headers(self, response):
         """Relay the status and headers, promise a chunked body, and hang up."""
-        self.proxy.take_cut()
         with self.proxy.stats.lock:
             self.proxy.stats.injected += 1
         self.send_response_only(response.status, response.reason)
