@@ -1,7 +1,8 @@
 """The role's monitoring variables as they reach the systemd unit (rendered, not deployed).
 
 The deployed unit is exercised in Molecule; here the template is rendered
-with the role's defaults by Jinja2 from the Ansible venv, as Ansible would.
+with the role's defaults by Jinja2 and Ansible's filters from the Ansible
+venv, as Ansible would.
 """
 
 import json
@@ -20,8 +21,10 @@ def render_service_unit(**overrides):
         variables = yaml.safe_load(open(role + "/defaults/main.yml"))
         variables.update(ansible_managed="managed", swiftdrop_relay_domains=["example.com"],
                          swiftdrop_destinations=[], **overrides)
+        from ansible.plugins.filter.core import FilterModule
         environment = jinja2.Environment(loader=jinja2.FileSystemLoader(role + "/templates"),
                                          undefined=jinja2.StrictUndefined)
+        environment.filters.update(FilterModule().filters())  # comment, to_json, ...
         print(environment.get_template("swiftdrop.service.j2").render(variables))
         """)
     result = subprocess.run([str(REPO / ".venv-ansible/bin/python"), "-c", render, str(ROLE),
