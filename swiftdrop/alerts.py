@@ -5,7 +5,8 @@ does not watch the journal can also get a notice by HTTP POST (a chat or
 paging webhook) and/or by mail through the local Postfix: at most one per
 destination per interval, the next one saying how many failures were not
 reported in between. Ten failures in a row during an outage are one notice,
-not ten.
+not ten. When a destination that was reported failing stores again, a
+"recovered" notice closes the loop, with the failures since the last notice.
 
 The mail goes through the admin relay (Postfix's own queue), not Swift, so
 it still leaves while Swift is the thing that is down.
@@ -18,6 +19,7 @@ import threading
 import time
 import urllib.request
 
+from . import metrics
 from .passthrough import RelayError
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ class Alerter:
         self._lock = threading.Lock()
         self._last_sent = {}
         self._suppressed = {}
+        self._reported_failing = set()  # sections whose last notice said "failed"
 
     def failure(self, section, container, reason, status=None, transaction_id=None):
         """Note one failed store; send a notice if this destination's interval has passed."""
@@ -49,6 +52,7 @@ class Alerter:
                 self._suppressed[section] = self._suppressed.get(section, 0) + 1
                 return
             self._last_sent[section] = now
+            self._reported_failing.add(section)
             suppressed = self._suppressed.pop(section, 0)
         notice = {
             "event": "swiftdrop.store_failed", "host": self.hostname, "section": section,
@@ -59,21 +63,47 @@ class Alerter:
                     + (f" {suppressed} more failure(s) since the last notice." if suppressed
                        else ""),
         }
-        threading.Thread(target=self._send, args=(notice,), daemon=True).start()
+        self._send_later(notice, f"storing failed for [{section}]")
 
-    def _send(self, notice):
+    def stored(self, section):
+        """Note a stored copy; if the last notice for `section` said it failed, say it recovered.
+
+        Flapping costs at most one failure and one recovery notice per interval:
+        the next failure notice still waits for the interval since the last one.
+        """
+        with self._lock:
+            if section not in self._reported_failing:
+                return
+            self._reported_failing.discard(section)
+            failures = self._suppressed.pop(section, 0)
+        notice = {
+            "event": "swiftdrop.store_recovered", "host": self.hostname, "section": section,
+            "failures_since_last_notice": failures,
+            "text": f"SwiftDrop on {self.hostname} stores mail for [{section}] again"
+                    f" ({failures} more failure(s) since the last notice).",
+        }
+        self._send_later(notice, f"storing works again for [{section}]")
+
+    def _send_later(self, notice, subject):
+        threading.Thread(target=self._send, args=(notice, subject), daemon=True).start()
+
+    def _send(self, notice, subject):
+        delivered = False
         if self.webhook_url:
-            self._post(notice)
+            delivered |= self._post(notice)
         if self.mail_to:
-            self._mail(notice)
+            delivered |= self._mail(notice, subject)
+        if delivered:
+            metrics.ALERTS_SENT.inc()
 
-    def _mail(self, notice):
-        subject = f"SwiftDrop on {self.hostname}: storing failed for [{notice['section']}]"
+    def _mail(self, notice, subject):
         try:
-            self.relay.notify(self.mail_to, subject, notice["text"] + "\n\n"
-                              + json.dumps(notice, indent=2) + "\n")
+            self.relay.notify(self.mail_to, f"SwiftDrop on {self.hostname}: {subject}",
+                              notice["text"] + "\n\n" + json.dumps(notice, indent=2) + "\n")
         except RelayError as error:
-            log.error("could not mail the failure notice to %s: %s", self.mail_to, error)
+            log.error("could not mail the notice to %s: %s", self.mail_to, error)
+            return False
+        return True
 
     def _post(self, notice):
         request = urllib.request.Request(
@@ -83,4 +113,6 @@ class Alerter:
             with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT) as response:
                 response.read()
         except OSError as error:
-            log.error("could not send the failure notice to the webhook: %s", error)
+            log.error("could not send the notice to the webhook: %s", error)
+            return False
+        return True

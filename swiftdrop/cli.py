@@ -1,4 +1,4 @@
-"""The ``swiftdrop`` command: ``serve``, ``check``."""
+"""The ``swiftdrop`` command: ``serve``, ``check``, ``queue``, ``status``."""
 
 import argparse
 import collections
@@ -18,6 +18,7 @@ from .passthrough import parse_address
 from .queue import Claimed, LostLock, MailQueue
 from .queue_report import format_stats, write_output
 from .service import EX_CONFIG, configure_logging, serve
+from .status import status_command
 from .storage import SwiftStore
 from .worker import work
 
@@ -79,6 +80,10 @@ def build_parser():
                               help="id: the 250 reply names an opaque id, which the journal "
                                    "entry carries as SWIFTDROP_ID; full: container and object "
                                    "name of every copy (tells the sender your layout)")
+    serve_parser.add_argument("--metrics-listen", type=host_and_port, metavar="ADDRESS",
+                              help="serve Prometheus metrics on http://ADDRESS/metrics "
+                                   "(127.0.0.1:PORT or [::1]:PORT; another address only if "
+                                   "you mean it: the figures are not secret, but not public)")
     serve_parser.add_argument("--log-target", choices=("auto", "journal", "stderr"),
                               default="auto", help="auto: journal when run by systemd")
 
@@ -89,6 +94,7 @@ def build_parser():
                               help="validate the file without contacting Swift "
                                    "(for a deployment tool's validate step)")
     add_queue_commands(commands)
+    add_status_command(commands)
 
     import_parser = commands.add_parser(
         "import-env", help="convert the Docker SwiftDrop's environment to an ini or group_vars")
@@ -99,6 +105,21 @@ def build_parser():
                                help="ini: /etc/swiftdrop.ini as confd wrote it; ansible: "
                                     "group_vars for roles/swiftdrop, secrets in a Vault part")
     return parser
+
+
+def add_status_command(commands):
+    status = commands.add_parser(
+        "status", help="the last hour from the journal: stored/failed, store time, per "
+                       "destination, the last failure; the socket; the metrics if given")
+    status.add_argument("--since", type=duration, default=3600, metavar="AGE",
+                        help="how far back, e.g. 30m, 12h, 2d (default: 1h)")
+    status.add_argument("--match", action="append", default=[], metavar="FIELD=VALUE",
+                        help="only journal entries with this field too, as journalctl "
+                             "takes it (e.g. _HOSTNAME=mx1, _PID=1234; repeatable)")
+    status.add_argument("--metrics", type=host_and_port, metavar="ADDRESS",
+                        help="the filter's --metrics-listen address, for what it "
+                             "knows now (sessions, bytes held, counts since start)")
+    status.add_argument("--json", action="store_true", help="one JSON object")
 
 
 def import_env(options):
@@ -165,6 +186,13 @@ def loopback_address(text):
         parse_address(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def host_and_port(text):
+    host, colon, port = text.rpartition(":")
+    if not colon or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT or [V6]:PORT")
     return text
 
 
@@ -319,6 +347,8 @@ def main(argv=None):
         return serve(options)
     if options.command == "queue":
         return queue_command(options)
+    if options.command == "status":
+        return status_command(options)
     if options.command == "import-env":
         return import_env(options)
     return check(options)

@@ -5,6 +5,7 @@ import logging
 import threading
 import time
 
+from . import metrics
 from .deadline import Deadline
 from .failures import StoreError
 from .passthrough import RelayError
@@ -56,6 +57,9 @@ class Deliverer:
                   "SWIFTDROP_SIZE": message.size,
                   "SWIFTDROP_MESSAGE_ID": message.message_id or "",
                   "SWIFTDROP_RECIPIENTS": len(envelope.recipients),
+                  "SWIFTDROP_CLIENT_ADDRESS": envelope.xforward.get("ADDR") or "",
+                  "SWIFTDROP_MAIL_FROM": envelope.mail_from or "<>",
+                  "SWIFTDROP_ATTEMPTS": 0,
                   "SWIFTDROP_CONTAINER": "", "SWIFTDROP_SECTION": "",
                   "SWIFTDROP_SWIFT_STATUS": "", "SWIFTDROP_TRANS_ID": ""}
         try:
@@ -88,6 +92,9 @@ class Deliverer:
                     return f"250 2.0.0 Ok: forwarded to the administrator ({relayed})"[
                         :MAX_REPLY_TEXT]
                 return f"250 2.0.0 Ok: forwarded, id {fields['SWIFTDROP_ID']}"
+        if self.alerter is not None:
+            for delivery, _ in stored:
+                self.alerter.stored(delivery.destination.section)
         fields.update(SWIFTDROP_RESULT="stored", SWIFTDROP_DURATION_MS=_elapsed_ms(deadline),
                       SWIFTDROP_TRANS_ID=" ".join(copy.transaction_id or "-" for _, copy in stored))
         log.info("stored %s (%d bytes) in %s in %d ms", name, message.size,
@@ -107,8 +114,12 @@ class Deliverer:
                 copy = self.store.put(delivery.destination, name, message, metadata,
                                       deadline=deadline)
                 stored.append((delivery, copy))
+                fields["SWIFTDROP_ATTEMPTS"] += copy.attempts
+                metrics.COPIES.labels(delivery.destination.section, "stored").inc()
         except StoreError as error:
             destination = delivery.destination
+            fields["SWIFTDROP_ATTEMPTS"] += getattr(error, "attempts", 0)
+            metrics.COPIES.labels(destination.section, "failed").inc()
             fields.update(SWIFTDROP_SECTION=destination.section,
                           SWIFTDROP_CONTAINER=destination.container,
                           SWIFTDROP_SWIFT_STATUS=error.status or "",
@@ -147,6 +158,7 @@ class Deliverer:
                              SWIFTDROP_CONTAINER=""), deadline, str(error),
                         f"not forwarded {name} for {', '.join(recipients)}")
             return None
+        metrics.ADMIN_RELAYED.inc()
         log.info("forwarded %s (%d bytes) for %s to the admin relay: %s", name, message.size,
                  ", ".join(recipients), relayed, extra=dict(fields, SWIFTDROP_RESULT="forwarded"))
         return relayed

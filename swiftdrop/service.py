@@ -21,8 +21,10 @@ from systemd.daemon import listen_fds, notify
 from systemd.journal import JournalHandler
 
 from . import config as config_module
+from . import metrics
 from .alerts import Alerter
 from .delivery import Deliverer
+from .health import Activity, Heartbeat
 from .naming import MaildirNamer
 from .passthrough import AdminRelay
 from .smtp import SmtpSession
@@ -97,9 +99,10 @@ def _is_loopback(host):
 class Server:
     """Accepts on every listener; serves each connection in its own thread."""
 
-    def __init__(self, listeners, make_session, max_connections=200):
+    def __init__(self, listeners, make_session, max_connections=200, heartbeat=None):
         self.listeners = listeners
         self.make_session = make_session
+        self.heartbeat = heartbeat  # beats on every turn of the accept loop
         self.slots = threading.BoundedSemaphore(max_connections)
         self.sessions = set()
         self.lock = threading.Lock()
@@ -118,9 +121,12 @@ class Server:
                 selector.register(listener, selectors.EVENT_READ)
             selector.register(self._wake_reader, selectors.EVENT_READ)
             while not self.stopping.is_set():
+                if self.heartbeat is not None:
+                    self.heartbeat.beat()
                 if not self.slots.acquire(timeout=1):
                     continue
-                ready = [key.fileobj for key, _ in selector.select()
+                wait = self.heartbeat.wait if self.heartbeat is not None else None
+                ready = [key.fileobj for key, _ in selector.select(wait)
                          if key.fileobj is not self._wake_reader]
                 if not ready or self.stopping.is_set():
                     self.slots.release()
@@ -144,7 +150,7 @@ class Server:
 
     def serve_connection(self, connection):
         try:
-            with connection:
+            with connection, metrics.SESSIONS_ACTIVE.track_inprogress():
                 self.make_session(connection).serve()
         except Exception:
             log.exception("session failed")
@@ -167,6 +173,9 @@ def serve(options):
     configure_logging(options.log_target)
     try:
         config = config_module.load(options.config)
+        # Before the SMTP socket: once that answers, so do the metrics.
+        if options.metrics_listen:
+            metrics.serve_metrics(options.metrics_listen)
         listeners = ([bind_listener(spec) for spec in options.listen] if options.listen
                      else inherited_listeners())
     except (config_module.ConfigError, UnsafeListenAddress, OSError) as error:
@@ -182,15 +191,19 @@ def serve(options):
     if options.alert_webhook or options.alert_mail:
         alerter = Alerter(options.alert_interval, webhook_url=options.alert_webhook,
                           mail_to=options.alert_mail, relay=admin_relay)
-    deliver = Deliverer(config, SwiftStore(), namer, options.store_timeout, alerter=alerter,
-                        admin_relay=admin_relay, reply_detail=options.reply_detail)
+    metrics.known_destinations(destination.section for destination in config.destinations)
+    activity = Activity()
+    metrics.on_reply(activity.replied)
+    deliver = metrics.MeasuredDelivery(
+        Deliverer(config, SwiftStore(), namer, options.store_timeout, alerter=alerter,
+                  admin_relay=admin_relay, reply_detail=options.reply_detail))
 
     def make_session(connection):
         return SmtpSession(connection, deliver, hostname=namer.hostname,
                            max_message_size=options.max_message_size,
                            spool_dir=options.spool_dir, idle_timeout=options.idle_timeout)
 
-    server = Server(listeners, make_session, options.max_connections)
+    server = Server(listeners, make_session, options.max_connections, Heartbeat(activity))
 
     # notify() does nothing unless systemd asked for it (Type=notify).
     def on_signal(signum, frame):

@@ -19,6 +19,8 @@ import logging
 import re
 import tempfile
 
+from . import metrics
+
 log = logging.getLogger(__name__)
 
 MAX_COMMAND_LINE = 4096       # RFC 5321 allows 512 plus extension parameters
@@ -367,6 +369,7 @@ class SmtpSession:
             log.info("client disconnected during DATA; nothing stored")
             raise
         if problem is not None:
+            metrics.message_replied(problem)
             return problem
         try:
             return self.deliver(envelope, message)

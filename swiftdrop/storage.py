@@ -22,6 +22,7 @@ import time
 from swiftclient import client as swift
 from swiftclient.exceptions import ClientException
 
+from . import metrics
 from .auth import auth_server, authenticate
 from .deadline import Deadline
 from .failures import SERVICE_ERRORS, StoreError, server_of, store_error
@@ -64,8 +65,9 @@ class AccountSession:
     message its store_timeout, not more.
     """
 
-    def __init__(self, account):
+    def __init__(self, account, label):
         self.account = account
+        self.label = label  # the section that used the account first, for the metrics
         self.auth_requests = 0
         self.auth_server = auth_server(account)
         self._lock = threading.Lock()
@@ -83,6 +85,7 @@ class AccountSession:
             if flight is None:
                 flight = self._flight = _Flight()
                 self.auth_requests += 1
+                metrics.AUTH_REQUESTS.labels(self.label).inc()
                 threading.Thread(target=self._authenticate, args=(flight,), daemon=True,
                                  name="swiftdrop-auth").start()
         waited = time.monotonic()
@@ -126,6 +129,7 @@ class AccountSession:
         if pooled is None or pooled[1].url != url:
             pooled = swift.http_connection(url, cacert=self.account.cacert,
                                            insecure=self.account.insecure)
+            metrics.count_responses(pooled[1])
         pooled[1].requests_args["timeout"] = timeout
         try:
             yield pooled
@@ -145,7 +149,10 @@ class AccountSession:
             with self.http_connection(url, timeout) as http_conn:
                 return request(url, token, *args, http_conn=http_conn, **kwargs)
         except SERVICE_ERRORS as error:
-            if isinstance(error, ClientException) and error.http_status == 401:
+            answered = isinstance(error, ClientException) and error.http_status
+            if not answered:  # answers are counted by count_responses
+                metrics.swift_request(request, None)
+            if answered == 401:
                 self.forget_token(token)
             raise store_error(error, server=f"Swift at {server_of(url)}", timeout=timeout,
                               doing=doing) from None
@@ -158,10 +165,12 @@ class SwiftStore:
         self._sessions = {}
         self._lock = threading.Lock()
 
-    def session(self, account):
+    def session(self, destination):
+        """The session of the destination's account, shared with other sections using it."""
+        account = destination.account
         with self._lock:
             if account not in self._sessions:
-                self._sessions[account] = AccountSession(account)
+                self._sessions[account] = AccountSession(account, destination.section)
             return self._sessions[account]
 
     @property
@@ -175,18 +184,21 @@ class SwiftStore:
         `deadline` (a Deadline) bounds every attempt, the wait for a token
         included: no attempt starts with less than MIN_ATTEMPT_SECONDS left.
         """
-        session = self.session(destination.account)
+        session = self.session(destination)
         headers = {"If-None-Match": "*"}
         headers.update((f"X-Object-Meta-{key}", value) for key, value in metadata.items())
         last_error = StoreError("no attempt could start before the deadline")
         for attempt in range(1, destination.account.retries + 2):
             if deadline.remaining() < MIN_ATTEMPT_SECONDS:
                 break
+            if attempt > 1:
+                metrics.SWIFT_RETRIES.inc()
             try:
                 return self._put_once(session, destination, name, message, headers,
                                       deadline=deadline, attempt=attempt)
             except StoreError as error:
                 last_error = error
+                error.attempts = attempt  # for the journal entry's SWIFTDROP_ATTEMPTS
                 if error.permanent or (error.status not in RETRYABLE_STATUSES
                                        and error.status not in (None, 401)):
                     raise
@@ -238,7 +250,7 @@ class SwiftStore:
         Without a `deadline` (cleanup after the reply) one attempt may take
         the account's timeout.
         """
-        session = self.session(destination.account)
+        session = self.session(destination)
         deadline = deadline or Deadline(destination.account.timeout + MIN_ATTEMPT_SECONDS)
         try:
             session.call(swift.delete_object, destination.container, name, deadline=deadline,
@@ -253,7 +265,7 @@ class SwiftStore:
 
     def check(self, destination):
         """Authenticate and HEAD the container, creating it if configured to."""
-        session = self.session(destination.account)
+        session = self.session(destination)
 
         def call(request):
             return session.call(request, destination.container,

@@ -443,7 +443,9 @@ def run_scenario(rig, name, fault_names, messages, *, seed=1, big_share=0.12,
     summary = ledger.reconcile(rig.swift.connection(), container)
     summary.injected.update(injected)
     summary.auth_requests = rig.authentications() - auth_before
-    summary.notices = len(rig.webhook.wait_for(notices_before + 1, timeout=1)) - notices_before
+    # Failure notices only: a recovery notice follows each one the same process sent.
+    summary.notices = sum(notice["event"] == "swiftdrop.store_failed" for notice in
+                          rig.webhook.wait_for(notices_before + 1, timeout=1)[notices_before:])
     summary.filter_restarts = rig.filter.starts - starts_before
     summary.internal_errors = rig.filter.log_path.read_text(errors="replace")[
         log_before:].count("internal error")

@@ -1,0 +1,139 @@
+"""Prometheus metrics of the filter, served on ``--metrics-listen`` at ``/metrics``.
+
+The counters live in this module, one registry for the process, so the
+modules that do the work need a single line to count (no object passed
+through every constructor). Counting costs a lock and an addition; without
+``--metrics-listen`` nothing exposes them. Labels never carry addresses,
+container or object names: only the result, the ini section (a handful per
+host) and Swift's method and status.
+"""
+
+import time
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
+
+from . import __version__
+
+REGISTRY = CollectorRegistry()
+ProcessCollector(registry=REGISTRY)
+
+RESULTS = ("stored", "failed", "rejected")
+# A store takes tens of milliseconds to the deadline (60 s by default).
+DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+SIZE_BUCKETS = tuple(2 ** power for power in range(10, 27, 2))  # 1 KiB .. 64 MiB
+
+MESSAGES = Counter("swiftdrop_messages", "Messages by final reply: stored (250), failed "
+                   "(451), rejected (5xx)", ["result"], registry=REGISTRY)
+COPIES = Counter("swiftdrop_copies", "Copies of messages by destination (ini section) and "
+                 "result", ["destination", "result"], registry=REGISTRY)
+STORE_DURATION = Histogram("swiftdrop_store_duration_seconds", "End of DATA to the reply",
+                           buckets=DURATION_BUCKETS, registry=REGISTRY)
+MESSAGE_SIZE = Histogram("swiftdrop_message_size_bytes", "Size of received messages",
+                         buckets=SIZE_BUCKETS, registry=REGISTRY)
+SWIFT_REQUESTS = Counter("swiftdrop_swift_requests", "Requests to Swift by method and HTTP "
+                         "status (\"none\": no answer)", ["method", "status"],
+                         registry=REGISTRY)
+SWIFT_RETRIES = Counter("swiftdrop_swift_retries", "Store attempts after a failed one",
+                        registry=REGISTRY)
+AUTH_REQUESTS = Counter("swiftdrop_auth_requests", "Authentications (one per new token) by "
+                        "destination that asked first", ["destination"], registry=REGISTRY)
+SESSIONS_ACTIVE = Gauge("swiftdrop_sessions_active", "SMTP sessions being served",
+                        registry=REGISTRY)
+SPOOL_BYTES = Gauge("swiftdrop_spool_bytes", "Bytes of received messages held while they "
+                    "are stored", registry=REGISTRY)
+ALERTS_SENT = Counter("swiftdrop_alerts_sent", "Failure and recovery notices sent",
+                      registry=REGISTRY)
+ADMIN_RELAYED = Counter("swiftdrop_admin_relayed", "Messages forwarded to the admin relay",
+                        registry=REGISTRY)
+BUILD_INFO = Gauge("swiftdrop_build_info", "Always 1; the version as a label", ["version"],
+                   registry=REGISTRY)
+BUILD_INFO.labels(__version__).set(1)
+for _result in RESULTS:
+    MESSAGES.labels(_result)
+
+# swiftclient's request functions, by the HTTP method they send.
+SWIFT_METHODS = {"put_object": "PUT", "head_object": "HEAD", "delete_object": "DELETE",
+                 "head_container": "HEAD", "put_container": "PUT", "get_object": "GET",
+                 "get_container": "GET", "post_object": "POST", "copy_object": "COPY"}
+
+
+def known_destinations(sections):
+    """Create each destination's series at 0, so a first failure is an increase.
+
+    Prometheus' increase() cannot see the step to a series' first value.
+    """
+    for section in sections:
+        for result in ("stored", "failed"):
+            COPIES.labels(section, result)
+
+
+# Also told of every final reply (the status line's last hour), so that it
+# counts exactly what swiftdrop_messages_total counts.
+_reply_listeners = []
+
+
+def on_reply(listener):
+    """Call `listener(reply)` for every message's final reply from now on."""
+    _reply_listeners.append(listener)
+
+
+def message_replied(reply):
+    """Count one message's final reply: 2xx stored, 4xx failed, 5xx rejected."""
+    MESSAGES.labels(RESULTS["245".index(reply[0])]).inc()
+    for listener in _reply_listeners:
+        listener(reply)
+
+
+def swift_request(request, status):
+    """One request to Swift (`request` is the swiftclient function) and its status."""
+    method = SWIFT_METHODS.get(getattr(request, "__name__", ""), "OTHER")
+    SWIFT_REQUESTS.labels(method, str(status) if status else "none").inc()
+
+
+def count_responses(http_connection):
+    """Count every answer a swiftclient HTTPConnection gets (requests' response hook)."""
+    def hook(response, *args, **kwargs):
+        SWIFT_REQUESTS.labels(response.request.method, str(response.status_code)).inc()
+    http_connection.request_session.hooks["response"].append(hook)
+
+
+class MeasuredDelivery:
+    """Wraps the deliverer: message count by reply, store time and size."""
+
+    def __init__(self, deliver):
+        self.deliver = deliver
+
+    def __call__(self, envelope, message):
+        started = time.monotonic()
+        with _Held(message.size):
+            reply = self.deliver(envelope, message)
+        STORE_DURATION.observe(time.monotonic() - started)
+        MESSAGE_SIZE.observe(message.size)
+        message_replied(reply)
+        return reply
+
+
+class _Held:
+    """Adds a message's size to swiftdrop_spool_bytes while it is being stored."""
+
+    def __init__(self, size):
+        self.size = size
+
+    def __enter__(self):
+        SPOOL_BYTES.inc(self.size)
+
+    def __exit__(self, *exc):
+        SPOOL_BYTES.dec(self.size)
+
+
+def serve_metrics(spec):
+    """Serve /metrics on ``HOST:PORT`` or ``[V6]:PORT`` in a daemon thread."""
+    host, _, port = spec.rpartition(":")
+    start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=REGISTRY)

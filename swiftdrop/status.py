@@ -1,0 +1,144 @@
+"""``swiftdrop status``: the last hour at a glance, for a person at the terminal.
+
+The journal is the record of every message (one entry each, with
+SWIFTDROP_RESULT, SWIFTDROP_SECTION, SWIFTDROP_DURATION_MS and the reason of
+a failure), so the figures come from it and cover any --since; the metrics
+endpoint, when given, adds what only the running process knows (sessions
+now, bytes held, counts since it started).
+"""
+
+import datetime
+import json
+import math
+import subprocess
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+from systemd import journal
+
+IDENTIFIER_MATCH = "SYSLOG_IDENTIFIER=swiftdrop"
+SOCKET_UNIT = "swiftdrop.socket"
+METRICS_TIMEOUT = 5
+
+
+def read_entries(since, matches):
+    """The filter's per-message journal entries newer than `since` (a datetime)."""
+    reader = journal.Reader()
+    for match in (IDENTIFIER_MATCH, *matches):
+        reader.add_match(match)
+    reader.seek_realtime(since)
+    return [entry for entry in reader if entry.get("SWIFTDROP_RESULT")]
+
+
+def percentile(values, fraction):
+    """Nearest-rank percentile; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(fraction * len(ordered))) - 1]
+
+
+def summarize(entries):
+    """Counts, store-time percentiles, per destination and the last failure."""
+    counts = {"stored": 0, "failed": 0, "forwarded": 0}
+    destinations, durations, last_failure = {}, [], None
+    for entry in entries:
+        result = entry["SWIFTDROP_RESULT"]
+        if result not in counts:
+            continue  # removals after a 451 are not messages
+        counts[result] += 1
+        if entry.get("SWIFTDROP_DURATION_MS", "") != "":
+            durations.append(int(entry["SWIFTDROP_DURATION_MS"]))
+        # A stored message names all its sections; a failed one the one that failed.
+        section = entry.get("SWIFTDROP_SECTION", "")
+        for name in (section.split() if result == "stored" else [section]):
+            if name:
+                per = destinations.setdefault(name, {"stored": 0, "failed": 0})
+                if result in per:
+                    per[result] += 1
+        if result == "failed":
+            last_failure = {
+                "time": entry["__REALTIME_TIMESTAMP"].astimezone(datetime.UTC).isoformat(),
+                "section": section, "container": entry.get("SWIFTDROP_CONTAINER", ""),
+                "reason": entry.get("SWIFTDROP_REASON", ""),
+                "id": entry.get("SWIFTDROP_ID", ""),
+                "client_address": entry.get("SWIFTDROP_CLIENT_ADDRESS", ""),
+            }
+    return {**counts,
+            "store_ms": {"p50": percentile(durations, 0.5), "p99": percentile(durations, 0.99)},
+            "destinations": destinations, "last_failure": last_failure}
+
+
+def socket_state():
+    """systemctl's word for the socket unit, or "unknown" without systemd."""
+    try:
+        result = subprocess.run(["systemctl", "is-active", SOCKET_UNIT], capture_output=True,
+                                text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    state = result.stdout.strip()
+    return state if state and not result.stderr.strip() else "unknown"
+
+
+def read_metrics(address):
+    """What the running filter says about itself now, or {"error": why}."""
+    url = f"http://{address}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=METRICS_TIMEOUT) as response:
+            text = response.read().decode()
+    except OSError as error:
+        return {"error": f"{url}: {error}"}
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "swiftdrop_messages_total":
+                samples[f"messages_{sample.labels['result']}"] = int(sample.value)
+            elif sample.name in ("swiftdrop_sessions_active", "swiftdrop_spool_bytes",
+                                 "swiftdrop_swift_retries_total"):
+                samples[sample.name.removeprefix("swiftdrop_")] = int(sample.value)
+            elif sample.name == "swiftdrop_build_info":
+                samples["version"] = sample.labels["version"]
+    return samples
+
+
+def report(since_seconds, matches=(), metrics_address=None, now=None):
+    """Everything ``swiftdrop status`` shows, as one dict (what --json prints)."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    since = now - datetime.timedelta(seconds=since_seconds)
+    status = {"since": since.isoformat(), "until": now.isoformat(),
+              **summarize(read_entries(since, matches)), "socket": socket_state()}
+    if metrics_address:
+        status["metrics"] = read_metrics(metrics_address)
+    return status
+
+
+def render(status):
+    """The report as lines for a terminal."""
+    lines = [f"SwiftDrop since {status['since'][:19]}Z",
+             f"  stored {status['stored']:,}, failed {status['failed']:,}, "
+             f"forwarded {status['forwarded']:,}"]
+    p50, p99 = status["store_ms"]["p50"], status["store_ms"]["p99"]
+    lines.append(f"  store time p50 {p50} ms, p99 {p99} ms" if p50 is not None
+                 else "  store time: no messages")
+    for name, per in sorted(status["destinations"].items()):
+        lines.append(f"  [{name}] stored {per['stored']:,}, failed {per['failed']:,}")
+    failure = status["last_failure"]
+    lines.append("  last failure: —" if failure is None else
+                 f"  last failure: {failure['time'][:19]}Z [{failure['section']}] "
+                 f"{failure['container']}: {failure['reason']} (id {failure['id']})")
+    lines.append(f"  socket {SOCKET_UNIT}: {status['socket']}")
+    metrics = status.get("metrics")
+    if metrics is not None:
+        lines.append(f"  metrics: {metrics['error']}" if "error" in metrics else
+                     f"  now: {metrics.get('sessions_active', '?')} session(s), "
+                     f"{metrics.get('spool_bytes', '?')} bytes held; since start: stored "
+                     f"{metrics.get('messages_stored', '?')}, failed "
+                     f"{metrics.get('messages_failed', '?')}, rejected "
+                     f"{metrics.get('messages_rejected', '?')}")
+    return "\n".join(lines)
+
+
+def status_command(options):
+    status = report(options.since, options.match, options.metrics)
+    print(json.dumps(status, indent=2) if options.json else render(status))
+    return 0
