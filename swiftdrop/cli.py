@@ -10,10 +10,13 @@ import sys
 import threading
 
 from . import config as config_module
+from . import migrate
 from .passthrough import parse_address
-from .queue import Claimed, LostLock, MailQueue, work
+from .queue import Claimed, LostLock, MailQueue
+from .queue_report import format_stats, write_output
 from .service import EX_CONFIG, configure_logging, serve
 from .storage import SwiftStore, describe_failure
+from .worker import work
 
 # Postfix gives up on the filter after smtpd_proxy_timeout (100 s by default);
 # our reply must come well before, or a message stored after the client was
@@ -79,7 +82,29 @@ def build_parser():
                               help="validate the file without contacting Swift "
                                    "(for a deployment tool's validate step)")
     add_queue_commands(commands)
+
+    import_parser = commands.add_parser(
+        "import-env", help="convert the Docker SwiftDrop's environment to an ini or group_vars")
+    import_parser.add_argument("--env-file", metavar="FILE",
+                               help="read KEY=VALUE lines from FILE (default: this process's "
+                                    "environment)")
+    import_parser.add_argument("--format", choices=("ini", "ansible"), default="ini",
+                               help="ini: /etc/swiftdrop.ini as confd wrote it; ansible: "
+                                    "group_vars for roles/swiftdrop, secrets in a Vault part")
     return parser
+
+
+def import_env(options):
+    """``swiftdrop import-env``: print the converted configuration."""
+    try:
+        variables = (migrate.read_env_file(options.env_file) if options.env_file
+                     else dict(os.environ))
+        convert = migrate.to_ini if options.format == "ini" else migrate.to_ansible
+        sys.stdout.write(convert(variables))
+    except (OSError, migrate.MigrationError) as error:
+        print(f"swiftdrop import-env: {error}", file=sys.stderr)
+        return EX_CONFIG
+    return 0
 
 
 def add_queue_commands(commands):
@@ -108,7 +133,13 @@ def add_queue_commands(commands):
                                                               "retry/"))
     purge.add_argument("--execute", action="store_true", help="really delete")
     stats = actions.add_parser("stats", help="count and bytes per prefix, oldest waiting")
-    stats.add_argument("--json", action="store_true")
+    stats.add_argument("--format", choices=("text", "json", "prometheus"), default="text",
+                       help="prometheus: the text exposition format, e.g. for node_exporter's "
+                            "textfile collector")
+    stats.add_argument("--json", action="store_const", const="json", dest="format",
+                       help="the same as --format json")
+    stats.add_argument("--output", metavar="FILE",
+                       help="write to FILE, replacing it atomically (default: stdout)")
     run = actions.add_parser("run", help="worker loop: pipe each message to COMMAND; exit 0 "
                              "done, 75 retry, other failed")
     run.add_argument("--dedup", action="store_true")
@@ -228,15 +259,8 @@ def queue_command(options):
             print(f"{verb} {item['name']} ({item['bytes']} bytes, {item['last_modified']})")
         print(f"{verb} {len(old)} object(s)" + ("" if options.execute else "; add --execute"))
     elif action == "stats":
-        stats = queue.stats()
-        if options.json:
-            print(json.dumps(stats))
-        else:
-            for prefix, figures in stats.items():
-                if isinstance(figures, dict):
-                    print(f"{prefix:<12} {figures['count']:>8} messages "
-                          f"{figures['bytes']:>14} bytes")
-            print(f"oldest in cur/: {stats['oldest_cur_age_seconds']} s")
+        write_output(format_stats(queue.stats(), queue.destination, options.format),
+                     options.output)
     else:
         return run_worker(queue, options)
     return 0
@@ -266,6 +290,8 @@ def main(argv=None):
         return serve(options)
     if options.command == "queue":
         return queue_command(options)
+    if options.command == "import-env":
+        return import_env(options)
     return check(options)
 
 
