@@ -254,9 +254,11 @@ cmd_base() {
         flock -u 8
         return 0
     fi
-    if [[ -d $STATE ]] && grep -qsx "$SUITE" "$STATE"/*/suite; then
-        die "$SUITE base tree must be rebuilt but $SUITE instances are up: run 'guest.sh down' for them first"
-    fi
+    local pidfile
+    for pidfile in "$STATE"/*/pid; do
+        [[ -f $pidfile && $(suite_of "$(basename "$(dirname "$pidfile")")") == "$SUITE" ]] \
+            && die "$SUITE base tree must be rebuilt but $SUITE instances are up: run 'guest.sh down' for them first"
+    done
     local mirror security tmp start
     mirror=$(mirror_url)
     security=$(security_mirror_url)
@@ -289,6 +291,8 @@ cmd_base() {
 # --- instances --------------------------------------------------------------------
 
 idir() { echo "$STATE/$1"; }
+# Suite of instance $1 (instances made before suites existed are bookworm).
+suite_of() { cat "$(idir "$1")/suite" 2>/dev/null || echo bookworm; }
 netns_of() { echo "sdg-$1"; }
 nft_table_of() { echo "swiftdrop_guest_$1"; }
 
@@ -336,7 +340,7 @@ print_json() {
     d=$(idir "$name")
     idx=$(cat "$d/index")
     printf '{"name": "%s", "address": "%s", "ssh_key": "%s", "ssh_port": 22, "user": "root", "suite": "%s"}\n' \
-        "$name" "$(guest_addr "$idx")" "$KEY" "$(cat "$d/suite")"
+        "$name" "$(guest_addr "$idx")" "$KEY" "$(suite_of "$name")"
 }
 
 ssh_ok() {
@@ -447,7 +451,7 @@ cmd_up() {
     exec 9>"$STATE/.lock"
     flock 9
     if [[ -f $d/index ]] && nspawn_pid "$name" >/dev/null \
-        && [[ $(cat "$d/suite" 2>/dev/null) == "$SUITE" ]]; then
+        && [[ $(suite_of "$name") == "$SUITE" ]]; then
         idx=$(cat "$d/index")
         if ssh_ok "$(guest_addr "$idx")"; then
             flock -u 9
@@ -566,9 +570,9 @@ cmd_status() {
         [[ -f $f ]] || continue
         name=$(basename "$(dirname "$f")")
         if nspawn_pid "$name" >/dev/null; then
-            echo "$name $(guest_addr "$(cat "$f")") $(cat "${f%index}suite") running"
+            echo "$name $(guest_addr "$(cat "$f")") $(suite_of "$name") running"
         else
-            echo "$name $(guest_addr "$(cat "$f")") $(cat "${f%index}suite") stopped"
+            echo "$name $(guest_addr "$(cat "$f")") $(suite_of "$name") stopped"
         fi
     done
 }
