@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Boot throw-away Debian 12 (bookworm) guests with systemd as PID 1 using
-# systemd-nspawn, for Molecule/Ansible tests of the SwiftDrop role.
+# Boot throw-away Debian guests -- 13 (trixie) or 12 (bookworm) -- with
+# systemd as PID 1 using systemd-nspawn, for Molecule/Ansible tests of the
+# SwiftDrop role.
 #
-#   guest.sh base             build (once, cached) the base tree
-#   guest.sh up NAME          overlay + netns + veth + NAT, boot, wait for ssh,
-#                             print connection JSON on stdout
+#   guest.sh base [--suite S]     build (once, cached) the base tree of suite S
+#   guest.sh up NAME [--suite S]  overlay + netns + veth + NAT, boot, wait for
+#                                 ssh, print connection JSON on stdout
 #   guest.sh down NAME        power off and remove everything of NAME
 #   guest.sh ssh NAME [CMD]   ssh into the guest as root
 #   guest.sh status [NAME]    list instances (or print JSON of one)
@@ -22,7 +23,10 @@
 # (SWIFTDROP_GUEST_EGRESS_HOSTS); everything else from the guest is dropped.
 #
 # Environment:
-#   SWIFTDROP_GUEST_CACHE   base tree + ssh key  (/var/cache/swiftdrop-guest)
+#   SWIFTDROP_GUEST_SUITE   Debian suite when --suite is not given (bookworm);
+#                           one of: bookworm trixie.  Each suite has its own
+#                           cached base tree, stamp and build log.
+#   SWIFTDROP_GUEST_CACHE   base trees + ssh key (/var/cache/swiftdrop-guest)
 #   SWIFTDROP_GUEST_STATE   per-instance dirs    (/var/lib/swiftdrop-guest)
 #   SWIFTDROP_GUEST_MIRROR  Debian mirror URL    (taken from host apt sources)
 #   SWIFTDROP_GUEST_SECURITY_MIRROR              (taken from host apt sources)
@@ -32,13 +36,11 @@
 #                           (/etc/resolv.conf; loopback ones are skipped)
 set -euo pipefail
 
-SUITE=bookworm
+SUPPORTED_SUITES=(bookworm trixie)
 CACHE=${SWIFTDROP_GUEST_CACHE:-/var/cache/swiftdrop-guest}
 STATE=${SWIFTDROP_GUEST_STATE:-/var/lib/swiftdrop-guest}
-BASE=$CACHE/$SUITE-base
-STAMP=$CACHE/$SUITE-base.stamp
-BUILD_LOG=$CACHE/build.log
 KEY=$CACHE/id_ed25519
+# SUITE, BASE, STAMP and BUILD_LOG are set by select_suite
 TIMEOUT=${SWIFTDROP_GUEST_TIMEOUT:-60}
 SUBNET_PREFIX=10.213.0
 MAX_INSTANCES=64
@@ -77,6 +79,16 @@ need_tools() {
         command -v "$t" >/dev/null 2>&1 || missing+=("$t")
     done
     ((${#missing[@]} == 0)) || die "missing tools: ${missing[*]} (apt-get install debootstrap systemd-container iproute2 nftables openssh-client)"
+}
+
+# Set the suite whose base tree "base"/"up" use (per-suite cache paths).
+select_suite() {
+    SUITE=$1
+    [[ " ${SUPPORTED_SUITES[*]} " == *" $SUITE "* ]] \
+        || die "unsupported suite '$SUITE' (one of: ${SUPPORTED_SUITES[*]})"
+    BASE=$CACHE/$SUITE-base
+    STAMP=$CACHE/$SUITE-base.stamp
+    BUILD_LOG=$CACHE/$SUITE-build.log
 }
 
 check_name() {
@@ -230,24 +242,29 @@ cmd_base() {
     need_root
     need_tools debootstrap chroot ssh-keygen sha256sum flock
     install -d -m 0755 "$CACHE"
-    exec 8>"$CACHE/.lock"
+    # one key pair for all suites (built in parallel), then one lock per suite
+    exec 8>"$CACHE/.lock-key"
     flock 8
     if [[ ! -f $KEY ]]; then
         ssh-keygen -q -t ed25519 -N '' -C swiftdrop-guest -f "$KEY"
     fi
+    exec 8>"$CACHE/.lock-$SUITE"
+    flock 8
     if base_is_current; then
         flock -u 8
         return 0
     fi
-    if [[ -d $STATE ]] && compgen -G "$STATE/*/pid" >/dev/null; then
-        die "base tree must be rebuilt but instances are up: run 'guest.sh down' for them first"
-    fi
+    local pidfile
+    for pidfile in "$STATE"/*/pid; do
+        [[ -f $pidfile && $(suite_of "$(basename "$(dirname "$pidfile")")") == "$SUITE" ]] \
+            && die "$SUITE base tree must be rebuilt but $SUITE instances are up: run 'guest.sh down' for them first"
+    done
     local mirror security tmp start
     mirror=$(mirror_url)
     security=$(security_mirror_url)
     tmp=$BASE.new
     start=$SECONDS
-    log "building $BASE from $mirror (takes a few minutes)"
+    log "building the $SUITE base tree $BASE from $mirror (takes a few minutes)"
     umount_below "$tmp"
     rm -rf --one-file-system "$tmp"
     trap 'umount_below "$BASE.new"' EXIT
@@ -267,13 +284,15 @@ cmd_base() {
         echo "built $(date -u +%FT%TZ) in $((SECONDS - start))s from $mirror"
         printf 'packages: %s\n' "${PACKAGES[*]}"
     } >"$STAMP"
-    log "base tree ready in $((SECONDS - start))s"
+    log "$SUITE base tree ready in $((SECONDS - start))s"
     flock -u 8
 }
 
 # --- instances --------------------------------------------------------------------
 
 idir() { echo "$STATE/$1"; }
+# Suite of instance $1 (instances made before suites existed are bookworm).
+suite_of() { cat "$(idir "$1")/suite" 2>/dev/null || echo bookworm; }
 netns_of() { echo "sdg-$1"; }
 nft_table_of() { echo "swiftdrop_guest_$1"; }
 
@@ -320,8 +339,8 @@ print_json() {
     local name=$1 d idx
     d=$(idir "$name")
     idx=$(cat "$d/index")
-    printf '{"name": "%s", "address": "%s", "ssh_key": "%s", "ssh_port": 22, "user": "root"}\n' \
-        "$name" "$(guest_addr "$idx")" "$KEY"
+    printf '{"name": "%s", "address": "%s", "ssh_key": "%s", "ssh_port": 22, "user": "root", "suite": "%s"}\n' \
+        "$name" "$(guest_addr "$idx")" "$KEY" "$(suite_of "$name")"
 }
 
 ssh_ok() {
@@ -418,7 +437,7 @@ teardown_network() {
 }
 
 cmd_up() {
-    local name=${1:?usage: guest.sh up NAME}
+    local name=${1:?usage: guest.sh up NAME [--suite S]}
     check_name "$name"
     need_root
     need_tools systemd-nspawn ip nft ssh setsid flock getent sysctl
@@ -431,7 +450,8 @@ cmd_up() {
 
     exec 9>"$STATE/.lock"
     flock 9
-    if [[ -f $d/index ]] && nspawn_pid "$name" >/dev/null; then
+    if [[ -f $d/index ]] && nspawn_pid "$name" >/dev/null \
+        && [[ $(suite_of "$name") == "$SUITE" ]]; then
         idx=$(cat "$d/index")
         if ssh_ok "$(guest_addr "$idx")"; then
             flock -u 9
@@ -449,6 +469,7 @@ cmd_up() {
     install -d -m 0755 "$d" "$d/upper" "$d/work" "$d/merged"
     idx=$(alloc_index)
     echo "$idx" >"$d/index"
+    echo "$SUITE" >"$d/suite"
     addr=$(guest_addr "$idx")
     setup_network "$name" "$idx"
     flock -u 9
@@ -483,7 +504,7 @@ cmd_up() {
         fi
         sleep 0.3
     done
-    log "$name: up on $addr in $((SECONDS - start))s"
+    log "$name: $SUITE up on $addr in $((SECONDS - start))s"
     print_json "$name"
 }
 
@@ -549,9 +570,9 @@ cmd_status() {
         [[ -f $f ]] || continue
         name=$(basename "$(dirname "$f")")
         if nspawn_pid "$name" >/dev/null; then
-            echo "$name $(guest_addr "$(cat "$f")") running"
+            echo "$name $(guest_addr "$(cat "$f")") $(suite_of "$name") running"
         else
-            echo "$name $(guest_addr "$(cat "$f")") stopped"
+            echo "$name $(guest_addr "$(cat "$f")") $(suite_of "$name") stopped"
         fi
     done
 }
@@ -559,6 +580,16 @@ cmd_status() {
 main() {
     local cmd=${1:-}
     [[ $# -gt 0 ]] && shift
+    local args=() suite=${SWIFTDROP_GUEST_SUITE:-bookworm}
+    while [[ $# -gt 0 ]]; do
+        case $1 in
+        --suite) suite=${2:?--suite needs a value}; shift 2 ;;
+        --suite=*) suite=${1#--suite=}; shift ;;
+        *) args+=("$1"); shift ;;
+        esac
+    done
+    set -- "${args[@]}"
+    select_suite "$suite"
     case $cmd in
     base) cmd_base "$@" ;;
     up) cmd_up "$@" ;;
