@@ -9,6 +9,7 @@ import stat
 import sys
 import threading
 
+from . import __version__
 from . import config as config_module
 from .passthrough import parse_address
 from .queue import Claimed, LostLock, MailQueue, work
@@ -28,6 +29,7 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="swiftdrop",
         description="Postfix before-queue filter that stores every accepted message in Swift.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve_parser = commands.add_parser("serve", help="run the SMTP filter")
