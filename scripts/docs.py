@@ -57,8 +57,8 @@ def render_type(option):
     return kind
 
 
-def render_table(options):
-    rows = ["| variable | type | default | meaning |", "| --- | --- | --- | --- |"]
+def render_table(options, first_column="variable"):
+    rows = [f"| {first_column} | type | default | meaning |", "| --- | --- | --- | --- |"]
     for name, option in options.items():
         rows.append(f"| `{name}` | {render_type(option)} | {render_default(option)} "
                     f"| {render_text(option.get('description'))} |")
@@ -71,7 +71,8 @@ def render_section(specs):
     lines = [BEGIN, "", *render_table(options)]
     for name, option in options.items():
         if "options" in option:
-            lines += ["", f"Keys of each entry of `{name}`:", "", *render_table(option["options"])]
+            lines += ["", f"Keys of each entry of `{name}` (— : the ini's default, or what "
+                      "`DEFAULT` sets):", "", *render_table(option["options"], "key")]
     return "\n".join([*lines, "", END])
 
 

@@ -2,6 +2,7 @@
 
 import importlib.util
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -45,3 +46,31 @@ def test_check_fails_when_the_section_is_stale():
 def test_ansible_markup_becomes_markdown():
     docs = load_docs_script()
     assert docs.render_text(["See I(x) and C(a|b).", "Two"]) == "See *x* and `a\\|b`. Two"
+
+
+def heading_anchors(markdown):
+    """GitHub's anchors for a page's headings: lower case, punctuation dropped, - for spaces."""
+    headings = re.findall(r"^#+ (.+)$", re.sub(r"(?ms)^```.*?^```", "", markdown), re.M)
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+
+
+def test_links_between_the_docs_lead_somewhere():
+    pages = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        text = re.sub(r"(?ms)^```.*?^```", "", page.read_text())
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue  # https: and the like are not checked here
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists():
+                broken.append(f"{page.name}: {target} (no such file)")
+            elif anchor and anchor not in heading_anchors(linked.read_text()):
+                broken.append(f"{page.name}: {target} (no such heading)")
+    assert not broken
+
+
+def test_anchors_are_made_the_way_github_makes_them():
+    assert heading_anchors("## The ini file: `/etc/swiftdrop.ini`\n## Replaying `failed/`\n") \
+        == {"the-ini-file-etcswiftdropini", "replaying-failed"}
