@@ -16,7 +16,8 @@ import time
 
 from swiftdrop import config as config_module
 from swiftdrop.queue import MailQueue
-from tests.support.filterproc import free_port, wait_for_port
+from tests.support.filterproc import wait_for_port
+from tests.support.ports import reserve_port
 from tests.support.swiftserver import SwiftServer
 
 
@@ -41,7 +42,7 @@ def main():
     options = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="swiftdrop-queue-bench-") as scratch:
         workdir = pathlib.Path(scratch)
-        redis_port = free_port()
+        redis_port = reserve_port()
         redis = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port",
                                   str(redis_port), "--save", "", "--dir", scratch],
                                  stdout=subprocess.DEVNULL)

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from tests.support.filterproc import free_port, run_swiftdrop, wait_for_port
+from tests.support.filterproc import run_swiftdrop, wait_for_port
+from tests.support.ports import reserve_port
 from tests.support.swiftserver import SwiftServer
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
@@ -106,7 +107,7 @@ def journald():
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory):
     """A real redis-server (Debian's) on a loopback port, without persistence."""
-    port = free_port()
+    port = reserve_port()
     workdir = tmp_path_factory.mktemp("redis")
     process = subprocess.Popen(
         ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",

@@ -18,6 +18,9 @@ from tests.support.rawsmtp import RawSmtp, dot_stuff
 from tests.test_bad_input import object_counts, stored_objects
 from tests.test_postfix import split_received
 
+# Runs a private Postfix: left out of the quick loop.
+pytestmark = pytest.mark.slow
+
 RELAY_DOMAINS = ["example.com", "example.net"]
 RECIPIENTS = ["prod@example.com", "ops@example.com", "billing@example.com", "@example.net"]
 SMTPD_TIMEOUT = 3

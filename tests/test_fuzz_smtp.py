@@ -43,8 +43,19 @@ STORED = "250 2.0.0 Ok: stored as fuzz/cur/1"
 OUTCOMES = [STORED, "451 4.3.0 Error: queue file write error"]
 
 
-def open_descriptors():
-    return len(os.listdir("/proc/self/fd"))
+def descriptors_into(directory):
+    """This process's descriptors on files in `directory`, named or O_TMPFILE.
+
+    Only the session's spool files can be there: counting the whole process
+    would also count whatever else pytest holds or garbage-collects meanwhile.
+    """
+    prefix = str(directory) + "/"
+    fd_dir = pathlib.Path("/proc/self/fd")
+    targets = []
+    for entry in fd_dir.iterdir():
+        with contextlib.suppress(FileNotFoundError):  # closed while we looked
+            targets.append(os.readlink(entry))
+    return [target for target in targets if target.startswith(prefix)]
 
 
 class SessionUnderTest:
@@ -52,10 +63,10 @@ class SessionUnderTest:
 
     def __init__(self):
         self.spool_dir = pathlib.Path(tempfile.mkdtemp(prefix="swiftdrop-fuzz-"))
-        self.descriptors_before = open_descriptors()
         self.patch = mock.patch.object(smtp_module, "SPOOL_IN_MEMORY", SPOOL_IN_MEMORY)
         self.patch.start()
         self.client_socket, server = socket.socketpair()
+        self.server_socket = server
         self.outcome = STORED  # what deliver answers; the model changes it per message
         self.delivered = []
         self.crash = None
@@ -89,8 +100,9 @@ class SessionUnderTest:
         self.patch.stop()
         assert self.crash is None, f"session raised {self.crash!r}"
         assert list(self.spool_dir.iterdir()) == []
+        assert descriptors_into(self.spool_dir.resolve()) == []
         self.spool_dir.rmdir()
-        assert open_descriptors() == self.descriptors_before
+        assert self.server_socket.fileno() == -1, "the session's socket was left open"
 
 
 # --- the stateful model -------------------------------------------------------------------

@@ -17,7 +17,9 @@ from tests.support.keystone import KeystoneServer
 from tests.support.swiftserver import SwiftServer
 
 # swiftclient's auth v3 still uses keystoneclient's deprecated session-less API.
+# A real Keystone takes a while to start: left out of the quick loop.
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.filterwarnings("ignore::DeprecationWarning:keystoneclient"),
     pytest.mark.filterwarnings("ignore:Using the 'tenant_id' argument:DeprecationWarning"),
 ]

@@ -13,10 +13,14 @@ import pytest
 from swiftdrop.passthrough import dot_stuffed
 from swiftdrop.smtp import unstuff
 from tests.conftest import create_containers, write_ini
-from tests.support.filterproc import FilterProcess, free_port
+from tests.support.filterproc import FilterProcess
+from tests.support.ports import reserve_port
 from tests.support.postfix import make_workdir, postfix_instance
 from tests.support.smtpsink import SmtpSink
 from tests.test_service import get, send, stored_location
+
+# Runs a private Postfix and smtp-sink: left out of the quick loop.
+pytestmark = pytest.mark.slow
 
 ADMIN = "admin@admin.test"
 DOMAINS = ["example.com", "example.org"]
@@ -28,7 +32,7 @@ ROLE_ADDRESSES = [f"{part}@{domain}" for part in ("postmaster", "abuse", "hostma
 def admin_mx(swift, swift_ini, tmp_path_factory):
     """Postfix + filter, with the admin listener and a relayhost that records."""
     workdir = tmp_path_factory.mktemp("admin")
-    admin_port = free_port()
+    admin_port = reserve_port()
     maps = make_workdir("swiftdrop-admin-maps-")
     (maps / "admin_aliases").write_text("".join(f"{a} {ADMIN}\n" for a in ROLE_ADDRESSES))
     (maps / "admin_recipients").write_text(
@@ -81,7 +85,7 @@ def test_only_role_addresses_reply_names_postfix_queue(admin_mx):
 def test_admin_relay_down_means_451_and_no_swift_copy(swift, tmp_path):
     ini = write_ini(tmp_path / "swiftdrop.ini", swift, container="passthrough-down")
     create_containers(ini)
-    with FilterProcess(ini, tmp_path, "--admin-relay", f"127.0.0.1:{free_port()}",
+    with FilterProcess(ini, tmp_path, "--admin-relay", f"127.0.0.1:{reserve_port()}",
                        "--log-target", "stderr") as process:
         code, _ = send(process.address, "s@o.test", ["someone@example.com",
                                                      "hostmaster@example.com"], b"x\r\n")

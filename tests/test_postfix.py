@@ -13,6 +13,9 @@ from tests.support.postfix import postfix_instance
 from tests.support.swiftserver import SwiftServer
 from tests.test_service import ReplyRecordingSMTP, send, stored_location
 
+# Runs a private Postfix: left out of the quick loop.
+pytestmark = pytest.mark.slow
+
 RELAY_DOMAINS = ["example.com", "example.net"]
 RECIPIENTS = ["someone@example.com", "prod@example.com", "billing@example.com",
               "@example.net"]

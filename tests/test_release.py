@@ -82,6 +82,7 @@ def test_the_changelog_has_an_unreleased_section():
     assert re.search(r"^## \[Unreleased\]$", (ROOT / "CHANGELOG.md").read_text(), re.M)
 
 
+@pytest.mark.slow  # builds wheels: over 10 s on a loaded machine
 def test_release_tags_a_commit_that_ships_the_wheel_the_source_builds(repo, tmp_path):
     result = release(repo, "7.3.1")
     assert result.returncode == 0, result.stderr
@@ -123,6 +124,7 @@ def test_release_refuses_an_empty_unreleased_section(repo):
     assert git(repo, "tag", "--list") == ""
 
 
+@pytest.mark.slow  # builds wheels: over 10 s on a loaded machine
 def test_verify_finds_a_wheel_that_differs_from_its_source(repo):
     assert release(repo, "7.3.1").returncode == 0
     # A tag on the release commit whose wheel is not what that commit builds.

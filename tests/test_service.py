@@ -16,11 +16,11 @@ import pytest
 from tests.conftest import CONTAINERS, create_containers, write_ini
 from tests.support.filterproc import (
     FilterProcess,
-    free_port,
     run_swiftdrop,
     swiftdrop_command,
     wait_for_port,
 )
+from tests.support.ports import reserve_port
 from tests.support.swiftserver import SwiftServer
 
 NAME = re.compile(r"^cur/(\d{10})\.M(\d{6})P(\d+)Q(\d+)\.([^/:]+),S=(\d+)$")
@@ -145,6 +145,7 @@ def own_swift(tmp_path):
     server.close()
 
 
+@pytest.mark.slow  # over 10 s: kept out of the quick loop
 def test_swift_down_gives_451_then_the_retry_is_stored(own_swift, tmp_path):
     ini = write_ini(tmp_path / "swiftdrop.ini", own_swift, timeout="2", retries="1")
     create_containers(ini)
@@ -163,6 +164,7 @@ def test_swift_down_gives_451_then_the_retry_is_stored(own_swift, tmp_path):
         assert get(own_swift, "test", container, name)[1] == body
 
 
+@pytest.mark.slow  # over 10 s: kept out of the quick loop
 def test_expired_token_means_one_reauth_not_a_451(own_swift, tmp_path):
     ini = write_ini(tmp_path / "swiftdrop.ini", own_swift)
     create_containers(ini)
@@ -177,7 +179,7 @@ def test_expired_token_means_one_reauth_not_a_451(own_swift, tmp_path):
 
 def test_bad_config_stops_the_service_naming_file_section_and_key(tmp_path, swift):
     ini = write_ini(tmp_path / "swiftdrop.ini", swift, auth_version="4")
-    result = run_swiftdrop("serve", "--config", str(ini), "--listen", f"127.0.0.1:{free_port()}",
+    result = run_swiftdrop("serve", "--config", str(ini), "--listen", f"127.0.0.1:{reserve_port()}",
                            "--log-target", "stderr")
     assert result.returncode == 78
     assert f"{ini}: [DEFAULT] auth_version: '4' is not one of 1, 2, 3" in result.stderr
@@ -208,7 +210,7 @@ def test_check_reports_every_section(swift, swift_ini, tmp_path):
 
 
 def test_socket_activation_with_systemd_socket_activate(swift, swift_ini, tmp_path):
-    port = free_port()
+    port = reserve_port()
     process = FilterProcess(swift_ini, tmp_path, "--log-target", "stderr", port=port,
                             launcher=["systemd-socket-activate", "-l", f"127.0.0.1:{port}"])
     with process:
@@ -230,7 +232,10 @@ def test_sigterm_lets_a_session_in_progress_finish(swift, swift_ini, tmp_path):
                 pass
         client.sendall(b"Subject: during shutdown\r\n")
         process.process.terminate()
-        time.sleep(0.5)
+        deadline = time.monotonic() + 15
+        while "waiting for 1 session(s) to finish" not in process.log():
+            assert time.monotonic() < deadline, "the filter did not act on SIGTERM"
+            time.sleep(0.05)
         client.sendall(b"\r\nstill stored\r\n.\r\n")
         reply = reader.readline().decode()
         assert reply.startswith("250 2.0.0 Ok: stored as fallback/cur/")
@@ -345,20 +350,24 @@ def test_ten_failures_in_a_row_send_one_notice(swift, tmp_path):
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{receiver.server_address[1]}/hook"
     try:
-        with FilterProcess(ini, tmp_path, "--alert-webhook", url, "--alert-interval", "4",
-                           "--log-target", "stderr") as process:
+        # The interval is long enough for ten failures on a loaded machine too.
+        interval = 12
+        with FilterProcess(ini, tmp_path, "--alert-webhook", url, "--alert-interval",
+                           str(interval), "--log-target", "stderr") as process:
             started = time.monotonic()
             for _ in range(10):
                 assert send(process.address, "s@o.test", ["a@example.com"], b"x\r\n")[0] == 451
-            assert time.monotonic() - started < 4, "the test needs all ten within the interval"
-            time.sleep(1)
+            assert time.monotonic() - started < interval, "the test needs all ten within it"
+            deadline = time.monotonic() + 10
+            while not WebhookReceiver.received and time.monotonic() < deadline:
+                time.sleep(0.1)
             assert len(WebhookReceiver.received) == 1
             first = WebhookReceiver.received[0]
             assert (first["section"], first["container"], first["swift_status"]) == (
                 "DEFAULT", "not-there", 404)
             assert first["transaction_id"].startswith("tx")
             assert first["suppressed_since_last_notice"] == 0
-            time.sleep(max(0.0, started + 4.2 - time.monotonic()))
+            time.sleep(max(0.0, started + interval + 0.2 - time.monotonic()))
             assert send(process.address, "s@o.test", ["a@example.com"], b"x\r\n")[0] == 451
             deadline = time.monotonic() + 10
             while len(WebhookReceiver.received) < 2 and time.monotonic() < deadline:

@@ -12,8 +12,9 @@ import subprocess
 import pytest
 import swiftclient
 
-from tests.support.filterproc import FilterProcess, free_port, run_swiftdrop
+from tests.support.filterproc import FilterProcess, run_swiftdrop
 from tests.support.keystone import KeystoneServer
+from tests.support.ports import reserve_port
 from tests.support.swiftserver import SwiftServer
 from tests.support.tlsfront import TestCA, TLSFront
 from tests.test_keystone import write_keystone_ini
@@ -162,7 +163,7 @@ def test_the_system_store_is_the_default(front, ca, tmp_path, monkeypatch):
         monkeypatch.delenv(variable, raising=False)
     bundle = private_system_store(ca, tmp_path / "store")
     ini = write_tls_ini(tmp_path / "swiftdrop.ini", front)
-    port = free_port()
+    port = reserve_port()
     with_store = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
                   f'mount --bind "$0" {SYSTEM_BUNDLE} && exec "$@"', str(bundle)]
     with FilterProcess(ini, tmp_path, "--listen", f"127.0.0.1:{port}", "--log-target", "stderr",
@@ -204,6 +205,7 @@ def keystone_behind_tls(ca, workdir):
         yield keystone, terminator
 
 
+@pytest.mark.slow  # a real Keystone
 def test_keystone_authentication_is_verified_too(keystone_behind_tls, ca, tmp_path):
     keystone, terminator = keystone_behind_tls
     ini = write_keystone_ini(tmp_path / "swiftdrop.ini", keystone)

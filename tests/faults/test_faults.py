@@ -11,6 +11,9 @@ import pytest
 
 from tests.faults.rig import FAULTS, Rig, run_scenario
 
+# The fault rig (Postfix, supervisor, fault proxy): left out of the quick loop.
+pytestmark = pytest.mark.slow
+
 MESSAGES = 20
 MIXED_MESSAGES = 50
 # Faults the sender must notice (a 4xx), and faults it must not notice at all.

@@ -8,11 +8,7 @@ import subprocess
 import sys
 import time
 
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.support.ports import reserve_port
 
 
 def wait_for_port(port, timeout=15, process=None):
@@ -43,7 +39,7 @@ class FilterProcess:
     def __init__(self, config_path, workdir, *extra_args, port=None, launcher=(), env=None):
         self.config_path = str(config_path)
         self.env = dict(env or {})  # e.g. its own TMPDIR, to count its temporary files
-        self.port = port or free_port()
+        self.port = port or reserve_port()
         self.log_path = pathlib.Path(workdir) / f"filter-{self.port}.log"
         self.extra_args = extra_args
         self.launcher = list(launcher)

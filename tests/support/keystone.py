@@ -40,7 +40,8 @@ import typing
 from wsgiref import simple_server
 
 from tests.support.launched import HOST, LaunchedServer
-from tests.support.swiftserver import REPO_ROOT, child_env, free_port
+from tests.support.ports import reserve_port
+from tests.support.swiftserver import REPO_ROOT, child_env
 
 if typing.TYPE_CHECKING:
     import swiftclient
@@ -255,7 +256,7 @@ class KeystoneServer(LaunchedServer):
     def __init__(self, workdir: pathlib.Path, port: int | None = None,
                  token_life: int = 3600, verbose: bool = False):
         self.workdir = pathlib.Path(workdir).resolve()  # child runs elsewhere
-        self.port = port or free_port()
+        self.port = port or reserve_port()
         self.token_life = token_life
         self.verbose = verbose
         self.auth_url = f"http://{HOST}:{self.port}/v3"

@@ -104,6 +104,8 @@ import threading
 import time
 import weakref
 
+from tests.support.ports import reserve_port
+
 POSTFIX = "/usr/sbin/postfix"
 POSTCONF = "/usr/sbin/postconf"
 POSTQUEUE = "/usr/sbin/postqueue"
@@ -143,13 +145,6 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 
 class PostfixError(RuntimeError):
     """A postfix/postconf command failed or the instance did not come up."""
-
-
-def free_port(host: str = HOST) -> int:
-    """Return a TCP port on `host` that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def make_workdir(prefix: str = "swiftdrop-postfix-", base: str = "/var/tmp") -> pathlib.Path:
@@ -202,15 +197,6 @@ def _pgrp_members(pgid: int, *, zombies: bool = False) -> list[int]:
             members.append(int(entry))
     return members
 
-
-def _port_free(port: int, host: str = HOST) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as master does
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-        return True
 
 
 def _port_open(port: int, host: str = HOST) -> bool:
@@ -289,8 +275,7 @@ class PostfixInstance:
     ) -> None:
         self.workdir = pathlib.Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._auto_port = smtp_port is None
-        self.smtp_port: int = free_port() if smtp_port is None else smtp_port
+        self.smtp_port: int = reserve_port() if smtp_port is None else smtp_port
         self.proxy_filter = proxy_filter
         self.relay_domains = list(relay_domains)
         self.recipients = list(recipients)
@@ -475,24 +460,16 @@ class PostfixInstance:
                 raise PostfixError(f"{self!r} is already running")
             began = time.monotonic()
             deadline = began + timeout
-            for attempt in range(3):
-                if self._auto_port and not _port_free(self.smtp_port):
-                    self.smtp_port = free_port()  # taken since __init__
-                self.write_config()
-                self._validate()
-                # "postfix start" would repeat the integrity checks that
-                # "postfix check" just passed (~0.5 s); postfix-script skips
-                # them once if QUEUE/quick-start exists (as after quick-stop).
-                (self.queue_dir / "quick-start").touch()
-                proc = self.postfix("start", check=False)
-                if proc.returncode == 0:
-                    break
+            self.write_config()
+            self._validate()
+            # "postfix start" would repeat the integrity checks that
+            # "postfix check" just passed (~0.5 s); postfix-script skips
+            # them once if QUEUE/quick-start exists (as after quick-stop).
+            (self.queue_dir / "quick-start").touch()
+            proc = self.postfix("start", check=False)
+            if proc.returncode != 0:
                 with contextlib.suppress(FileNotFoundError):
                     (self.queue_dir / "quick-start").unlink()
-                # an auto-picked port may have been grabbed in the meantime
-                if self._auto_port and attempt < 2 and "Address already in use" in self.maillog():
-                    self.smtp_port = free_port()
-                    continue
                 raise PostfixError(
                     f"postfix start failed ({proc.returncode}): {proc.stderr}\n{self._log_tail()}"
                 )

@@ -8,7 +8,8 @@ message with line ends as LF and one empty line appended.
 import shutil
 import subprocess
 
-from tests.support.filterproc import free_port, wait_for_port
+from tests.support.filterproc import wait_for_port
+from tests.support.ports import reserve_port
 from tests.support.postfix import make_workdir
 
 SMTP_SINK = "/usr/sbin/smtp-sink"
@@ -16,7 +17,7 @@ SMTP_SINK = "/usr/sbin/smtp-sink"
 
 class SmtpSink:
     def __init__(self):
-        self.port = free_port()
+        self.port = reserve_port()
         # smtp-sink writes as nobody, who cannot enter pytest's 0700 tmp dirs
         self.dump_dir = make_workdir("swiftdrop-sink-")
         self.dump_dir.chmod(0o777)

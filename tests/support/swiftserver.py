@@ -40,6 +40,7 @@ import typing
 import warnings
 
 from tests.support.launched import HOST, LaunchedServer, signal_and_wait, wait_until
+from tests.support.ports import reserve_port
 
 if typing.TYPE_CHECKING:
     import swiftclient
@@ -334,13 +335,6 @@ def main(argv: list[str] | None = None) -> None:
 # --------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """Return a loopback TCP port that is free right now."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 def child_env() -> dict[str, str]:
     """Environment for the launcher: ours, made to start faster.
 
@@ -386,7 +380,7 @@ class SwiftServer(LaunchedServer):
                  keystone: KeystoneServer | None = None, *,
                  storage_url_scheme: str = "default"):
         self.workdir = pathlib.Path(workdir).resolve()  # child runs elsewhere
-        self.port = port or free_port()
+        self.port = port or reserve_port()
         self.token_life = token_life
         self.verbose = verbose
         self.keystone = keystone
@@ -444,7 +438,7 @@ class SwiftServer(LaunchedServer):
 
     def _start_memcached(self, timeout: float) -> None:
         binary = shutil.which("memcached") or "/usr/bin/memcached"
-        self.memcache_port = free_port()
+        self.memcache_port = reserve_port()
         command = [binary, "-l", HOST, "-p", str(self.memcache_port), "-U", "0"]
         if os.geteuid() == 0:  # memcached refuses to run as root without -u
             command += ["-u", "root"]

@@ -16,7 +16,8 @@ import secrets
 import shutil
 import subprocess
 
-from tests.support.filterproc import free_port, wait_for_port
+from tests.support.filterproc import wait_for_port
+from tests.support.ports import reserve_port
 
 HOST = "127.0.0.1"
 STUNNEL = shutil.which("stunnel4") or "/usr/bin/stunnel4"
@@ -74,7 +75,7 @@ class TLSFront:
         self.workdir = pathlib.Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.backend_port, self.cert, self.key = backend_port, cert, key
-        self.port = port or free_port()
+        self.port = port or reserve_port()
         self.config_path = self.workdir / f"stunnel-{self.port}.conf"
         self.log_path = self.workdir / f"stunnel-{self.port}.log"
         self.process = None
