@@ -90,18 +90,21 @@ def journald_listening():
 
 @pytest.fixture(scope="session")
 def journald():
-    """The host's journald; started here where the machine runs without systemd."""
-    process = None
+    """The machine's journald; started here where the machine runs without systemd.
+
+    It is started as the system's own journal daemon, not as this test run's:
+    every process on the machine logs to the one socket, so a second test run
+    beside this one uses it too and must not lose it when this run ends.
+    """
     if not journald_listening():
-        process = subprocess.Popen([JOURNALD])
+        process = subprocess.Popen([JOURNALD], start_new_session=True,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while not journald_listening():
-            assert process.poll() is None and time.monotonic() < deadline, "journald failed"
+            assert process.poll() is None, f"journald exited with {process.returncode}"
+            assert time.monotonic() < deadline, "journald did not start"
             time.sleep(0.05)
-    yield Journal()
-    if process is not None:
-        process.terminate()
-        process.wait(10)
+    return Journal()
 
 
 @pytest.fixture(scope="session")
