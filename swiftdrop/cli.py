@@ -12,9 +12,10 @@ import threading
 from . import __version__
 from . import config as config_module
 from .passthrough import parse_address
-from .queue import Claimed, LostLock, MailQueue, work
+from .queue import Claimed, LostLock, MailQueue
 from .service import EX_CONFIG, configure_logging, serve
 from .storage import SwiftStore, describe_failure
+from .worker import work
 
 # Postfix gives up on the filter after smtpd_proxy_timeout (100 s by default);
 # our reply must come well before, or a message stored after the client was

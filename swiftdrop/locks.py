@@ -21,18 +21,32 @@ Two kinds, chosen per destination with ``queue_lock``:
 """
 
 import secrets
+import time
 
 from swiftclient.exceptions import ClientException
 
 LOCK_PREFIX = "locks/"
+# Our own clock must run out before Swift's: the lease is counted from just
+# before the request was sent, and with this much to spare.
+LEASE_MARGIN = 0.5
 
 
 class SwiftLock:
-    """Lock objects with a lease in the queue's container."""
+    """Lock objects with a lease in the queue's container.
+
+    While our lease runs by our own clock, the lock object can only be ours
+    (Swift lets no other PUT through while it exists), so refresh and release
+    then skip reading it back; only a holder that may have run over its lease
+    asks Swift whose it is first. Bodies are str: swiftclient can resend a
+    str after a broken connection, but not bytes.
+    """
+
+    errors = ()  # what its requests raise beyond Swift's own errors: nothing
 
     def __init__(self, connection, container):
         self.connection = connection
         self.container = container
+        self._ours_until = {}  # (name, token) -> monotonic time our lease surely lasts
 
     def _path(self, name):
         return f"{LOCK_PREFIX}{name}"
@@ -45,29 +59,44 @@ class SwiftLock:
                 return None
             raise
 
+    def _surely_ours(self, name, token):
+        return time.monotonic() < self._ours_until.get((name, token), 0)
+
+    def _leased(self, name, token, lease, sent):
+        # X-Delete-After takes whole seconds: what Swift was told is what counts.
+        self._ours_until[(name, token)] = sent + int(lease) - LEASE_MARGIN
+
     def acquire(self, name, lease):
         """Return a token if we now hold `name`'s lock for `lease` seconds, else None."""
         token = secrets.token_hex(16)
+        sent = time.monotonic()
         try:
             self.connection.put_object(
-                self.container, self._path(name), token.encode(),
+                self.container, self._path(name), token,
                 headers={"If-None-Match": "*", "X-Delete-After": str(int(lease))})
         except ClientException as error:
             if error.http_status == 412:
                 return None
             raise
-        return token if self._holder(name) == token else None
+        if self._holder(name) != token:
+            return None
+        self._leased(name, token, lease, sent)
+        return token
 
     def refresh(self, name, token, lease):
         """Extend our lease; False if the lock is no longer ours."""
-        if self._holder(name) != token:
+        if not self._surely_ours(name, token) and self._holder(name) != token:
             return False
+        sent = time.monotonic()
         self.connection.post_object(self.container, self._path(name),
                                     headers={"X-Delete-After": str(int(lease))})
+        self._leased(name, token, lease, sent)
         return True
 
     def release(self, name, token):
-        if self._holder(name) != token:
+        ours = self._surely_ours(name, token) or self._holder(name) == token
+        self._ours_until.pop((name, token), None)
+        if not ours:
             return
         try:
             self.connection.delete_object(self.container, self._path(name))
@@ -97,6 +126,7 @@ class RedisLock:
         import redis  # noqa: PLC0415 - only sites with queue_lock = redis need it
 
         self.client = redis.Redis.from_url(url)
+        self.errors = (redis.RedisError,)  # Redis away: a worker waits and tries again
         self.namespace = namespace
         self._refresh = self.client.register_script(_REFRESH)
         self._release = self.client.register_script(_RELEASE)

@@ -10,16 +10,19 @@ Maildir base name in all of them:
 ``failed/``      given up on (or failed permanently)
 
 A move is a server-side copy (``X-Copy-From``) followed by a delete of the
-source, done only while holding the message's lock, and only after checking
-that the target does not exist yet: the lock is what keeps two workers from
-moving the same message. The lock taken by ``claim`` is held, and refreshed,
+source, done only while holding the message's lock: the lock is what keeps
+two workers from moving the same message, so nothing is checked that the
+lock already proves. The lock taken by ``claim`` is held, and refreshed,
 while the worker processes the message; if the worker dies its lease runs
 out, and ``recover`` moves the message to ``retry/``. A crash between copy
 and delete leaves one name under two prefixes; ``recover`` keeps the copy
 that is furthest along and deletes the other.
+
+A claim and its finish cost 8 Swift requests with the Swift lock (lock PUT
+and read-back, copy, delete, GET; copy, delete, lock DELETE), 5 with Redis;
+a worker lists ``cur/`` a page at a time, not once per claim.
 """
 
-import collections
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 import hashlib
@@ -27,7 +30,6 @@ import logging
 import os
 import random
 import socket
-import subprocess
 import time
 
 from swiftclient import Connection
@@ -44,7 +46,6 @@ PROGRESS = {CUR: 0, RETRY: 1, PROCESSING: 2, DONE: 3, FAILED: 3}
 DEDUP_PREFIX = "dedup/"
 CLAIM_WINDOW = 16
 CLAIM_PAGE = 1000
-EX_TEMPFAIL = 75
 META = "x-object-meta-"
 
 
@@ -90,6 +91,7 @@ class MailQueue:
                                       namespace=self.container)
         self.clock = clock
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
+        self._waiting = []  # names of the cur/ page listed last, to claim in order
 
     # -- listing and moving -------------------------------------------------
 
@@ -97,26 +99,14 @@ class MailQueue:
         return self.connection.get_container(self.container, prefix=prefix,
                                              full_listing=True)[1]
 
-    def exists(self, path):
-        try:
-            self.connection.head_object(self.container, path)
-        except ClientException as error:
-            if error.http_status == 404:
-                return False
-            raise
-        return True
-
     def move(self, name, source, target, metadata=None):
         """Copy source+name to target+name server-side, then delete the source.
 
-        Callers hold the name's lock. Returns False if the source is gone
-        (someone else moved it first) or the target already exists (a
-        crash left it; recover resolves that).
+        Callers hold the name's lock, so nobody else moves it meanwhile; a
+        copy already at the target can only be a crash's leftover of the
+        same message, and is replaced. Returns False if the source is gone
+        (someone else moved it before we took the lock).
         """
-        if self.exists(target + name):
-            log.warning("%s%s already exists; leaving %s%s for recover",
-                        target, name, source, name)
-            return False
         headers = {"X-Copy-From": f"/{self.container}/{source}{name}"}
         headers.update((f"X-Object-Meta-{key}", str(value))
                        for key, value in (metadata or {}).items())
@@ -139,23 +129,38 @@ class MailQueue:
     # -- claim and finish ---------------------------------------------------
 
     def candidates(self):
-        """Oldest first: cur/ (names begin with the delivery time), then due retries.
-
-        Approximately: each worker takes the CLAIM_WINDOW oldest in random
-        order, so that workers do not all race for the very oldest message.
-        """
-        waiting = self.connection.get_container(self.container, prefix=CUR,
-                                                limit=CLAIM_PAGE)[1]
-        head = waiting[:CLAIM_WINDOW]
-        random.shuffle(head)
-        for item in head + waiting[CLAIM_WINDOW:]:
-            yield CUR, item["name"][len(CUR):]
+        """Oldest first: cur/ (names begin with the delivery time), then due retries."""
+        for name in self._waiting_names():
+            yield CUR, name
         now = self.clock()
         for item in self.listing(RETRY):
             name = item["name"][len(RETRY):]
             headers = self.connection.head_object(self.container, RETRY + name)
             if float(headers.get(META + "not-before", 0)) <= now:
                 yield RETRY, name
+
+    def _waiting_names(self):
+        """Names from this worker's page of cur/, and from one new page once it is used up.
+
+        Approximately oldest first: each page's CLAIM_WINDOW oldest come in
+        random order, so that workers do not all race for the very oldest
+        message. Names another worker took meanwhile fail at the lock or at
+        the copy, and cost a request or two instead of a listing per claim.
+        """
+        listed = False
+        while True:
+            if not self._waiting:
+                if listed:
+                    return
+                page = [item["name"][len(CUR):] for item in self.connection.get_container(
+                    self.container, prefix=CUR, limit=CLAIM_PAGE)[1]]
+                head = page[:CLAIM_WINDOW]
+                random.shuffle(head)
+                self._waiting = (head + page[CLAIM_WINDOW:])[::-1]  # pop() takes the oldest
+                listed = True
+                if not self._waiting:
+                    return
+            yield self._waiting.pop()
 
     def claim(self, dedup=False):
         """Take the oldest waiting message; None when there is nothing to do."""
@@ -210,8 +215,6 @@ class MailQueue:
                 delay = self.settings.retry_delay * 2 ** (attempts - 1)
                 metadata["Not-Before"] = f"{now + delay:.3f}"
         metadata["Finished-At"] = f"{now:.3f}"
-        if not self.lock.refresh(claimed.name, claimed.token, self.settings.lease):
-            raise LostLock(claimed.name)
         try:
             if not self.move(claimed.name, PROCESSING, target, metadata):
                 raise LostLock(claimed.name)
@@ -237,7 +240,7 @@ class MailQueue:
         marker = self._dedup_marker(claimed)
         if marker and self.settings.dedup_window > 0:
             self.connection.put_object(
-                self.container, marker, claimed.name.encode(),
+                self.container, marker, claimed.name,  # str: swiftclient can resend it
                 headers={"X-Delete-After": str(int(self.settings.dedup_window))})
 
     def duplicate_of(self, claimed):
@@ -332,60 +335,3 @@ def _delivery_time(path):
         return int(seconds) + int(rest[:6]) / 1e6
     except ValueError:
         return None
-
-
-def work(queue, command, stop, *, poll=5.0, dedup=False, once=False, grace=30.0):
-    """The worker loop of ``swiftdrop queue run``: claim, pipe to `command`, finish.
-
-    The message goes to the command's stdin; exit 0 means done, 75
-    (EX_TEMPFAIL) retry, anything else failed. The lock is refreshed while
-    the command runs. When `stop` is set the loop ends after the current
-    message; a command still running `grace` seconds later is killed and its
-    message goes back to retry/. Returns a Counter of outcomes.
-    """
-    outcomes = collections.Counter()
-    while not stop.is_set():
-        claimed = queue.claim(dedup=dedup)
-        if claimed is None:
-            if once:
-                break
-            stop.wait(poll)
-            continue
-        try:
-            status = _run_command(queue, claimed, command, stop, grace)
-            state = "done" if status == 0 else "retry" if status in (EX_TEMPFAIL, None) \
-                else "failed"
-            target = queue.finish(claimed, state, {"Exit-Status": status})
-        except LostLock:
-            log.error("lost the lock on %s while working on it; leaving it", claimed.name)
-            outcomes["lost"] += 1
-            continue
-        outcomes[target.rstrip("/")] += 1
-        log.info("%s -> %s (exit status %s)", claimed.name, target, status)
-    return outcomes
-
-
-def _run_command(queue, claimed, command, stop, grace):
-    """Exit status of `command` fed with the message; None if it had to be killed."""
-    metadata = claimed.metadata
-    env = dict(os.environ, SWIFTDROP_NAME=claimed.name, SWIFTDROP_CONTAINER=queue.container,
-               SWIFTDROP_ATTEMPTS=str(claimed.attempts),
-               SWIFTDROP_MAIL_FROM=metadata.get("mail-from", ""),
-               SWIFTDROP_RCPT_TO=metadata.get("rcpt-to", ""),
-               SWIFTDROP_MESSAGE_ID=metadata.get("message-id", ""))
-    process = subprocess.Popen(command, stdin=subprocess.PIPE, env=env)
-    heartbeat = max(1.0, queue.settings.lease / 3)
-    stdin, stopping_since = claimed.body, None
-    while True:
-        try:
-            process.communicate(input=stdin, timeout=heartbeat)
-            return process.returncode
-        except subprocess.TimeoutExpired:
-            stdin = None  # already handed over; communicate() keeps feeding it
-        if stop.is_set():
-            stopping_since = stopping_since or time.monotonic()
-            if time.monotonic() - stopping_since > grace:
-                process.kill()
-                process.wait()
-                return None
-        queue.refresh(claimed)

@@ -1,5 +1,6 @@
 """swiftdrop queue against the real Swift (and a real Redis for the strict lock)."""
 
+import collections
 import hashlib
 import json
 import os
@@ -9,11 +10,13 @@ import threading
 import time
 
 import pytest
+import swiftclient
 
 from swiftdrop import config as config_module
 from swiftdrop.locks import RedisLock, SwiftLock
 from swiftdrop.queue import MailQueue
 from tests.support.filterproc import swiftdrop_command
+from tests.support.swiftserver import SwiftServer
 
 CONTAINER_COUNTER = iter(range(1000))
 
@@ -307,3 +310,81 @@ def test_bad_queue_settings_name_file_section_and_key(tmp_path, swift):
                             capture_output=True, text=True, check=False)
     assert result.returncode == 78
     assert "[DEFAULT] queue_redis_url: is required" in result.stderr
+
+
+class CountingConnection(swiftclient.Connection):
+    """A real connection that counts its requests by kind (authentication aside)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.requests = collections.Counter()
+
+    def _retry(self, reset_func, func, *args, **kwargs):
+        self.requests[func.__name__] += 1
+        return super()._retry(reset_func, func, *args, **kwargs)
+
+
+def test_a_claim_and_its_finish_cost_eight_requests_or_five_with_redis(lock_kind, ini):
+    destination = config_module.load(str(ini)).catch_all
+    account = destination.account
+    counting = CountingConnection(authurl=account.authurl, user=account.user,
+                                  key=account.key, auth_version=account.auth_version)
+    queue = MailQueue(destination, connection=counting)
+    names = store(queue_for(ini), 20)
+    done = []
+    while (claimed := queue.claim()) is not None:
+        queue.finish(claimed, "done")
+        done.append(claimed.name)
+    assert sorted(done) == names
+    listings = counting.requests.pop("get_container")
+    per_message = {"swift": 8, "redis": 5}[lock_kind]
+    assert sum(counting.requests.values()) == per_message * len(names)
+    # a page of cur/ for all 20, the empty page that ends it, and retry/
+    assert listings == 3
+
+
+@pytest.mark.slow  # Swift killed three times under running workers
+def test_workers_ride_out_swift_being_killed_and_restarted(tmp_path):
+    with SwiftServer(tmp_path / "swift") as own_swift:
+        ini = make_ini(tmp_path / "chaos.ini", own_swift, "chaos", lease="6")
+        # fail fast while Swift is down: the worker's own back-off takes over
+        ini.write_text(ini.read_text() + "timeout = 2\nretries = 0\n")
+        own_swift.connection().put_container("chaos")
+        names = store(queue_for(ini), 40)
+        log = tmp_path / "processed.log"
+        consumer = f'cat >/dev/null; sleep 0.1; echo "$SWIFTDROP_NAME" >> {log}'
+        workers = [subprocess.Popen(
+            swiftdrop_command("queue", "--config", str(ini), "run", "--poll", "0.2", "--",
+                              "sh", "-c", consumer),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+
+        def processed():
+            return log.read_text().split() if log.exists() else []
+
+        for round_ in range(3):
+            deadline = time.monotonic() + 60
+            while len(processed()) < 8 * (round_ + 1):
+                assert time.monotonic() < deadline, "the workers made no progress"
+                time.sleep(0.1)
+            own_swift.kill()
+            time.sleep(2)  # down for a while: several of the workers' requests fail
+            own_swift.start()
+        queue = queue_for(ini)
+        deadline = time.monotonic() + 120
+        while names_under(queue, "done/") != names:
+            assert time.monotonic() < deadline, "not everything reached done/"
+            queue.recover()  # messages whose finish never went through
+            time.sleep(0.5)
+        for worker in workers:
+            assert worker.poll() is None, worker.stderr.read()  # still running
+            worker.terminate()
+        outputs = [worker.communicate(timeout=60) for worker in workers]
+    outcomes = collections.Counter()
+    for worker, (stdout, stderr) in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, stderr
+        assert "Traceback" not in stderr
+        outcomes.update(json.loads(stdout.splitlines()[-1]))
+    assert any("trying again in" in stderr for _, stderr in outputs)
+    assert sorted(set(processed())) == names  # nothing lost
+    # a message runs twice only when its finish could not be recorded
+    assert len(processed()) - len(names) <= outcomes["unfinished"]

@@ -1,0 +1,140 @@
+"""``swiftdrop queue run``: claim a message, pipe it to a command, finish it, repeat.
+
+The state machine lives in :mod:`swiftdrop.queue`; this is the process around
+it, and what makes a worker outlast its environment. Swift restarting,
+Keystone or Redis away for a while, a connection cut mid-request: a worker
+logs it at warning, waits (1 s, doubling up to a minute) and carries on;
+nothing of the queue is lost, because a message is only ever moved while its
+lock is held, and one whose finish could not be recorded is returned to
+``retry/`` by ``recover`` once its lease has run out. Only a bug in our own
+code ends the worker (and systemd starts it again).
+"""
+
+import collections
+import logging
+import os
+import subprocess
+import sys
+import time
+
+import requests
+from swiftclient.exceptions import ClientException
+import urllib3.exceptions
+
+from .queue import LostLock
+
+log = logging.getLogger(__name__)
+
+EX_TEMPFAIL = 75
+FIRST_BACKOFF = 1.0
+LONGEST_BACKOFF = 60.0
+
+
+def environmental_errors(queue):
+    """What a Swift, Keystone or lock request can raise when the world misbehaves."""
+    errors = [ClientException, requests.RequestException, urllib3.exceptions.HTTPError,
+              OSError, *queue.lock.errors]
+    # keystoneauth1 is imported only for auth v3 (and costly to import otherwise)
+    keystone = sys.modules.get("keystoneauth1.exceptions")
+    if keystone is not None:
+        errors.append(keystone.ClientException)
+    return tuple(errors)
+
+
+def work(queue, command, stop, *, poll=5.0, dedup=False, once=False, grace=30.0):
+    """The worker loop: claim, pipe to `command`, finish; returns a Counter of outcomes.
+
+    The message goes to the command's stdin; exit 0 means done, 75
+    (EX_TEMPFAIL) retry, anything else failed. The lock is refreshed while
+    the command runs. When `stop` is set the loop ends after the current
+    message; a command still running `grace` seconds later is killed and its
+    message goes back to retry/.
+    """
+    outcomes = collections.Counter()
+    failing = environmental_errors(queue)
+    backoff = FIRST_BACKOFF
+    while not stop.is_set():
+        try:
+            claimed = queue.claim(dedup=dedup)
+        except failing as error:
+            log.warning("cannot claim from %s: %s; trying again in %.0f s",
+                        queue.container, error, backoff)
+            stop.wait(backoff)
+            backoff = min(backoff * 2, LONGEST_BACKOFF)
+            continue
+        backoff = FIRST_BACKOFF
+        if claimed is None:
+            if once:
+                break
+            stop.wait(poll)
+            continue
+        try:
+            status = _run_command(queue, claimed, command, stop=stop, grace=grace,
+                                  failing=failing)
+            state = "done" if status == 0 else "retry" if status in (EX_TEMPFAIL, None) \
+                else "failed"
+            target = _finish(queue, claimed, state, {"Exit-Status": status}, stop=stop,
+                             failing=failing)
+        except LostLock:
+            log.error("lost the lock on %s while working on it; leaving it", claimed.name)
+            outcomes["lost"] += 1
+            continue
+        if target is None:
+            outcomes["unfinished"] += 1
+            continue
+        outcomes[target.rstrip("/")] += 1
+        log.info("%s -> %s (exit status %s)", claimed.name, target, status)
+    return outcomes
+
+
+def _finish(queue, claimed, state, metadata, *, stop, failing):
+    """queue.finish, tried again while our lease lasts; None if it never went through.
+
+    Giving up leaves the message in processing/ under a lock that runs out:
+    recover then moves it to retry/, so the command may see it once more,
+    but it is never lost.
+    """
+    give_up = time.monotonic() + queue.settings.lease
+    backoff = FIRST_BACKOFF
+    while True:
+        try:
+            return queue.finish(claimed, state, metadata)
+        except failing as error:
+            if time.monotonic() + backoff > give_up:
+                log.error("cannot finish %s as %s: %s; recover will return it to retry/",
+                          claimed.name, state, error)
+                return None
+            log.warning("cannot finish %s as %s: %s; trying again in %.0f s",
+                        claimed.name, state, error, backoff)
+            stop.wait(backoff)
+            backoff = min(backoff * 2, LONGEST_BACKOFF)
+
+
+def _run_command(queue, claimed, command, *, stop, grace, failing):
+    """Exit status of `command` fed with the message; None if it had to be killed."""
+    metadata = claimed.metadata
+    env = dict(os.environ, SWIFTDROP_NAME=claimed.name, SWIFTDROP_CONTAINER=queue.container,
+               SWIFTDROP_ATTEMPTS=str(claimed.attempts),
+               SWIFTDROP_MAIL_FROM=metadata.get("mail-from", ""),
+               SWIFTDROP_RCPT_TO=metadata.get("rcpt-to", ""),
+               SWIFTDROP_MESSAGE_ID=metadata.get("message-id", ""))
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, env=env)
+    heartbeat = max(1.0, queue.settings.lease / 3)
+    stdin, stopping_since = claimed.body, None
+    while True:
+        try:
+            process.communicate(input=stdin, timeout=heartbeat)
+            return process.returncode
+        except subprocess.TimeoutExpired:
+            stdin = None  # already handed over; communicate() keeps feeding it
+        if stop.is_set():
+            stopping_since = stopping_since or time.monotonic()
+            if time.monotonic() - stopping_since > grace:
+                process.kill()
+                process.wait()
+                return None
+        try:
+            queue.refresh(claimed)
+        except failing as error:
+            # The lease may well outlast a short outage: keep the command going.
+            log.warning("cannot refresh the lock on %s: %s", claimed.name, error)
