@@ -11,6 +11,7 @@ import threading
 
 from . import __version__
 from . import config as config_module
+from . import migrate
 from .passthrough import parse_address
 from .queue import Claimed, LostLock, MailQueue
 from .service import EX_CONFIG, configure_logging, serve
@@ -82,7 +83,29 @@ def build_parser():
                               help="validate the file without contacting Swift "
                                    "(for a deployment tool's validate step)")
     add_queue_commands(commands)
+
+    import_parser = commands.add_parser(
+        "import-env", help="convert the Docker SwiftDrop's environment to an ini or group_vars")
+    import_parser.add_argument("--env-file", metavar="FILE",
+                               help="read KEY=VALUE lines from FILE (default: this process's "
+                                    "environment)")
+    import_parser.add_argument("--format", choices=("ini", "ansible"), default="ini",
+                               help="ini: /etc/swiftdrop.ini as confd wrote it; ansible: "
+                                    "group_vars for roles/swiftdrop, secrets in a Vault part")
     return parser
+
+
+def import_env(options):
+    """``swiftdrop import-env``: print the converted configuration."""
+    try:
+        variables = (migrate.read_env_file(options.env_file) if options.env_file
+                     else dict(os.environ))
+        convert = migrate.to_ini if options.format == "ini" else migrate.to_ansible
+        sys.stdout.write(convert(variables))
+    except (OSError, migrate.MigrationError) as error:
+        print(f"swiftdrop import-env: {error}", file=sys.stderr)
+        return EX_CONFIG
+    return 0
 
 
 def add_queue_commands(commands):
@@ -269,6 +292,8 @@ def main(argv=None):
         return serve(options)
     if options.command == "queue":
         return queue_command(options)
+    if options.command == "import-env":
+        return import_env(options)
     return check(options)
 
 
