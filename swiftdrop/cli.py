@@ -14,6 +14,7 @@ from . import config as config_module
 from . import migrate
 from .passthrough import parse_address
 from .queue import Claimed, LostLock, MailQueue
+from .queue_report import format_stats, write_output
 from .service import EX_CONFIG, configure_logging, serve
 from .storage import SwiftStore, describe_failure
 from .worker import work
@@ -134,7 +135,13 @@ def add_queue_commands(commands):
                                                               "retry/"))
     purge.add_argument("--execute", action="store_true", help="really delete")
     stats = actions.add_parser("stats", help="count and bytes per prefix, oldest waiting")
-    stats.add_argument("--json", action="store_true")
+    stats.add_argument("--format", choices=("text", "json", "prometheus"), default="text",
+                       help="prometheus: the text exposition format, e.g. for node_exporter's "
+                            "textfile collector")
+    stats.add_argument("--json", action="store_const", const="json", dest="format",
+                       help="the same as --format json")
+    stats.add_argument("--output", metavar="FILE",
+                       help="write to FILE, replacing it atomically (default: stdout)")
     run = actions.add_parser("run", help="worker loop: pipe each message to COMMAND; exit 0 "
                              "done, 75 retry, other failed")
     run.add_argument("--dedup", action="store_true")
@@ -254,15 +261,8 @@ def queue_command(options):
             print(f"{verb} {item['name']} ({item['bytes']} bytes, {item['last_modified']})")
         print(f"{verb} {len(old)} object(s)" + ("" if options.execute else "; add --execute"))
     elif action == "stats":
-        stats = queue.stats()
-        if options.json:
-            print(json.dumps(stats))
-        else:
-            for prefix, figures in stats.items():
-                if isinstance(figures, dict):
-                    print(f"{prefix:<12} {figures['count']:>8} messages "
-                          f"{figures['bytes']:>14} bytes")
-            print(f"oldest in cur/: {stats['oldest_cur_age_seconds']} s")
+        write_output(format_stats(queue.stats(), queue.destination, options.format),
+                     options.output)
     else:
         return run_worker(queue, options)
     return 0

@@ -388,3 +388,26 @@ def test_workers_ride_out_swift_being_killed_and_restarted(tmp_path):
     assert sorted(set(processed())) == names  # nothing lost
     # a message runs twice only when its finish could not be recorded
     assert len(processed()) - len(names) <= outcomes["unfinished"]
+
+
+def test_stats_for_prometheus_pass_promtool_and_count_right(ini, tmp_path):
+    queue = queue_for(ini)
+    store(queue, 3)
+    queue.finish(queue.claim(), "done")
+    output = tmp_path / "textfile" / "swiftdrop_queue.prom"
+    output.parent.mkdir()
+    result = subprocess.run(
+        swiftdrop_command("queue", "--config", str(ini), "stats", "--format", "prometheus",
+                          "--output", str(output)), capture_output=True, text=True, check=False)
+    assert (result.returncode, result.stdout) == (0, ""), result.stderr
+    assert list(output.parent.iterdir()) == [output]  # no temporary file left beside it
+    text = output.read_text()
+    lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                          text=True, check=False)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    labels = f'destination="DEFAULT",container="{queue.container}"'
+    assert f'swiftdrop_queue_messages{{{labels},state="cur"}} 2\n' in text
+    assert f'swiftdrop_queue_messages{{{labels},state="done"}} 1\n' in text
+    assert f'swiftdrop_queue_messages{{{labels},state="processing"}} 0\n' in text
+    age = float(text.split(f"swiftdrop_queue_oldest_age_seconds{{{labels}}} ")[1].split()[0])
+    assert age > 0
