@@ -71,8 +71,8 @@ def render_section(specs):
     lines = [BEGIN, "", *render_table(options)]
     for name, option in options.items():
         if "options" in option:
-            lines += ["", f"Keys of each entry of `{name}` (— : the ini's default, or what "
-                      "`DEFAULT` sets):", "", *render_table(option["options"], "key")]
+            lines += ["", f"Keys of each entry of `{name}`:", "",
+                      *render_table(option["options"], "key")]
     return "\n".join([*lines, "", END])
 
 

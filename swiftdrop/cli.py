@@ -1,6 +1,7 @@
 """The ``swiftdrop`` command: ``serve``, ``check``."""
 
 import argparse
+import collections
 import json
 import logging
 import os
@@ -148,6 +149,8 @@ def add_queue_commands(commands):
     run.add_argument("--poll", type=float, default=5.0, metavar="SECONDS",
                      help="wait this long when the queue is empty")
     run.add_argument("--once", action="store_true", help="stop when the queue is empty")
+    run.add_argument("--concurrency", type=int, default=1, metavar="N",
+                     help="N worker loops in this process, each with its own connection")
     run.add_argument("--grace", type=float, default=30.0, metavar="SECONDS",
                      help="after SIGTERM, let a running command finish for this long")
     run.add_argument("worker_command", nargs=argparse.REMAINDER, metavar="-- COMMAND")
@@ -277,9 +280,25 @@ def run_worker(queue, options):
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    outcomes = work(queue, command, stop, poll=options.poll, dedup=options.dedup,
-                    once=options.once, grace=options.grace)
-    print(json.dumps(dict(outcomes)))
+    if options.concurrency < 1:
+        print("swiftdrop: --concurrency must be at least 1", file=sys.stderr)
+        return 2
+    queues = [queue] + [MailQueue(queue.destination) for _ in range(options.concurrency - 1)]
+    results = [None] * len(queues)
+
+    def loop(index):
+        results[index] = work(queues[index], command, stop, poll=options.poll,
+                              dedup=options.dedup, once=options.once, grace=options.grace)
+
+    threads = [threading.Thread(target=loop, args=(index,), name=f"worker-{index + 1}")
+               for index in range(len(queues))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if None in results:  # a loop died of a bug in our code: its traceback is above
+        return 1
+    print(json.dumps(dict(sum(results, collections.Counter()))))
     return 0
 
 

@@ -411,3 +411,15 @@ def test_stats_for_prometheus_pass_promtool_and_count_right(ini, tmp_path):
     assert f'swiftdrop_queue_messages{{{labels},state="processing"}} 0\n' in text
     age = float(text.split(f"swiftdrop_queue_oldest_age_seconds{{{labels}}} ")[1].split()[0])
     assert age > 0
+
+
+def test_run_with_concurrency_takes_each_message_once(ini, tmp_path):
+    names = store(queue_for(ini), 30)
+    log = tmp_path / "processed.log"
+    result = subprocess.run(
+        swiftdrop_command("queue", "--config", str(ini), "run", "--once", "--concurrency", "3",
+                          "--", "sh", "-c", f'cat >/dev/null; echo "$SWIFTDROP_NAME" >> {log}'),
+        capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) == {"done": 30}
+    assert sorted(log.read_text().split()) == names
