@@ -304,6 +304,10 @@ def run_worker(queue, options):
 
 def main(argv=None):
     parser = build_parser()
+    if "_ARGCOMPLETE" in os.environ:  # bash asks for completions (python3-argcomplete)
+        import argcomplete  # noqa: PLC0415 - only then, not on every start
+
+        argcomplete.autocomplete(parser)
     options = parser.parse_args(argv)
     if options.command == "serve":
         if options.alert_mail and not options.admin_relay:
