@@ -10,9 +10,8 @@ import stat
 import sys
 import threading
 
-from . import __version__
+from . import __version__, migrate
 from . import config as config_module
-from . import migrate
 from .passthrough import parse_address
 from .queue import Claimed, LostLock, MailQueue
 from .queue_report import format_stats, write_output
