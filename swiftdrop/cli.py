@@ -10,8 +10,8 @@ import stat
 import sys
 import threading
 
+from . import __version__, migrate
 from . import config as config_module
-from . import migrate
 from .delivery import REPLY_DETAILS
 from .failures import describe_failure
 from .passthrough import parse_address
@@ -35,6 +35,7 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="swiftdrop",
         description="Postfix before-queue filter that stores every accepted message in Swift.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve_parser = commands.add_parser("serve", help="run the SMTP filter")

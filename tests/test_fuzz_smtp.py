@@ -13,7 +13,7 @@ end to end elsewhere; here the dialogue is the target). Invariants:
 
 How long they run: the ``ci`` profile (default) is bounded for the normal
 test run; ``SWIFTDROP_FUZZ_EXAMPLES=20000 python -m pytest
-tests/test_fuzz_smtp.py`` runs longer (see README). A failure hypothesis
+tests/test_fuzz_smtp.py`` runs longer (see docs/testing.md). A failure hypothesis
 finds is printed as a minimal example: keep it as an explicit test below.
 """
 
