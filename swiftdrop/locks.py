@@ -85,7 +85,7 @@ class SwiftLock:
 
     def refresh(self, name, token, lease):
         """Extend our lease; False if the lock is no longer ours."""
-        if not self._surely_ours(name, token) and self._holder(name) != token:
+        if not self.holds(name, token):
             return False
         sent = time.monotonic()
         self.connection.post_object(self.container, self._path(name),
@@ -93,8 +93,12 @@ class SwiftLock:
         self._leased(name, token, lease, sent)
         return True
 
+    def holds(self, name, token):
+        """Whether the lock is still ours: free while our lease surely runs."""
+        return self._surely_ours(name, token) or self._holder(name) == token
+
     def release(self, name, token):
-        ours = self._surely_ours(name, token) or self._holder(name) == token
+        ours = self.holds(name, token)
         self._ours_until.pop((name, token), None)
         if not ours:
             return
@@ -139,6 +143,9 @@ class RedisLock:
         if self.client.set(self._key(name), token, nx=True, px=int(lease * 1000)):
             return token
         return None
+
+    def holds(self, name, token):
+        return self.client.get(self._key(name)) == token.encode()
 
     def refresh(self, name, token, lease):
         return bool(self._refresh(keys=[self._key(name)], args=[token, int(lease * 1000)]))

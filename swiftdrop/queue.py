@@ -19,7 +19,8 @@ and delete leaves one name under two prefixes; ``recover`` keeps the copy
 that is furthest along and deletes the other.
 
 A claim and its finish cost 8 Swift requests with the Swift lock (lock PUT
-and read-back, copy, delete, GET; copy, delete, lock DELETE), 5 with Redis;
+and read-back, copy, delete, GET; copy, delete, lock DELETE), 5 with Redis
+(plus a GET at Redis at finish);
 a worker lists ``cur/`` a page at a time, not once per claim.
 """
 
@@ -216,6 +217,10 @@ class MailQueue:
                 metadata["Not-Before"] = f"{now + delay:.3f}"
         metadata["Finished-At"] = f"{now:.3f}"
         try:
+            # Free while our lease surely runs; a holder that ran over it asks
+            # first, or it could move a message recover has already moved on.
+            if not self.lock.holds(claimed.name, claimed.token):
+                raise LostLock(claimed.name)
             if not self.move(claimed.name, PROCESSING, target, metadata):
                 raise LostLock(claimed.name)
             if target == DONE and "Duplicate-Of" not in metadata:
@@ -287,11 +292,21 @@ class MailQueue:
                 self._delete(prefix + name)
                 actions.append((f"removed leftover {prefix}", name))
         if keep == PROCESSING:
-            headers = self.connection.head_object(self.container, PROCESSING + name)
+            # The listing may be older than a worker's finish that landed
+            # just before we took the lock: then the message has moved on.
+            try:
+                headers = self.connection.head_object(self.container, PROCESSING + name)
+            except ClientException as error:
+                if error.http_status == 404:
+                    return actions
+                raise
             attempts = int(headers.get(META + "attempts", 0))
             claimed = Claimed(name, b"", {}, token, attempts=attempts)
-            target = self.finish(claimed, "retry", {"Recovered-From": headers.get(
-                META + "claimed-by", "unknown worker")})
+            try:
+                target = self.finish(claimed, "retry", {"Recovered-From": headers.get(
+                    META + "claimed-by", "unknown worker")})
+            except LostLock:
+                return actions  # moved on between our HEAD and our copy
             actions.append((f"lease expired, moved to {target}", name))
         return actions
 
