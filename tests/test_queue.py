@@ -361,24 +361,31 @@ def test_workers_ride_out_swift_being_killed_and_restarted(tmp_path):
         def processed():
             return log.read_text().split() if log.exists() else []
 
-        for round_ in range(3):
-            deadline = time.monotonic() + 60
-            while len(processed()) < 8 * (round_ + 1):
-                assert time.monotonic() < deadline, "the workers made no progress"
-                time.sleep(0.1)
-            own_swift.kill()
-            time.sleep(2)  # down for a while: several of the workers' requests fail
-            own_swift.start()
-        queue = queue_for(ini)
-        deadline = time.monotonic() + 120
-        while names_under(queue, "done/") != names:
-            assert time.monotonic() < deadline, "not everything reached done/"
-            queue.recover()  # messages whose finish never went through
-            time.sleep(0.5)
-        for worker in workers:
-            assert worker.poll() is None, worker.stderr.read()  # still running
-            worker.terminate()
-        outputs = [worker.communicate(timeout=60) for worker in workers]
+        try:  # the workers never outlive the test, whatever fails in it
+            for round_ in range(3):
+                deadline = time.monotonic() + 60
+                while len(processed()) < 8 * (round_ + 1):
+                    assert time.monotonic() < deadline, "the workers made no progress"
+                    time.sleep(0.1)
+                own_swift.kill()
+                time.sleep(2)  # down for a while: several of the workers' requests fail
+                own_swift.start()
+            queue = queue_for(ini)
+            deadline = time.monotonic() + 120
+            while names_under(queue, "done/") != names:
+                assert time.monotonic() < deadline, "not everything reached done/"
+                queue.recover()  # messages whose finish never went through
+                time.sleep(0.5)
+            survived = [worker.poll() is None for worker in workers]
+            for worker in workers:
+                worker.terminate()
+            outputs = [worker.communicate(timeout=60) for worker in workers]
+        finally:
+            for worker in workers:
+                if worker.poll() is None:
+                    worker.kill()
+                    worker.communicate()
+    assert all(survived), [stderr for _, stderr in outputs]  # none exited meanwhile
     outcomes = collections.Counter()
     for worker, (stdout, stderr) in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, stderr
