@@ -14,13 +14,9 @@ import collections
 import logging
 import os
 import subprocess
-import sys
 import time
 
-import requests
-from swiftclient.exceptions import ClientException
-import urllib3.exceptions
-
+from .failures import SERVICE_ERRORS
 from .queue import LostLock
 
 log = logging.getLogger(__name__)
@@ -31,14 +27,12 @@ LONGEST_BACKOFF = 60.0
 
 
 def environmental_errors(queue):
-    """What a Swift, Keystone or lock request can raise when the world misbehaves."""
-    errors = [ClientException, requests.RequestException, urllib3.exceptions.HTTPError,
-              OSError, *queue.lock.errors]
-    # keystoneauth1 is imported only for auth v3 (and costly to import otherwise)
-    keystone = sys.modules.get("keystoneauth1.exceptions")
-    if keystone is not None:
-        errors.append(keystone.ClientException)
-    return tuple(errors)
+    """What a Swift, Keystone or lock request can raise when the world misbehaves.
+
+    The filter's error boundary (:data:`failures.SERVICE_ERRORS`) plus the lock's
+    own (Redis away).
+    """
+    return (*SERVICE_ERRORS, *queue.lock.errors)
 
 
 def work(queue, command, stop, *, poll=5.0, dedup=False, once=False, grace=30.0):
