@@ -536,6 +536,13 @@ cmd_down() {
         sleep 0.1
     done
 
+    # Connections to the guest that outlived it: above all ssh's ControlPersist
+    # masters (Ansible's, keyed by address). The next guest may get this
+    # address within their 60 s, and a client reusing such a master would
+    # talk to a dead session: UNREACHABLE for a guest that is up.
+    if [[ -n $idx ]]; then
+        ss -K dst "$(guest_addr "$idx")" >/dev/null 2>&1 || true
+    fi
     if mountpoint -q "$d/merged" 2>/dev/null; then
         umount "$d/merged" 2>/dev/null || umount -l "$d/merged"
     fi
