@@ -20,12 +20,17 @@ that is furthest along and deletes the other.
 
 A claim and its finish cost 8 Swift requests with the Swift lock (lock PUT
 and read-back, copy, delete, GET; copy, delete, lock DELETE), 5 with Redis
-(plus a GET at Redis at finish);
-a worker lists ``cur/`` a page at a time, not once per claim.
+(plus a GET at Redis at finish); a worker lists ``cur/`` a page at a time,
+not once per claim. A worker waits for 6 round trips of those 8: the delete
+that completes a move runs on a second connection beside the request that
+follows it (the claim's GET, the finish's lock release), which does not
+depend on it.
 """
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 import hashlib
 import logging
 import os
@@ -45,8 +50,12 @@ PREFIXES = (CUR, PROCESSING, RETRY, DONE, FAILED)
 # When one name is found under two prefixes, the one further along wins.
 PROGRESS = {CUR: 0, RETRY: 1, PROCESSING: 2, DONE: 3, FAILED: 3}
 DEDUP_PREFIX = "dedup/"
-CLAIM_WINDOW = 16
+CLAIM_WINDOW = 64
 CLAIM_PAGE = 1000
+# Listings of cur/ one claim may make after finding its page out of date.
+# Each such finding means another worker took a message; the bound only
+# keeps a container listing that lags behind deletions from spinning us.
+CLAIM_RELISTS = 3
 META = "x-object-meta-"
 
 
@@ -70,14 +79,19 @@ class LostLock(Exception):
     """The worker's lease ran out and someone else may hold the message now."""
 
 
-def connect(destination):
-    """A swiftclient Connection for one destination's account (one per worker)."""
+def connect(destination, preauthurl=None, preauthtoken=None):
+    """A swiftclient Connection for one destination's account (one per worker).
+
+    Given another connection's URL and token, it starts with them and
+    authenticates itself only when the token runs out.
+    """
     account = destination.account
     return Connection(
         authurl=account.authurl, user=account.user, key=account.key,
         auth_version=account.auth_version, tenant_name=account.tenant_name,
         os_options=dict(account.os_options), cacert=account.cacert,
-        insecure=account.insecure, timeout=account.timeout, retries=account.retries)
+        insecure=account.insecure, timeout=account.timeout, retries=account.retries,
+        preauthurl=preauthurl, preauthtoken=preauthtoken)
 
 
 class MailQueue:
@@ -93,6 +107,8 @@ class MailQueue:
         self.clock = clock
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self._waiting = []  # names of the cur/ page listed last, to claim in order
+        self._page_outdated = False
+        self._beside = None  # (executor, connection) for a delete beside the next request
 
     # -- listing and moving -------------------------------------------------
 
@@ -101,12 +117,19 @@ class MailQueue:
                                              full_listing=True)[1]
 
     def move(self, name, source, target, metadata=None):
-        """Copy source+name to target+name server-side, then delete the source.
+        """Copy source+name to target+name, then delete the source; False if it is gone."""
+        if not self.copy(name, source, target, metadata):
+            return False
+        self._delete(source + name)
+        return True
+
+    def copy(self, name, source, target, metadata=None):
+        """Copy source+name to target+name server-side; False if the source is gone.
 
         Callers hold the name's lock, so nobody else moves it meanwhile; a
         copy already at the target can only be a crash's leftover of the
-        same message, and is replaced. Returns False if the source is gone
-        (someone else moved it before we took the lock).
+        same message, and is replaced. The source being gone means someone
+        else moved it before we took the lock.
         """
         headers = {"X-Copy-From": f"/{self.container}/{source}{name}"}
         headers.update((f"X-Object-Meta-{key}", str(value))
@@ -117,15 +140,30 @@ class MailQueue:
             if error.http_status == 404:
                 return False
             raise
-        self._delete(source + name)
         return True
 
-    def _delete(self, path):
+    def _delete(self, path, connection=None):
         try:
-            self.connection.delete_object(self.container, path)
+            (connection or self.connection).delete_object(self.container, path)
         except ClientException as error:
             if error.http_status != 404:
                 raise
+
+    def _delete_beside(self, path, request):
+        """Delete `path` on the second connection while `request()` runs; return its result.
+
+        Both must succeed before the caller goes on, as if one followed the
+        other; the delete's error is raised once the request is done.
+        """
+        if self._beside is None:
+            self._beside = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="queue-delete"),
+                            connect(self.destination, self.connection.url, self.connection.token))
+        executor, connection = self._beside
+        deleting = executor.submit(self._delete, path, connection)
+        try:
+            return request()
+        finally:
+            deleting.result()
 
     # -- claim and finish ---------------------------------------------------
 
@@ -141,24 +179,27 @@ class MailQueue:
                 yield RETRY, name
 
     def _waiting_names(self):
-        """Names from this worker's page of cur/, and from one new page once it is used up.
+        """Names from this worker's page of cur/, and from a new page once it is used up.
 
         Approximately oldest first: each page's CLAIM_WINDOW oldest come in
         random order, so that workers do not all race for the very oldest
-        message. Names another worker took meanwhile fail at the lock or at
-        the copy, and cost a request or two instead of a listing per claim.
+        message. A name another worker holds fails at the lock and costs one
+        request; a name another worker has already finished is gone from
+        cur/, which shows the whole page is out of date: it is dropped and
+        cur/ listed again, rather than walking every name others have taken.
         """
-        listed = False
+        listings = 0
         while True:
             if not self._waiting:
-                if listed:
+                if listings > CLAIM_RELISTS or (listings and not self._page_outdated):
                     return
+                self._page_outdated = False
                 page = [item["name"][len(CUR):] for item in self.connection.get_container(
                     self.container, prefix=CUR, limit=CLAIM_PAGE)[1]]
                 head = page[:CLAIM_WINDOW]
                 random.shuffle(head)
                 self._waiting = (head + page[CLAIM_WINDOW:])[::-1]  # pop() takes the oldest
-                listed = True
+                listings += 1
                 if not self._waiting:
                     return
             yield self._waiting.pop()
@@ -173,12 +214,16 @@ class MailQueue:
             now = self.clock()
             # The token is recorded on the claimed object so that a later
             # `swiftdrop queue finish NAME` can act on this claim without it.
-            moved = self.move(name, source, PROCESSING, {
+            copied = self.copy(name, source, PROCESSING, {
                 "Claimed-By": self.worker, "Claimed-At": f"{now:.3f}", "Lock-Token": token})
-            if not moved:
+            if not copied:
                 self.lock.release(name, token)
+                if source == CUR:
+                    self._waiting.clear()
+                    self._page_outdated = True
                 continue
-            headers, body = self.connection.get_object(self.container, PROCESSING + name)
+            headers, body = self._delete_beside(source + name, partial(
+                self.connection.get_object, self.container, PROCESSING + name))
             metadata = {key[len(META):]: value for key, value in headers.items()
                         if key.startswith(META)}
             claimed = Claimed(name, body, metadata, token,
@@ -221,13 +266,22 @@ class MailQueue:
             # first, or it could move a message recover has already moved on.
             if not self.lock.holds(claimed.name, claimed.token):
                 raise LostLock(claimed.name)
-            if not self.move(claimed.name, PROCESSING, target, metadata):
+            if not self.copy(claimed.name, PROCESSING, target, metadata):
                 raise LostLock(claimed.name)
+        except BaseException:
+            self.lock.release(claimed.name, claimed.token)
+            raise
+        self._delete_beside(PROCESSING + claimed.name,
+                            partial(self._settle, claimed, target, metadata))
+        return target
+
+    def _settle(self, claimed, target, metadata):
+        """What follows a finish's copy: the dedup marker, then the lock's release."""
+        try:
             if target == DONE and "Duplicate-Of" not in metadata:
                 self.remember_done(claimed)
         finally:
             self.lock.release(claimed.name, claimed.token)
-        return target
 
     # -- duplicates ---------------------------------------------------------
 

@@ -312,33 +312,36 @@ def test_bad_queue_settings_name_file_section_and_key(tmp_path, swift):
     assert "[DEFAULT] queue_redis_url: is required" in result.stderr
 
 
-class CountingConnection(swiftclient.Connection):
-    """A real connection that counts its requests by kind (authentication aside)."""
+def count_requests(monkeypatch):
+    """Count every Swift request by kind, on every connection (authentication aside).
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.requests = collections.Counter()
+    The requests are real; only their number is noted on the way.
+    """
+    requests = collections.Counter()
+    send = swiftclient.Connection._retry
 
-    def _retry(self, reset_func, func, *args, **kwargs):
-        self.requests[func.__name__] += 1
-        return super()._retry(reset_func, func, *args, **kwargs)
+    def counted(connection, reset_func, func, *args, **kwargs):
+        requests[func.__name__] += 1
+        return send(connection, reset_func, func, *args, **kwargs)
+
+    monkeypatch.setattr(swiftclient.Connection, "_retry", counted)
+    return requests
 
 
-def test_a_claim_and_its_finish_cost_eight_requests_or_five_with_redis(lock_kind, ini):
+def test_a_claim_and_its_finish_cost_eight_requests_or_five_with_redis(lock_kind, ini,
+                                                                         monkeypatch):
     destination = config_module.load(str(ini)).catch_all
-    account = destination.account
-    counting = CountingConnection(authurl=account.authurl, user=account.user,
-                                  key=account.key, auth_version=account.auth_version)
-    queue = MailQueue(destination, connection=counting)
+    queue = MailQueue(destination)
     names = store(queue_for(ini), 20)
+    requests = count_requests(monkeypatch)
     done = []
     while (claimed := queue.claim()) is not None:
         queue.finish(claimed, "done")
         done.append(claimed.name)
     assert sorted(done) == names
-    listings = counting.requests.pop("get_container")
+    listings = requests.pop("get_container")
     per_message = {"swift": 8, "redis": 5}[lock_kind]
-    assert sum(counting.requests.values()) == per_message * len(names)
+    assert sum(requests.values()) == per_message * len(names)
     # a page of cur/ for all 20, the empty page that ends it, and retry/
     assert listings == 3
 
