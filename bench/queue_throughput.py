@@ -4,21 +4,47 @@
 
 For each lock kind (swift, redis) and 1 and 8 worker threads: store N
 messages in cur/, let the workers claim and finish them as done until the
-queue is empty, and print messages per second. Figures, not assertions.
+queue is empty, and print messages per second, the Swift requests each
+claim+finish made and the test Swift's CPU time for each. On a machine
+shared with other work the rate follows the load; the other two do not.
+Figures, not assertions.
 """
 
 import argparse
+import collections
+import os
 import pathlib
 import subprocess
 import tempfile
 import threading
 import time
 
+import swiftclient
+
 from swiftdrop import config as config_module
 from swiftdrop.queue import MailQueue
 from tests.support.filterproc import wait_for_port
 from tests.support.ports import reserve_port
 from tests.support.swiftserver import SwiftServer
+
+
+def count_requests():
+    """Count every request swiftclient sends, on every connection of this process."""
+    requests = collections.Counter()
+    send = swiftclient.Connection._retry
+
+    def counted(connection, reset_func, func, *args, **kwargs):
+        requests[func.__name__] += 1
+        return send(connection, reset_func, func, *args, **kwargs)
+
+    swiftclient.Connection._retry = counted
+    return requests
+
+
+def cpu_seconds(pid):
+    """User plus system CPU time a process has used so far."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def drain(destination, workers):
@@ -49,7 +75,9 @@ def main():
         try:
             wait_for_port(redis_port, process=redis)
             with SwiftServer(workdir / "swift") as swift:
-                print(f"{'lock':>6} {'workers':>8} {'messages':>9} {'claim+finish/s':>15}")
+                requests = count_requests()
+                print(f"{'lock':>6} {'workers':>8} {'messages':>9} {'claim+finish/s':>15} "
+                      f"{'requests each':>14} {'Swift CPU ms each':>18}")
                 for lock in ("swift", "redis"):
                     for workers in (1, 8):
                         container = f"bench-{lock}-{workers}"
@@ -66,9 +94,14 @@ def main():
                             connection.put_object(
                                 container, f"cur/{1_700_000_000 + number}.M000000P1Q{number}"
                                 f".bench,S=64", b"Subject: bench\r\n\r\n" + b"x" * 46 + b"\r\n")
+                        requests.clear()
+                        cpu_before = cpu_seconds(swift.process.pid)
                         elapsed = drain(destination, workers)
+                        swift_cpu = cpu_seconds(swift.process.pid) - cpu_before
                         print(f"{lock:>6} {workers:>8} {options.messages:>9} "
-                              f"{options.messages / elapsed:>15.1f}")
+                              f"{options.messages / elapsed:>15.1f} "
+                              f"{sum(requests.values()) / options.messages:>14.2f} "
+                              f"{swift_cpu * 1000 / options.messages:>18.1f}")
         finally:
             redis.terminate()
             redis.wait()
