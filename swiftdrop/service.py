@@ -195,7 +195,8 @@ def serve(options):
     metrics.known_destinations(destination.section for destination in config.destinations)
     activity = Activity()
     metrics.on_reply(activity.replied)
-    verdicts = (RspamdClient(options.rspamd_url, options.rspamd_timeout, alerter=alerter)
+    verdicts = (RspamdClient(options.rspamd_url, options.rspamd_timeout,
+                             mta_name=namer.hostname, alerter=alerter)
                 if options.rspamd_url else None)
     deliver = metrics.MeasuredDelivery(
         Deliverer(config, SwiftStore(), namer, options.store_timeout, alerter=alerter,

@@ -114,7 +114,7 @@ class Unreadable(Exception):
 class RspamdClient:
     """One ``POST /checkv2`` per message; never raises, never outlasts its time."""
 
-    def __init__(self, url, timeout=DEFAULT_TIMEOUT, *, alerter=None):
+    def __init__(self, url, timeout=DEFAULT_TIMEOUT, *, mta_name=None, alerter=None):
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"{url!r} is not an http://HOST:PORT URL")
@@ -122,6 +122,7 @@ class RspamdClient:
         self.host, self.port = parts.hostname, parts.port or 11333
         self.path = (parts.path.rstrip("/") or "") + "/checkv2"
         self.timeout = timeout
+        self.mta_name = mta_name  # this MX's name, for rspamd's Authentication-Results
         self.alerter = alerter
 
     def check(self, envelope, message, *, deadline, queue_id=None):
@@ -152,7 +153,8 @@ class RspamdClient:
         xforward = envelope.xforward
         headers = [("Content-Length", str(message.size)), ("From", envelope.mail_from or "<>")]
         for name, value in (("IP", xforward.get("ADDR")), ("Helo", xforward.get("HELO")),
-                            ("Hostname", xforward.get("NAME")), ("Queue-Id", queue_id)):
+                            ("Hostname", xforward.get("NAME")), ("Queue-Id", queue_id),
+                            ("MTA-Name", self.mta_name)):
             if value:
                 headers.append((name, value))
         headers += [("Rcpt", recipient) for recipient in envelope.recipients]
