@@ -35,6 +35,7 @@ from tests.support.rspamd import (
     dkim_key,
     sign,
 )
+from tests.support.webhook import Webhook
 
 SOFTFAIL_CLIENT = "192.0.2.20"  # not in example.test's SPF record, which ends ~all
 STRICT = f"strict.{DOMAIN}"     # its record ends -all
@@ -297,13 +298,22 @@ def assert_stored_unavailable(swift, reply):
         assert metadata[key] == "unavailable", (key, metadata)
 
 
-def test_rspamd_not_listening_means_stored_and_unavailable(swift, verdicts_ini, tmp_path):
+def test_rspamd_not_listening_means_stored_unavailable_and_one_notice(swift, verdicts_ini,
+                                                                       tmp_path):
     nothing = reserve_port()  # reserved, so nothing else listens there either
-    with FilterProcess(verdicts_ini, tmp_path, "--rspamd-url", f"http://127.0.0.1:{nothing}",
-                       "--log-target", "stderr", *FULL_REPLY) as process:
-        assert_stored_unavailable(swift, send(process.address, message(body=GTUBE + b"\r\n"),
-                                              recipients=("strict@example.com",)))
+    url = f"http://127.0.0.1:{nothing}"
+    with Webhook() as hook, FilterProcess(
+            verdicts_ini, tmp_path, "--rspamd-url", url, "--alert-webhook", hook.url,
+            "--log-target", "stderr", *FULL_REPLY) as process:
+        # GTUBE to a refusing destination: without verdicts nothing is refused.
+        for _ in range(2):
+            assert_stored_unavailable(swift, send(process.address,
+                                                  message(body=GTUBE + b"\r\n"),
+                                                  recipients=("strict@example.com",)))
         assert "connection refused; verdicts of this message are unavailable" in process.log()
+        [notice] = hook.wait_for(1)
+        assert (notice["event"], notice["rspamd"], notice["reason"]) == (
+            "swiftdrop.verdicts_unavailable", url, "connection refused")
 
 
 class Stalling(http.server.BaseHTTPRequestHandler):
