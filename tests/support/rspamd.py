@@ -124,7 +124,9 @@ class RspamdServer:
             shutil.chown(self.root / name, "nobody", "nogroup")
         local = self.confdir / "local.d"
         (local / "options.inc").write_text(
-            f'dns {{ nameserver = ["127.0.0.1:{dns_port}"]; timeout = 1s; retransmits = 1; }}\n'
+            f'dns {{ nameserver = ["127.0.0.1:{dns_port}"]; timeout = 1s; retransmits = 1; }}\n')
+        # As the role does: override.d replaces Debian's list (local.d would add to it).
+        (self.confdir / "override.d" / "options.inc").write_text(
             'local_addrs = ["127.0.0.0/8", "::1"];\n')
         (local / "logging.inc").write_text('type = "console";\nlevel = "error";\n')
         (local / "worker-controller.inc").write_text("enabled = false;\n")
