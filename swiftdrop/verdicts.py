@@ -135,24 +135,33 @@ class RspamdClient:
                                     seconds)
             verdicts = parse_answer(answer)
         except (OSError, http.client.HTTPException, Unreadable) as error:
-            reason = describe(error, seconds)
-            metrics.VERDICT_CHECKS.labels(UNAVAILABLE).inc()
-            log.warning("rspamd at %s: %s; verdicts of this message are unavailable",
-                        self.url, reason, extra={"SWIFTDROP_RSPAMD": self.url,
-                                                 "SWIFTDROP_REASON": reason})
-            if self.alerter is not None:
-                self.alerter.verdicts_unavailable(self.url, reason)
-            return NO_VERDICTS
+            return self.unavailable(describe(error, seconds))
+        except Exception as error:  # a bug of ours must not cost the message either
+            log.exception("asking rspamd failed")
+            return self.unavailable(f"internal error: {type(error).__name__}: {error}")
         metrics.VERDICT_CHECKS.labels("checked").inc()
         if self.alerter is not None:
             self.alerter.verdicts_available(self.url)
         return verdicts
 
+    def unavailable(self, reason):
+        """NO_VERDICTS, after the warning, the metric and the (rate-limited) notice."""
+        metrics.VERDICT_CHECKS.labels(UNAVAILABLE).inc()
+        log.warning("rspamd at %s: %s; verdicts of this message are unavailable",
+                    self.url, reason, extra={"SWIFTDROP_RSPAMD": self.url,
+                                             "SWIFTDROP_REASON": reason})
+        if self.alerter is not None:
+            self.alerter.verdicts_unavailable(self.url, reason)
+        return NO_VERDICTS
+
     def headers(self, envelope, message, queue_id):
         """rspamd's request headers: the real client from XFORWARD, not Postfix's 127.0.0.1."""
         xforward = envelope.xforward
         headers = [("Content-Length", str(message.size)), ("From", envelope.mail_from or "<>")]
-        for name, value in (("IP", xforward.get("ADDR")), ("Helo", xforward.get("HELO")),
+        address = xforward.get("ADDR") or ""
+        if address[:5].upper() == "IPV6:":  # Postfix's XFORWARD form of an IPv6 address
+            address = address[5:]
+        for name, value in (("IP", address), ("Helo", xforward.get("HELO")),
                             ("Hostname", xforward.get("NAME")), ("Queue-Id", queue_id),
                             ("MTA-Name", self.mta_name)):
             if value:

@@ -16,9 +16,11 @@ import typing
 
 import pytest
 
+from swiftdrop.smtp import Envelope, Message
 from swiftdrop.verdicts import (
     NO_VERDICTS,
     REFUSABLE,
+    RspamdClient,
     Unreadable,
     Verdicts,
     parse_answer,
@@ -81,6 +83,18 @@ def test_a_passing_dmarc_takes_the_policy_from_the_symbol_options():
 def test_garbage_is_unreadable(body):
     with pytest.raises(Unreadable):
         parse_answer(body)
+
+
+def test_rspamd_gets_the_real_client_and_postfixs_ipv6_prefix_is_dropped():
+    envelope = Envelope("a@example.test", ["b@example.com", "c@example.com"],
+                        xforward={"ADDR": "IPV6:2001:db8::25", "HELO": "mx.example.test",
+                                  "NAME": "mx.example.test"})
+    headers = RspamdClient("http://127.0.0.1:1", mta_name="mx1.example.com").headers(
+        envelope, Message(spool=None, size=5, md5="", message_id=None), "id")
+    assert headers == [(name, value.encode()) for name, value in [
+        ("Content-Length", "5"), ("From", "a@example.test"), ("IP", "2001:db8::25"),
+        ("Helo", "mx.example.test"), ("Hostname", "mx.example.test"), ("Queue-Id", "id"),
+        ("MTA-Name", "mx1.example.com"), ("Rcpt", "b@example.com"), ("Rcpt", "c@example.com")]]
 
 
 def test_unavailable_never_refuses_and_says_so_in_every_key():
