@@ -84,6 +84,48 @@ class Alerter:
         }
         self._send_later(notice, f"storing works again for [{section}]")
 
+    def verdicts_unavailable(self, url, reason):
+        """Note a message stored without verdicts; a notice at most once per interval.
+
+        The mail was stored, so this is worth less haste than a failed store,
+        but a consumer that trusts the verdicts must learn they are missing.
+        """
+        key = ("verdicts", url)
+        now = self.clock()
+        with self._lock:
+            last = self._last_sent.get(key)
+            if last is not None and now - last < self.interval:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return
+            self._last_sent[key] = now
+            self._reported_failing.add(key)
+            suppressed = self._suppressed.pop(key, 0)
+        notice = {
+            "event": "swiftdrop.verdicts_unavailable", "host": self.hostname, "rspamd": url,
+            "reason": reason, "suppressed_since_last_notice": suppressed,
+            "text": f"SwiftDrop on {self.hostname} could not get verdicts from rspamd at "
+                    f"{url}: {reason}. Messages are stored with every verdict "
+                    "\"unavailable\"."
+                    + (f" {suppressed} more since the last notice." if suppressed else ""),
+        }
+        self._send_later(notice, "rspamd verdicts unavailable")
+
+    def verdicts_available(self, url):
+        """Note an answer from rspamd; say it recovered if the last notice said otherwise."""
+        key = ("verdicts", url)
+        with self._lock:
+            if key not in self._reported_failing:
+                return
+            self._reported_failing.discard(key)
+            missed = self._suppressed.pop(key, 0)
+        notice = {
+            "event": "swiftdrop.verdicts_available", "host": self.hostname, "rspamd": url,
+            "unavailable_since_last_notice": missed,
+            "text": f"SwiftDrop on {self.hostname} gets verdicts from rspamd at {url} again "
+                    f"({missed} more message(s) without verdicts since the last notice).",
+        }
+        self._send_later(notice, "rspamd verdicts available again")
+
     def _send_later(self, notice, subject):
         threading.Thread(target=self._send, args=(notice, subject), daemon=True).start()
 

@@ -20,6 +20,7 @@ from .queue_report import format_stats, write_output
 from .service import EX_CONFIG, configure_logging, serve
 from .status import status_command
 from .storage import SwiftStore
+from .verdicts import DEFAULT_TIMEOUT as DEFAULT_RSPAMD_TIMEOUT
 from .worker import work
 
 # Postfix gives up on the filter after smtpd_proxy_timeout (100 s by default);
@@ -85,6 +86,15 @@ def build_parser():
                               help="serve Prometheus metrics on http://ADDRESS/metrics "
                                    "(127.0.0.1:PORT or [::1]:PORT; another address only if "
                                    "you mean it: the figures are not secret, but not public)")
+    serve_parser.add_argument("--rspamd-url", type=rspamd_url, metavar="URL",
+                              help="ask this rspamd (e.g. http://127.0.0.1:11333) for the "
+                                   "SPF, DKIM, DMARC and spam verdicts of every message and "
+                                   "store them as metadata on each copy (default: no "
+                                   "verdicts); see reject_verdicts in the ini")
+    serve_parser.add_argument("--rspamd-timeout", type=float, default=DEFAULT_RSPAMD_TIMEOUT,
+                              metavar="SECONDS", help="give up on rspamd after this long "
+                              "(cut to what is left of --store-timeout) and store the message "
+                              "with every verdict \"unavailable\" (default: %(default)s)")
     serve_parser.add_argument("--log-target", choices=("auto", "journal", "stderr"),
                               default="auto", help="auto: journal when run by systemd")
 
@@ -187,6 +197,12 @@ def loopback_address(text):
         parse_address(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def rspamd_url(text):
+    if not text.startswith("http://") or not text[len("http://"):].strip("/"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http://HOST:PORT URL")
     return text
 
 

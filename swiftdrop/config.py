@@ -16,6 +16,8 @@ import re
 
 from configobj import ConfigObj, ConfigObjError
 
+from .verdicts import REFUSABLE
+
 DEFAULT_PATH = "/etc/swiftdrop.ini"
 CATCH_ALL = "DEFAULT"
 
@@ -36,6 +38,8 @@ SCALAR_KEYS = frozenset({
     "queue_lock", "queue_redis_url", "queue_lease", "queue_max_attempts",
     "queue_retry_delay", "queue_dedup_window",
 })
+# Keys whose value is a comma-separated list.
+LIST_KEYS = frozenset({"recipient", "reject_verdicts"})
 QUEUE_LOCKS = ("swift", "redis")
 AUTH_VERSIONS = {"1": "1.0", "1.0": "1.0", "2": "2.0", "2.0": "2.0", "3": "3"}
 BOOLEANS = {"true": True, "yes": True, "on": True, "1": True,
@@ -106,6 +110,8 @@ class Destination:
     account: Account
     create_container: bool = False
     queue: QueueSettings = QueueSettings()
+    # Verdicts that get a message refused (550) instead of stored; () tags only.
+    reject_verdicts: tuple = ()
 
     @property
     def target(self):
@@ -170,12 +176,13 @@ def _validate(path, parsed):
             account=_account(section),
             create_container=section.boolean("create_container", False),
             queue=_queue(section),
+            reject_verdicts=_reject_verdicts(section),
         ))
     return Config(path=path, destinations=tuple(destinations))
 
 
 def _check_key_name(path, section, key):
-    if key == "recipient" or key in SCALAR_KEYS:
+    if key in LIST_KEYS or key in SCALAR_KEYS:
         return
     if key.startswith("os_options_"):
         option = key[len("os_options_"):]
@@ -203,7 +210,7 @@ class _Section:
             value = self.defaults.get(key)
         else:
             value = None
-        if isinstance(value, list) and key != "recipient":
+        if isinstance(value, list) and key not in LIST_KEYS:
             raise self.error(key, "must be a single value; quote it if it contains a comma")
         if isinstance(value, str):
             value = value.strip()
@@ -262,6 +269,18 @@ def _recipients(section):
         if not ADDRESS.match(address):
             raise section.error("recipient", f"{address!r} is not a full address (local@domain)")
     return tuple(dict.fromkeys(address.casefold() for address in addresses))
+
+
+def _reject_verdicts(section):
+    """reject_verdicts: which verdicts this destination refuses; inherited from [DEFAULT]."""
+    value = section.raw("reject_verdicts")
+    names = value if isinstance(value, list) else [] if value is None else [value]
+    names = [name.strip().lower() for name in names if name.strip()]
+    for name in names:
+        if name not in REFUSABLE:
+            raise section.error("reject_verdicts", f"{name!r} is not one of "
+                                + ", ".join(sorted(REFUSABLE)))
+    return tuple(dict.fromkeys(names))
 
 
 def _container(section):

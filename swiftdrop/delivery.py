@@ -16,6 +16,7 @@ from .storage import MAX_META_VALUE, metadata_value
 log = logging.getLogger(__name__)
 
 MAX_REPLY_TEXT = 400  # keep the 250 line well under SMTP's 512-octet reply limit
+REFUSED = "550 5.7.1 Error: message refused by the recipient's policy"
 REPLY_DETAILS = ("id", "full")
 CLEANUP_ATTEMPTS = 3
 
@@ -38,11 +39,19 @@ class Deliverer:
     retry does not leave duplicates behind. Everything done for one message
     is bounded by one Deadline, store_timeout from the end of DATA; removing
     copies that did not fit in it continues in the background.
+
+    With a `verdicts` client (rspamd) every copy carries the message's
+    verdicts. A destination with reject_verdicts refuses a matching message
+    with 550; as the reply is one for all recipients, one refusing
+    destination refuses the whole message: nothing is stored for anyone,
+    and the sender learns it was not delivered (a 250 would tell the sender
+    the refusing recipients got it).
     """
 
     def __init__(self, config, store, namer, store_timeout, *, alerter=None,
-                 admin_relay=None, reply_detail="id"):
+                 admin_relay=None, reply_detail="id", verdicts=None):
         self.router = Router(config)
+        self.verdicts = verdicts
         self.store = store
         self.namer = namer
         self.store_timeout = store_timeout
@@ -77,8 +86,16 @@ class Deliverer:
         deliveries = self.router.route([r for r in envelope.recipients if r not in for_admin])
         fields["SWIFTDROP_CONTAINER"] = " ".join(d.destination.container for d in deliveries)
         fields["SWIFTDROP_SECTION"] = " ".join(d.destination.section for d in deliveries)
+        verdicts = None
+        if self.verdicts is not None and deliveries:
+            verdicts = self.verdicts.check(envelope, message, deadline=deadline,
+                                           queue_id=fields["SWIFTDROP_ID"])
+            fields["SWIFTDROP_VERDICTS"] = verdicts.summary()
+            refusals = refusing(verdicts, deliveries)
+            if refusals:
+                return self.refuse(name, refusals, fields, deadline)
         stored = self.store_copies(envelope, message, name, deliveries, fields=fields,
-                                   deadline=deadline)
+                                   deadline=deadline, verdicts=verdicts)
         if stored is None:
             return QUEUE_WRITE_ERROR
         if for_admin:
@@ -105,12 +122,27 @@ class Deliverer:
             return stored_reply([f"{copy.container}/{copy.name}" for _, copy in stored])
         return f"250 2.0.0 Ok: stored, id {fields['SWIFTDROP_ID']}"
 
-    def store_copies(self, envelope, message, name, deliveries, *, fields, deadline):
+    def refuse(self, name, refusals, fields, deadline):
+        """The 550 for a message a destination's reject_verdicts refuses; nothing stored."""
+        reason = "; ".join(f"[{section}] {', '.join(names)}" for section, names in refusals)
+        for _, names in refusals:
+            for verdict in names:
+                metrics.VERDICT_REFUSALS.labels(verdict).inc()
+        fields.update(SWIFTDROP_RESULT="refused", SWIFTDROP_REASON=reason,
+                      SWIFTDROP_DURATION_MS=_elapsed_ms(deadline))
+        log.info("refused %s (%s): %s; replied 550", name, fields["SWIFTDROP_VERDICTS"],
+                 reason, extra=fields)
+        return REFUSED
+
+    def store_copies(self, envelope, message, name, deliveries, *, fields, deadline,
+                     verdicts=None):
         """All copies stored, or None after logging why and removing the partial ones."""
         stored = []
         try:
             for delivery in deliveries:
                 metadata = self.metadata(envelope, message, delivery)
+                if verdicts is not None:
+                    metadata.update(verdicts.metadata())
                 copy = self.store.put(delivery.destination, name, message, metadata,
                                       deadline=deadline)
                 stored.append((delivery, copy))
@@ -213,6 +245,16 @@ class Deliverer:
             "Dedup-Md5": message.dedup_md5,
         }
         return {key: metadata_value(value) for key, value in values.items() if value}
+
+
+def refusing(verdicts, deliveries):
+    """[(section, [reject_verdicts names that match])] of the destinations that refuse."""
+    refusals = []
+    for delivery in deliveries:
+        names = verdicts.matching(delivery.destination.reject_verdicts)
+        if names:
+            refusals.append((delivery.destination.section, names))
+    return refusals
 
 
 def join_within(items, limit):

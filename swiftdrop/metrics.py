@@ -52,11 +52,19 @@ ALERTS_SENT = Counter("swiftdrop_alerts_sent", "Failure and recovery notices sen
                       registry=REGISTRY)
 ADMIN_RELAYED = Counter("swiftdrop_admin_relayed", "Messages forwarded to the admin relay",
                         registry=REGISTRY)
+VERDICT_CHECKS = Counter("swiftdrop_verdict_checks", "Messages sent to rspamd by result: "
+                         "checked, or unavailable (down, slow, unreadable: stored without "
+                         "verdicts)", ["result"], registry=REGISTRY)
+VERDICT_REFUSALS = Counter("swiftdrop_verdict_refusals", "Messages refused (550) for a "
+                           "verdict, by the reject_verdicts name that refused them",
+                           ["verdict"], registry=REGISTRY)
 BUILD_INFO = Gauge("swiftdrop_build_info", "Always 1; the version as a label", ["version"],
                    registry=REGISTRY)
 BUILD_INFO.labels(__version__).set(1)
 for _result in RESULTS:
     MESSAGES.labels(_result)
+for _result in ("checked", "unavailable"):
+    VERDICT_CHECKS.labels(_result)
 
 # swiftclient's request functions, by the HTTP method they send.
 SWIFT_METHODS = {"put_object": "PUT", "head_object": "HEAD", "delete_object": "DELETE",

@@ -29,6 +29,7 @@ from .naming import MaildirNamer
 from .passthrough import AdminRelay
 from .smtp import SmtpSession
 from .storage import SwiftStore
+from .verdicts import RspamdClient
 
 log = logging.getLogger(__name__)
 
@@ -194,9 +195,13 @@ def serve(options):
     metrics.known_destinations(destination.section for destination in config.destinations)
     activity = Activity()
     metrics.on_reply(activity.replied)
+    verdicts = (RspamdClient(options.rspamd_url, options.rspamd_timeout,
+                             mta_name=namer.hostname, alerter=alerter)
+                if options.rspamd_url else None)
     deliver = metrics.MeasuredDelivery(
         Deliverer(config, SwiftStore(), namer, options.store_timeout, alerter=alerter,
-                  admin_relay=admin_relay, reply_detail=options.reply_detail))
+                  admin_relay=admin_relay, reply_detail=options.reply_detail,
+                  verdicts=verdicts))
 
     def make_session(connection):
         return SmtpSession(connection, deliver, hostname=namer.hostname,

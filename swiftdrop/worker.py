@@ -18,6 +18,7 @@ import time
 
 from .failures import SERVICE_ERRORS
 from .queue import LostLock
+from .verdicts import VERDICT_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,12 @@ def _finish(queue, claimed, state, metadata, *, stop, failing):
             backoff = min(backoff * 2, LONGEST_BACKOFF)
 
 
+def verdict_environment(metadata):
+    """SWIFTDROP_SPAM_ACTION, SWIFTDROP_SPF ...: the stored verdicts ("" when none)."""
+    return {f"SWIFTDROP_{key.upper().replace('-', '_')}": metadata.get(key, "")
+            for key in VERDICT_KEYS}
+
+
 def _run_command(queue, claimed, command, *, stop, grace, failing):
     """Exit status of `command` fed with the message; None if it had to be killed."""
     metadata = claimed.metadata
@@ -111,7 +118,8 @@ def _run_command(queue, claimed, command, *, stop, grace, failing):
                SWIFTDROP_ATTEMPTS=str(claimed.attempts),
                SWIFTDROP_MAIL_FROM=metadata.get("mail-from", ""),
                SWIFTDROP_RCPT_TO=metadata.get("rcpt-to", ""),
-               SWIFTDROP_MESSAGE_ID=metadata.get("message-id", ""))
+               SWIFTDROP_MESSAGE_ID=metadata.get("message-id", ""),
+               **verdict_environment(metadata))
     process = subprocess.Popen(command, stdin=subprocess.PIPE, env=env)
     heartbeat = max(1.0, queue.settings.lease / 3)
     stdin, stopping_since = claimed.body, None

@@ -12,6 +12,9 @@ library only: it runs on the controller and in the guest.
   errors    --count unknown commands in one session; every reply code
   pipeline  HELO (no PIPELINING offered), then MAIL+RCPT+DATA in one write
   burst     --count messages, one session each; the reply codes
+  verdict   a message From: --sender with --message-id, DKIM-signed with
+            --dkim-key (python3-dkim, in the guest only) for the sender's
+            domain, selector "test"; written to --save as sent
 """
 
 import argparse
@@ -131,10 +134,29 @@ def burst(options):
     return {"codes": codes}
 
 
+def verdict(options):
+    domain = options.sender.rpartition("@")[2]
+    body = (f"From: Alice <{options.sender}>\r\nTo: <{options.to[0]}>\r\n"
+            f"Subject: verdicts\r\nMessage-ID: {options.message_id}\r\n"
+            "Date: Mon, 30 Nov 2026 22:00:00 +0000\r\n\r\n"
+            "A message whose SPF, DKIM and DMARC verdicts are stored with it.\r\n").encode()
+    if options.dkim_key:
+        import dkim  # noqa: PLC0415 - python3-dkim is in the guest only
+
+        with open(options.dkim_key, "rb") as handle:
+            body = dkim.sign(body, b"test", domain.encode(), handle.read(),
+                             canonicalize=(b"relaxed", b"relaxed")) + body
+    if options.save:
+        with open(options.save, "wb") as handle:
+            handle.write(body)
+    code, text = send(options, body)
+    return {"code": code, "text": text}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=["send", "helo", "pregreet", "hold", "errors",
-                                         "pipeline", "burst"])
+                                         "pipeline", "burst", "verdict"])
     parser.add_argument("--server", required=True)
     parser.add_argument("--port", type=int, default=25)
     parser.add_argument("--source", help="local address to connect from")
@@ -147,6 +169,9 @@ def main():
     parser.add_argument("--size", type=int, help="declare SIZE= in MAIL FROM")
     parser.add_argument("--count", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=0)
+    parser.add_argument("--message-id", default="<verdict@example.net>")
+    parser.add_argument("--dkim-key", help="PEM private key to sign with")
+    parser.add_argument("--save", help="write the message as sent to this file")
     options = parser.parse_args()
     options.to = options.to or ["someone@edge.test"]
 
