@@ -39,6 +39,16 @@ def test_promtool_checks_the_rules_and_runs_their_unit_tests():
     assert "SUCCESS" in unit.stdout
 
 
+def test_the_role_variable_marks_only_store_failings_for_line():
+    """The role rewrites the one `for:` line that names swiftdrop_prometheus_store_failing_for."""
+    marker = "  # swiftdrop_prometheus_store_failing_for"
+    marked = {block.split("\n", 1)[0]: [line.strip() for line in block.splitlines()
+                                        if line.endswith(marker)]
+              for block in RULES.read_text().split("- alert: ")[1:]}
+    assert marked == {"SwiftDropStoreFailing": [f"for: 2m{marker}"], "SwiftDropNoMailStored": [],
+                      "SwiftDropAuthStorm": [], "SwiftDropDown": []}
+
+
 def quick_rules(path):
     """The shipped rules with every range and `for:` shortened to seconds."""
     text = RULES.read_text()
