@@ -40,14 +40,16 @@ def percentile(values, fraction):
 
 def summarize(entries):
     """Counts, store-time percentiles, per destination and the last failure."""
-    counts = {"stored": 0, "failed": 0, "forwarded": 0}
+    # refused: a destination's reject_verdicts answered 550, nothing stored.
+    counts = {"stored": 0, "failed": 0, "refused": 0, "forwarded": 0}
     destinations, durations, last_failure = {}, [], None
     for entry in entries:
         result = entry["SWIFTDROP_RESULT"]
         if result not in counts:
             continue  # removals after a 451 are not messages
         counts[result] += 1
-        if entry.get("SWIFTDROP_DURATION_MS", "") != "":
+        # A refusal stores nothing: its time is not a store time.
+        if result != "refused" and entry.get("SWIFTDROP_DURATION_MS", "") != "":
             durations.append(int(entry["SWIFTDROP_DURATION_MS"]))
         # A stored message names all its sections; a failed one the one that failed.
         section = entry.get("SWIFTDROP_SECTION", "")
@@ -116,7 +118,7 @@ def render(status):
     """The report as lines for a terminal."""
     lines = [f"SwiftDrop since {status['since'][:19]}Z",
              f"  stored {status['stored']:,}, failed {status['failed']:,}, "
-             f"forwarded {status['forwarded']:,}"]
+             f"refused {status['refused']:,}, forwarded {status['forwarded']:,}"]
     p50, p99 = status["store_ms"]["p50"], status["store_ms"]["p99"]
     lines.append(f"  store time p50 {p50} ms, p99 {p99} ms" if p50 is not None
                  else "  store time: no messages")

@@ -61,7 +61,7 @@ def test_status_reads_the_journal_and_the_metrics(swift, tmp_path, journald):
         assert report["socket"] == "unknown"
     assert report["metrics"]["sessions_active"] == 0
     assert (report["metrics"]["messages_stored"], report["metrics"]["messages_failed"]) == (2, 1)
-    assert "stored 2, failed 1, forwarded 0" in text
+    assert "stored 2, failed 1, refused 0, forwarded 0" in text
     assert "[BROKEN] stored 0, failed 1" in text
     assert "last failure: " in text and "Swift answered 404 Not Found" in text
     # Nothing older than --since: a window that ends before the messages is empty.
@@ -77,9 +77,11 @@ def test_summary_splits_multi_copy_sections_and_ranks_store_times():
 
     entries = [entry("stored", "DEFAULT BILLING", 10), entry("stored", "DEFAULT", 20),
                entry("failed", "admin relay", 30, SWIFTDROP_REASON="refused"),
-               entry("removed", "DEFAULT", 0), entry("forwarded", "", 5)]
+               entry("removed", "DEFAULT", 0), entry("forwarded", "", 5),
+               entry("refused", "", 15, SWIFTDROP_REASON="[DEFAULT] spam-reject")]
     summary = summarize(entries)
-    assert (summary["stored"], summary["failed"], summary["forwarded"]) == (2, 1, 1)
+    assert (summary["stored"], summary["failed"], summary["refused"], summary["forwarded"]) \
+        == (2, 1, 1, 1)
     assert summary["destinations"] == {"DEFAULT": {"stored": 2, "failed": 0},
                                        "BILLING": {"stored": 1, "failed": 0},
                                        "admin relay": {"stored": 0, "failed": 1}}
