@@ -12,9 +12,9 @@ import threading
 
 from . import __version__, migrate
 from . import config as config_module
+from .admin_relay import parse_address
 from .delivery import REPLY_DETAILS
 from .failures import describe_failure
-from .passthrough import parse_address
 from .queue import Claimed, LostLock, MailQueue
 from .queue_report import format_stats, write_output
 from .service import EX_CONFIG, configure_logging, serve

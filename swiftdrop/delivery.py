@@ -6,9 +6,9 @@ import threading
 import time
 
 from . import metrics
+from .admin_relay import RelayError
 from .deadline import Deadline
 from .failures import StoreError
-from .passthrough import RelayError
 from .routing import Router
 from .smtp import QUEUE_WRITE_ERROR
 from .storage import MAX_META_VALUE, metadata_value

@@ -22,11 +22,11 @@ from systemd.journal import JournalHandler
 
 from . import config as config_module
 from . import metrics
+from .admin_relay import AdminRelay
 from .alerts import Alerter
 from .delivery import Deliverer
 from .health import Activity, Heartbeat
 from .naming import MaildirNamer
-from .passthrough import AdminRelay
 from .smtp import SmtpSession
 from .storage import SwiftStore
 

@@ -6,7 +6,7 @@ case asserts the reply codes, what was stored (byte for byte, or nothing),
 and afterwards that the process still serves and holds no more descriptors
 or temporary files than before (`tests.support.leaks`).
 
-The SMTP dialogue's pure logic is tested in test_smtp.py over a socket pair;
+The SMTP dialogue's pure logic is tested in test_smtp.py and test_reception.py;
 here the same kind of input goes through the real process and the real
 Swift, with a spool that reaches its disk, and the leak check.
 """
