@@ -16,7 +16,6 @@ from .storage import MAX_META_VALUE, metadata_value
 log = logging.getLogger(__name__)
 
 MAX_REPLY_TEXT = 400  # keep the 250 line well under SMTP's 512-octet reply limit
-REPLY_DETAILS = ("id", "full")
 CLEANUP_ATTEMPTS = 3
 
 

@@ -33,9 +33,8 @@ import random
 import socket
 import time
 
-from swiftclient import Connection
-from swiftclient.exceptions import ClientException
-
+from .auth import authenticate
+from .libraries import ClientException, swift
 from .locks import make_lock
 
 log = logging.getLogger(__name__)
@@ -70,14 +69,28 @@ class LostLock(Exception):
     """The worker's lease ran out and someone else may hold the message now."""
 
 
+class AccountConnection(swift.Connection):
+    """swiftclient's Connection, authenticated the way the filter does it (swiftdrop.auth).
+
+    swiftclient's own Keystone path needs keystoneclient, which the queue
+    tools must not pay for (swiftdrop.libraries).
+    """
+
+    def __init__(self, account):
+        super().__init__(authurl=account.authurl, user=account.user, key=account.key,
+                         auth_version=account.auth_version, cacert=account.cacert,
+                         insecure=account.insecure, timeout=account.timeout,
+                         retries=account.retries)
+        self.account = account
+
+    def get_auth(self):
+        self.url, self.token = authenticate(self.account, self.timeout)
+        return self.url, self.token
+
+
 def connect(destination):
     """A swiftclient Connection for one destination's account (one per worker)."""
-    account = destination.account
-    return Connection(
-        authurl=account.authurl, user=account.user, key=account.key,
-        auth_version=account.auth_version, tenant_name=account.tenant_name,
-        os_options=dict(account.os_options), cacert=account.cacert,
-        insecure=account.insecure, timeout=account.timeout, retries=account.retries)
+    return AccountConnection(destination.account)
 
 
 class MailQueue:

@@ -19,13 +19,11 @@ import logging
 import threading
 import time
 
-from swiftclient import client as swift
-from swiftclient.exceptions import ClientException
-
 from . import metrics
 from .auth import auth_server, authenticate
 from .deadline import Deadline
-from .failures import SERVICE_ERRORS, StoreError, server_of, store_error
+from .failures import StoreError, server_of, service_errors, store_error
+from .libraries import ClientException, swift
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +98,7 @@ class AccountSession:
         account = self.account
         try:
             flight.credentials = authenticate(account, account.timeout)
-        except SERVICE_ERRORS as error:
+        except service_errors() as error:
             flight.error = store_error(error, server=self.auth_server, timeout=account.timeout)
             log.warning("authentication failed for %s: %s", account.describe(),
                         flight.error.reason)
@@ -148,7 +146,7 @@ class AccountSession:
         try:
             with self.http_connection(url, timeout) as http_conn:
                 return request(url, token, *args, http_conn=http_conn, **kwargs)
-        except SERVICE_ERRORS as error:
+        except service_errors() as error:
             answered = isinstance(error, ClientException) and error.http_status
             if not answered:  # answers are counted by count_responses
                 metrics.swift_request(request, None)
