@@ -52,7 +52,7 @@ def build_parser():
                               "this long; keep well under Postfix's smtpd_proxy_timeout")
     serve_parser.add_argument("--idle-timeout", type=float, default=300, metavar="SECONDS",
                               help="close a connection that sends nothing for this long")
-    serve_parser.add_argument("--spool-dir", help="where messages over 1 MiB are spooled "
+    serve_parser.add_argument("--spool-dir", help="where messages over 256 KiB are spooled "
                               "(default: the temporary directory)")
     serve_parser.add_argument("--max-connections", type=int, default=200,
                               help="concurrent sessions; more wait in the listen backlog")

@@ -19,7 +19,12 @@ log = logging.getLogger(__name__)
 
 DATA_CHUNK = 65536            # bytes scanned per step while receiving DATA
 MAX_HEADER_SCAN = 65536       # how much of the header block is searched for Message-ID
-SPOOL_IN_MEMORY = 1024 * 1024
+# Messages up to this size stay in memory. Measured (bench.filter_throughput,
+# 20 concurrent 1 MB sessions): at 1 MiB the filter peaked at 68 MiB, each
+# session holding up to 2 MiB while its spool rolled over to disk; at 256 KiB
+# 46 MiB. A spool file costs ~0.3 ms of CPU per MB more than memory; most
+# mail is far smaller than 256 KiB and never touches the disk.
+SPOOL_IN_MEMORY = 256 * 1024
 
 
 class MessageTooBig(Exception):

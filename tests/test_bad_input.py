@@ -115,7 +115,7 @@ CONTENT = {
     "NUL bytes": b"Subject: nul\r\n\r\n\0\0x\0\r\n",
     "8-bit without BODY=8BITMIME": b"Subject: caf\xc3\xa9\r\n\r\n\xe9\xff\x80\r\n",
     "header only, no body, no empty line": b"Subject: only a header\r\n",
-    "a spooled (over 1 MiB) message of binary lines": bytes(range(256)) * 5000 + b"\r\n",
+    "a spooled (over 256 KiB) message of binary lines": bytes(range(256)) * 5000 + b"\r\n",
 }
 
 
