@@ -32,6 +32,10 @@ CONTENT_TYPE = "message/rfc822"
 MAX_META_VALUE = 256
 # Don't start an attempt that has less than this left before the deadline.
 MIN_ATTEMPT_SECONDS = 1.0
+# Bodies up to this size are handed over as bytes: http.client then sends
+# headers and body in one send, instead of reading a file 8 KiB at a time
+# through swiftclient's wrapper (for a 5 KB message, a third of the calls).
+WHOLE_BODY_MAX = 256 * 1024
 RETRYABLE_STATUSES = frozenset({408, 422, 429, 500, 502, 503, 504, 507})
 
 
@@ -211,10 +215,11 @@ class SwiftStore:
     def _put_once(self, session, destination, name, message, headers, *, deadline, attempt):
         response = {}
         message.spool.seek(0)
+        contents = message.spool.read() if message.size <= WHOLE_BODY_MAX else message.spool
         try:
             etag = session.call(
                 swift.put_object, destination.container, name, deadline=deadline,
-                contents=message.spool, content_length=message.size, etag=message.md5,
+                contents=contents, content_length=message.size, etag=message.md5,
                 content_type=CONTENT_TYPE, headers=headers, response_dict=response)
         except StoreError as error:
             if error.status == 412:
