@@ -58,7 +58,7 @@ def object_count(swift):
     return int(swift.connection().head_container(CONTAINER)["x-container-object-count"])
 
 
-def raw_put_rate(swift, size, sessions, messages):
+def raw_put_rate(swift, size, sessions, messages, *, run=0):
     """msg/s of PUTs with the same guarantees the filter asks for."""
     body = os.urandom(size)
     etag = hashlib.md5(body).hexdigest()
@@ -68,7 +68,7 @@ def raw_put_rate(swift, size, sessions, messages):
 
     def work(index):
         connection = connections[index % sessions]
-        connection.put_object(CONTAINER, f"raw/{size}/{sessions}/{index}", body, etag=etag,
+        connection.put_object(CONTAINER, f"raw/{size}/{sessions}/{run}/{index}", body, etag=etag,
                               content_type="message/rfc822",
                               headers={"If-None-Match": "*"})
 
@@ -191,8 +191,8 @@ def children_cpu_seconds():
 def measure_case(swift, postfix, proxy, size, *, sessions, messages, repeat):
     """Medians of `repeat` runs: (raw msg/s, SwiftDrop msg/s, CPU s/MB, CPU ms/msg, loads)."""
     raws, rates, cpus, loads = [], [], [], [load_average()]
-    for _ in range(repeat):
-        raws.append(raw_put_rate(swift, size, sessions, messages))
+    for run in range(repeat):
+        raws.append(raw_put_rate(swift, size, sessions, messages, run=run))
         rate, cpu = end_to_end_rate(swift, postfix, size, sessions, messages,
                                     filter_pid=proxy.process.pid)
         rates.append(rate)
