@@ -34,17 +34,19 @@ import sys
 import tempfile
 import time
 
+from swiftdrop.naming import MaildirNamer
 from tests.support.filterproc import FilterProcess, run_swiftdrop
 from tests.support.postfix import postfix_instance
 from tests.support.swiftserver import SwiftServer
 
 CONTAINER = "bench"
+QUEUE_CONTAINER = "bench-queue"
 RECIPIENT = "bench@example.com"
 
 
-def write_ini(path, swift):
+def write_ini(path, swift, container=CONTAINER):
     user, key = swift.accounts["test"]
-    path.write_text(f"[DEFAULT]\nrecipient = DEFAULT\ncontainer = {CONTAINER}\n"
+    path.write_text(f"[DEFAULT]\nrecipient = DEFAULT\ncontainer = {container}\n"
                     f"authurl = {swift.auth_url}\nuser = {user}\nkey = {key}\n"
                     "create_container = true\n")
     path.chmod(0o600)
@@ -79,20 +81,49 @@ def raw_put_rate(swift, size, sessions, messages, *, run=0):
 
 
 def end_to_end_rate(swift, postfix, size, sessions, messages, *, filter_pid):
-    """(msg/s, filter CPU seconds) of smtp-source through Postfix and the filter.
+    """(msg/s, CPU seconds by component) of smtp-source through Postfix and the filter.
 
     Checks that every message was stored.
     """
     before = object_count(swift)
-    cpu_before = cpu_seconds(filter_pid)
+    cpu_before = component_cpu(filter_pid, swift, postfix)
     started = time.monotonic()
     smtp_source(postfix, size, sessions, messages)
     elapsed = time.monotonic() - started
-    cpu = cpu_seconds(filter_pid) - cpu_before
+    cpu_after = component_cpu(filter_pid, swift, postfix)
     stored = object_count(swift) - before
     if stored != messages:
         raise SystemExit(f"only {stored} of {messages} messages were stored")
-    return messages / elapsed, cpu
+    return messages / elapsed, {name: cpu_after[name] - cpu_before[name] for name in cpu_after}
+
+
+def component_cpu(filter_pid, swift, postfix):
+    """CPU seconds so far of the filter, Postfix, Swift and smtp-source.
+
+    Where the time goes when the filter is slower than raw Swift: on two
+    shared cores every component's CPU is time the others wait.
+    """
+    return {"filter": cpu_seconds(filter_pid), "Postfix": postfix_cpu_seconds(postfix),
+            "Swift": cpu_seconds(swift.process.pid), "smtp-source": children_cpu_seconds()}
+
+
+def postfix_cpu_seconds(postfix):
+    """CPU of the instance's processes, and of those that exited (their master's cutime).
+
+    Postfix's master passes MAIL_CONFIG to every daemon it starts.
+    """
+    marker = f"MAIL_CONFIG={postfix.config_dir}".encode()
+    total = 0.0
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            total += cpu_seconds(entry.name, with_children=True)
+        except OSError:  # exited while we looked
+            continue
+    return total
 
 
 def smtp_source(postfix, size, sessions, messages):
@@ -101,10 +132,16 @@ def smtp_source(postfix, size, sessions, messages):
                     f"127.0.0.1:{postfix.smtp_port}"], check=True, timeout=3600)
 
 
-def cpu_seconds(pid):
-    """User + system CPU time of process `pid` so far, all its threads."""
+def cpu_seconds(pid, *, with_children=False):
+    """User + system CPU time of process `pid` so far, all its threads.
+
+    `with_children` adds what its exited (and reaped) children used.
+    """
     fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[11]) + int(fields[12])
+    if with_children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def load_average():
@@ -160,12 +197,17 @@ def keystone_idle_rss(workdir):
         return idle_rss(ini, workdir)
 
 
-def cli_start_times(ini, runs=5):
+def cli_start_times(swift, workdir, runs=5):
     """(median wall time, median CPU time, load) of each short-lived command.
 
-    The CPU time (user + system of the child) hardly depends on the load of
-    a shared machine; the wall time does.
+    ``queue claim`` claims a real message from a queue of `runs` messages
+    (each run one). The CPU time (user + system of the child) hardly depends
+    on the load of a shared machine; the wall time does.
     """
+    ini = write_ini(workdir / "queue.ini", swift, container=QUEUE_CONTAINER)
+    namer, connection = MaildirNamer("mx.bench"), swift.connection()
+    for _ in range(runs):
+        connection.put_object(QUEUE_CONTAINER, namer.name(5), b"x\r\n")
     commands = {"swiftdrop --help": ["--help"],
                 "swiftdrop check --config-only": ["check", "--config-only", "--config", str(ini)],
                 "swiftdrop queue claim": ["queue", "--config", str(ini), "claim"]}
@@ -189,18 +231,25 @@ def children_cpu_seconds():
 
 
 def measure_case(swift, postfix, proxy, size, *, sessions, messages, repeat):
-    """Medians of `repeat` runs: (raw msg/s, SwiftDrop msg/s, CPU s/MB, CPU ms/msg, loads)."""
-    raws, rates, cpus, loads = [], [], [], [load_average()]
+    """Medians of `repeat` runs.
+
+    Returns (raw msg/s, SwiftDrop msg/s, CPU ms per message by component,
+    Swift's CPU ms per raw PUT, (lowest, highest) load average).
+    """
+    raws, rates, cpus, raw_swift_cpus, loads = [], [], [], [], [load_average()]
     for run in range(repeat):
+        swift_before = cpu_seconds(swift.process.pid)
         raws.append(raw_put_rate(swift, size, sessions, messages, run=run))
+        raw_swift_cpus.append(cpu_seconds(swift.process.pid) - swift_before)
         rate, cpu = end_to_end_rate(swift, postfix, size, sessions, messages,
                                     filter_pid=proxy.process.pid)
         rates.append(rate)
         cpus.append(cpu)
         loads.append(load_average())
-    cpu = statistics.median(cpus)
-    return (statistics.median(raws), statistics.median(rates),
-            cpu / (messages * size / 2**20), cpu * 1000 / messages, (min(loads), max(loads)))
+    per_message = {name: statistics.median(cpu[name] for cpu in cpus) * 1000 / messages
+                   for name in cpus[0]}
+    return (statistics.median(raws), statistics.median(rates), per_message,
+            statistics.median(raw_swift_cpus) * 1000 / messages, (min(loads), max(loads)))
 
 
 def peak_rss_concurrent(postfix, proxy, sessions, size):
@@ -234,18 +283,29 @@ def main():
                 print(f"{'size':>6} {'sessions':>8} {'raw PUT msg/s':>14} "
                       f"{'SwiftDrop msg/s':>16} {'ratio':>6} {'CPU ms/MB':>10} "
                       f"{'CPU ms/msg':>10} {'load avg':>10}")
-                total = 0
+                total, shares = 0, []
                 for size, label, messages in ((5 * 1024, "5 KB", options.messages_5k),
                                               (1024 * 1024, "1 MB", options.messages_1m)):
                     for sessions in (1, 8):
-                        raw, e2e, cpu_per_mb, cpu_per_message, loads = measure_case(
+                        raw, e2e, cpu, raw_swift, loads = measure_case(
                             swift, postfix, proxy, size, sessions=sessions, messages=messages,
                             repeat=options.repeat)
                         total += messages * options.repeat
                         print(f"{label:>6} {sessions:>8} {raw:>14.1f} {e2e:>16.1f} "
-                              f"{e2e / raw:>6.2f} {cpu_per_mb * 1000:>10.1f} "
-                              f"{cpu_per_message:>10.2f} {loads[0]:>4.1f}-{loads[1]:<4.1f}",
+                              f"{e2e / raw:>6.2f} {cpu['filter'] * mib / size:>10.1f} "
+                              f"{cpu['filter']:>10.2f} {loads[0]:>4.1f}-{loads[1]:<4.1f}",
                               flush=True)
+                        shares.append((label, sessions, e2e, cpu, raw_swift))
+                print("CPU ms per message, medians (wall: 1000 / msg/s x sessions; on 2 cores "
+                      "the CPU of every part is time the others wait):")
+                print(f"{'size':>6} {'sessions':>8} {'wall':>7} {'filter':>7} {'Postfix':>8} "
+                      f"{'Swift':>6} {'smtp-source':>11} {'filter share':>12} "
+                      f"{'Swift (raw PUT)':>15}")
+                for label, sessions, e2e, cpu, raw_swift in shares:
+                    share = cpu["filter"] / sum(cpu.values())
+                    print(f"{label:>6} {sessions:>8} {1000 * sessions / e2e:>7.1f} "
+                          f"{cpu['filter']:>7.2f} {cpu['Postfix']:>8.2f} {cpu['Swift']:>6.2f} "
+                          f"{cpu['smtp-source']:>11.2f} {share:>12.0%} {raw_swift:>15.2f}")
                 auths = proxy.log().count("authenticated ")
                 print(f"auth requests: {auths} for {total} messages "
                       f"= {auths * 1000 / total:.2f} per 1,000 messages (one account)")
@@ -256,7 +316,7 @@ def main():
             print(f"filter RSS: idle {idle / mib:.1f} MiB (tempauth, after one message); "
                   f"peak while storing a {options.large_mb} MB message: +{peak / mib:.1f} MiB "
                   f"above idle")
-            for label, (seconds, cpu, load) in cli_start_times(ini).items():
+            for label, (seconds, cpu, load) in cli_start_times(swift, workdir).items():
                 print(f"{label}: {seconds:.3f} s wall, {cpu:.3f} s CPU (medians of 5, "
                       f"load {load:.1f})")
         if not options.no_keystone:
