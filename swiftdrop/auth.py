@@ -20,11 +20,11 @@ INTERFACES = {"publicURL": "public", "internalURL": "internal", "adminURL": "adm
 
 def authenticate(account, timeout):
     """(storage URL, token) for `account`; raises what the libraries raise."""
+    options = dict(account.os_options)
     if account.auth_version == "1.0":
         return swift.get_auth(account.authurl, account.user, account.key, auth_version="1.0",
-                              cacert=account.cacert, insecure=account.insecure,
-                              timeout=timeout)
-    options = dict(account.os_options)
+                              os_options=options, cacert=account.cacert,
+                              insecure=account.insecure, timeout=timeout)
     session = keystone_session(account, timeout)
     token = session.get_token()
     interface = options.get("interface") or options.get("endpoint_type") or "public"
