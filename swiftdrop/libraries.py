@@ -45,7 +45,10 @@ def _refused(*optional):
 def _swiftclient():
     if "swiftclient.version" not in sys.modules:
         version = types.ModuleType("swiftclient.version")
-        version.version_string = importlib.metadata.version("python-swiftclient")
+        try:
+            version.version_string = importlib.metadata.version("python-swiftclient")
+        except importlib.metadata.PackageNotFoundError:  # only the User-Agent shows it
+            version.version_string = "unknown"
         sys.modules["swiftclient.version"] = version
     with _refused("keystoneclient"):
         return importlib.import_module("swiftclient.client")
