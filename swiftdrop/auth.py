@@ -41,18 +41,18 @@ def keystone_session(account, timeout):
     """A keystoneauth1 session for a v2/v3 account, its requests bounded by `timeout`."""
     session_module, identity = keystone()
     verify = False if account.insecure else (account.cacert or True)
-    return session_module.Session(auth=_plugin(account, identity), verify=verify,
+    return session_module.Session(auth=auth_plugin(account, identity), verify=verify,
                                   timeout=timeout)
 
 
-def _plugin(account, identity):
+def auth_plugin(account, identity):
     """The keystoneauth1 auth plugin for the account, as swiftclient would choose it."""
     options = dict(account.os_options)
     user = account.user
     tenant = options.get("tenant_name") or account.tenant_name
     if user and ":" in user and not tenant and not options.get("project_name"):
         tenant, user = user.split(":", 1)  # swiftclient's "tenant:user" form
-    auth_url = _versioned(account.authurl, account.auth_version)
+    auth_url = versioned_auth_url(account.authurl, account.auth_version)
     if account.auth_version == "3" and options.get("auth_type") == "v3applicationcredential":
         return identity.v3.ApplicationCredential(
             auth_url=auth_url,
@@ -77,7 +77,7 @@ def _plugin(account, identity):
                                 tenant_id=project_id)
 
 
-def _versioned(auth_url, auth_version):
+def versioned_auth_url(auth_url, auth_version):
     """A versionless auth URL gets /v2.0 or /v3, as swiftclient treats it."""
     auth_url = auth_url.rstrip("/")
     if auth_url.rsplit("/", 1)[-1] in ("v2", "v2.0", "v3", "v3.0"):
