@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 
-from bench.filter_throughput import RECIPIENT, object_count, proc_status, write_ini
+from bench.filter_throughput import RECIPIENT, load_average, object_count, proc_status, write_ini
 from tests.support.filterproc import FilterProcess
 from tests.support.postfix import postfix_instance
 from tests.support.swiftserver import SwiftServer
@@ -53,7 +53,8 @@ class Sampler(threading.Thread):
     def __init__(self, pid, tmpdir, interval):
         super().__init__(daemon=True)
         self.pid, self.tmpdir, self.interval = pid, pathlib.Path(tmpdir), interval
-        self.samples = []  # (seconds since start, rss bytes, descriptors, tmp files)
+        # (seconds since start, rss bytes, descriptors, tmp files, load average)
+        self.samples = []
         self.stopping = threading.Event()
         self.started_at = time.monotonic()
 
@@ -68,7 +69,8 @@ class Sampler(threading.Thread):
         spool = (sum(1 for _ in self.tmpdir.iterdir())
                  + sum(1 for target in targets if target.startswith(f"{self.tmpdir}/")))
         self.samples.append((time.monotonic() - self.started_at,
-                             proc_status(self.pid, "VmRSS"), len(targets), spool))
+                             proc_status(self.pid, "VmRSS"), len(targets), spool,
+                             load_average()))
 
     def run(self):
         while not self.stopping.wait(self.interval):
@@ -125,11 +127,11 @@ def report(results, elapsed, sampler, stored):
             print(f"  {label:>6}: {len(mine):>6} messages, p50 "
                   f"{percentile(mine, .5) * 1000:>6.0f} ms, p99 "
                   f"{percentile(mine, .99) * 1000:>6.0f} ms")
-    print(f"{'t (s)':>6} {'RSS MiB':>8} {'fds':>5} {'spool':>5}")
+    print(f"{'t (s)':>6} {'RSS MiB':>8} {'fds':>5} {'spool':>5} {'load':>5}")
     step = max(1, len(sampler.samples) // 40)  # at most ~40 lines
     shown = sorted({*range(0, len(sampler.samples), step), len(sampler.samples) - 1})
-    for at, rss, fds, spool in (sampler.samples[index] for index in shown):
-        print(f"{at:>6.0f} {rss / 2**20:>8.1f} {fds:>5} {spool:>5}")
+    for at, rss, fds, spool, load in (sampler.samples[index] for index in shown):
+        print(f"{at:>6.0f} {rss / 2**20:>8.1f} {fds:>5} {spool:>5} {load:>5.1f}")
     # Drift under load: the idle sample before and the ones after the run are left out.
     loaded = [sample for sample in sampler.samples if 0 < sample[0] <= elapsed]
     first = [sample for sample in loaded if sample[0] <= 60]
@@ -140,7 +142,8 @@ def report(results, elapsed, sampler, stored):
 
         print(f"under load, first -> last minute: RSS {mean(first, 1) / 2**20:.1f} -> "
               f"{mean(last, 1) / 2**20:.1f} MiB, fds {mean(first, 2):.1f} -> "
-              f"{mean(last, 2):.1f}; peak RSS {max(s[1] for s in loaded) / 2**20:.1f} MiB")
+              f"{mean(last, 2):.1f}; peak RSS {max(s[1] for s in loaded) / 2**20:.1f} MiB; "
+              f"load average {min(s[4] for s in loaded):.1f}-{max(s[4] for s in loaded):.1f}")
     idle, after = sampler.samples[0], sampler.samples[-1]
     print(f"idle before -> after the run: RSS {idle[1] / 2**20:.1f} -> {after[1] / 2**20:.1f} "
           f"MiB, fds {idle[2]} -> {after[2]} (the rest are kept-alive Swift connections), "

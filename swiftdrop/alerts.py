@@ -20,7 +20,7 @@ import time
 import urllib.request
 
 from . import metrics
-from .passthrough import RelayError
+from .admin_relay import RelayError
 
 log = logging.getLogger(__name__)
 

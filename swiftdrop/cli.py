@@ -1,4 +1,9 @@
-"""The ``swiftdrop`` command: ``serve``, ``check``, ``queue``, ``status``."""
+"""The ``swiftdrop`` command: ``serve``, ``check``, ``queue``, ``status``.
+
+Each command imports what it needs when it runs, not at the top: ``--help``
+or ``check --config-only`` must not pay for Swift's client libraries, and
+``queue`` not for the filter.
+"""
 
 import argparse
 import collections
@@ -12,16 +17,8 @@ import threading
 
 from . import __version__, migrate
 from . import config as config_module
-from .delivery import REPLY_DETAILS
-from .failures import describe_failure
-from .passthrough import parse_address
-from .queue import Claimed, LostLock, MailQueue
-from .queue_report import format_stats, write_output
-from .service import EX_CONFIG, configure_logging, serve
-from .status import status_command
-from .storage import SwiftStore
-from .verdicts import DEFAULT_TIMEOUT as DEFAULT_RSPAMD_TIMEOUT
-from .worker import work
+from .admin_relay import parse_address
+from .process import EX_CONFIG, configure_logging
 
 # Postfix gives up on the filter after smtpd_proxy_timeout (100 s by default);
 # our reply must come well before, or a message stored after the client was
@@ -30,6 +27,8 @@ DEFAULT_STORE_TIMEOUT = 60.0
 DEFAULT_MAX_MESSAGE_SIZE = 51 * 1024 * 1024
 # RFC 5321 section 4.5.1 (postmaster) and RFC 2142 (abuse, hostmaster).
 DEFAULT_ADMIN_LOCAL_PARTS = ("postmaster", "abuse", "hostmaster")
+REPLY_DETAILS = ("id", "full")
+RSPAMD_TIMEOUT = 5.0  # seconds; a share of the message's own --store-timeout
 
 
 def build_parser():
@@ -54,7 +53,7 @@ def build_parser():
                               "this long; keep well under Postfix's smtpd_proxy_timeout")
     serve_parser.add_argument("--idle-timeout", type=float, default=300, metavar="SECONDS",
                               help="close a connection that sends nothing for this long")
-    serve_parser.add_argument("--spool-dir", help="where messages over 1 MiB are spooled "
+    serve_parser.add_argument("--spool-dir", help="where messages over 256 KiB are spooled "
                               "(default: the temporary directory)")
     serve_parser.add_argument("--max-connections", type=int, default=200,
                               help="concurrent sessions; more wait in the listen backlog")
@@ -91,7 +90,7 @@ def build_parser():
                                    "SPF, DKIM, DMARC and spam verdicts of every message and "
                                    "store them as metadata on each copy (default: no "
                                    "verdicts); see reject_verdicts in the ini")
-    serve_parser.add_argument("--rspamd-timeout", type=float, default=DEFAULT_RSPAMD_TIMEOUT,
+    serve_parser.add_argument("--rspamd-timeout", type=float, default=RSPAMD_TIMEOUT,
                               metavar="SECONDS", help="give up on rspamd after this long "
                               "(cut to what is left of --store-timeout) and store the message "
                               "with every verdict \"unavailable\" (default: %(default)s)")
@@ -253,6 +252,9 @@ def check(options):
         for destination in config.destinations:
             print(f"ok   {where(destination)}")
         return 0
+    from .failures import describe_failure  # noqa: PLC0415 - see the module docstring
+    from .storage import SwiftStore  # noqa: PLC0415
+
     store, failures = SwiftStore(), 0
     for destination in config.destinations:
         try:
@@ -278,6 +280,9 @@ def queue_command(options):
     if options.destination not in sections:
         print(f"swiftdrop: {config.path}: no section [{options.destination}]", file=sys.stderr)
         return EX_CONFIG
+    from .queue import Claimed, LostLock, MailQueue  # noqa: PLC0415 - see the module docstring
+    from .queue_report import format_stats, write_output  # noqa: PLC0415
+
     queue = MailQueue(sections[options.destination])
     action = options.action
     if action == "claim":
@@ -321,6 +326,9 @@ def queue_command(options):
 
 
 def run_worker(queue, options):
+    from .queue import MailQueue  # noqa: PLC0415 - see the module docstring
+    from .worker import work  # noqa: PLC0415
+
     command = options.worker_command[1:] if options.worker_command[:1] == ["--"] \
         else options.worker_command
     if not command:
@@ -361,10 +369,14 @@ def main(argv=None):
     if options.command == "serve":
         if options.alert_mail and not options.admin_relay:
             parser.error("--alert-mail needs --admin-relay (the mail goes through Postfix)")
+        from .service import serve  # noqa: PLC0415 - see the module docstring
+
         return serve(options)
     if options.command == "queue":
         return queue_command(options)
     if options.command == "status":
+        from .status import status_command  # noqa: PLC0415 - see the module docstring
+
         return status_command(options)
     if options.command == "import-env":
         return import_env(options)

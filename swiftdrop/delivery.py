@@ -6,9 +6,9 @@ import threading
 import time
 
 from . import metrics
+from .admin_relay import RelayError
 from .deadline import Deadline
 from .failures import StoreError
-from .passthrough import RelayError
 from .routing import Router
 from .smtp import QUEUE_WRITE_ERROR
 from .storage import MAX_META_VALUE, metadata_value
@@ -17,7 +17,6 @@ log = logging.getLogger(__name__)
 
 MAX_REPLY_TEXT = 400  # keep the 250 line well under SMTP's 512-octet reply limit
 REFUSED = "550 5.7.1 Error: message refused by the recipient's policy"
-REPLY_DETAILS = ("id", "full")
 CLEANUP_ATTEMPTS = 3
 
 

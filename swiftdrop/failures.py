@@ -7,8 +7,13 @@ response headers surfaces later, while the body is read), keystoneauth1's
 failure of a service, not a bug of ours, and must end the same way: 451, an
 err journal entry with a reason the operator can act on ("Keystone at
 https://...: connection refused"), a retry where one can help, the notice.
-Only what is *not* among :data:`SERVICE_ERRORS` is left to surface as an
+Only what is *not* among :func:`service_errors` is left to surface as an
 internal error.
+
+keystoneauth1's exceptions join the boundary once keystoneauth1 is loaded
+(a section with auth v2/v3 loads it): a library that was never imported
+cannot have raised anything, and importing it just for the ``except``
+would cost a tempauth process the import.
 """
 
 import errno
@@ -16,26 +21,38 @@ import http
 import http.client
 import socket
 import ssl
+import sys
 from urllib.parse import urlsplit
 
-from keystoneauth1 import exceptions as keystone_errors
 import requests
-from swiftclient.exceptions import ClientException
 import urllib3.exceptions
 from urllib3.util.ssl_match_hostname import CertificateError as HostnameMismatch
 
-# keystoneclient's exceptions are keystoneauth1's (one class hierarchy); ssl
-# and socket errors are OSErrors.
-SERVICE_ERRORS = (ClientException, keystone_errors.ClientException, requests.RequestException,
-                  urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
+from .libraries import ClientException
 
-TIMEOUTS = (TimeoutError, socket.timeout, urllib3.exceptions.TimeoutError,
-            requests.Timeout, keystone_errors.ConnectTimeout)
+# ssl and socket errors are OSErrors.
+LIBRARY_ERRORS = (ClientException, requests.RequestException, urllib3.exceptions.HTTPError,
+                  http.client.HTTPException, OSError)
+
+TIMEOUTS = (TimeoutError, socket.timeout, urllib3.exceptions.TimeoutError, requests.Timeout)
 CUT_WHILE_READING = (http.client.IncompleteRead, urllib3.exceptions.IncompleteRead)
 CLOSED_BEFORE_ANSWER = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
                         ConnectionAbortedError)
 # swiftclient's own wording when Keystone refused our credentials.
 REFUSED_CREDENTIALS = ("Unauthorized", "Endpoint for")
+
+
+def service_errors():
+    """What a Swift or Keystone request raises when the service, not our code, failed."""
+    keystone_errors = _keystone_errors()
+    if keystone_errors is None:
+        return LIBRARY_ERRORS
+    return (*LIBRARY_ERRORS, keystone_errors.ClientException)
+
+
+def _keystone_errors():
+    """keystoneauth1.exceptions if loaded, else None (then none of them was raised)."""
+    return sys.modules.get("keystoneauth1.exceptions")
 
 
 class StoreError(Exception):
@@ -77,17 +94,21 @@ def store_error(error, *, server, timeout=None, doing=None):
 def _why(error, server, timeout):
     """(reason, permanent) for a failure below Swift's HTTP answer, or Keystone's."""
     causes = list(_causes(error))
-    for cause in causes:
-        if isinstance(cause, keystone_errors.HttpError) and cause.http_status:
-            return (f"{server} answered {_status_line(cause.http_status)}",
-                    cause.http_status in (401, 403))
-        if isinstance(cause, keystone_errors.EndpointNotFound | keystone_errors.Unauthorized):
-            return f"{server}: {cause}", True
+    timeouts = TIMEOUTS
+    keystone_errors = _keystone_errors()
+    if keystone_errors is not None:
+        timeouts = (*TIMEOUTS, keystone_errors.ConnectTimeout)
+        for cause in causes:
+            if isinstance(cause, keystone_errors.HttpError) and cause.http_status:
+                return (f"{server} answered {_status_line(cause.http_status)}",
+                        cause.http_status in (401, 403))
+            if isinstance(cause, keystone_errors.EndpointNotFound | keystone_errors.Unauthorized):
+                return f"{server}: {cause}", True
     if any(isinstance(cause, ConnectionRefusedError)
            or getattr(cause, "errno", None) == errno.ECONNREFUSED for cause in causes):
         return f"{server}: connection refused", False
     # urllib3's NewConnectionError (refused, unreachable) is a ConnectTimeoutError.
-    if any(isinstance(cause, TIMEOUTS)
+    if any(isinstance(cause, timeouts)
            and not isinstance(cause, urllib3.exceptions.NewConnectionError) for cause in causes):
         within = f" within {timeout:.3g} s" if timeout is not None else " in time"
         return f"{server} did not answer{within}", False
@@ -114,7 +135,7 @@ def describe_failure(error):
     """One line for the operator, whatever a Swift or Keystone request raised."""
     if isinstance(error, StoreError):
         return error.reason
-    if isinstance(error, SERVICE_ERRORS):
+    if isinstance(error, service_errors()):
         return store_error(error, server=_origin(error)).reason
     return str(error)
 

@@ -23,7 +23,7 @@ Two kinds, chosen per destination with ``queue_lock``:
 import secrets
 import time
 
-from swiftclient.exceptions import ClientException
+from .libraries import ClientException
 
 LOCK_PREFIX = "locks/"
 # Our own clock must run out before Swift's: the lease is counted from just

@@ -38,9 +38,8 @@ import random
 import socket
 import time
 
-from swiftclient import Connection
-from swiftclient.exceptions import ClientException
-
+from .auth import authenticate
+from .libraries import ClientException, swift
 from .locks import make_lock
 
 log = logging.getLogger(__name__)
@@ -79,19 +78,31 @@ class LostLock(Exception):
     """The worker's lease ran out and someone else may hold the message now."""
 
 
-def connect(destination, preauthurl=None, preauthtoken=None):
-    """A swiftclient Connection for one destination's account (one per worker).
+class AccountConnection(swift.Connection):
+    """swiftclient's Connection, authenticated the way the filter does it (swiftdrop.auth).
 
-    Given another connection's URL and token, it starts with them and
-    authenticates itself only when the token runs out.
+    swiftclient's own Keystone path needs keystoneclient, which the queue
+    tools must not pay for (swiftdrop.libraries). Given another
+    connection's URL and token, it starts with them and authenticates
+    itself only when the token runs out.
     """
-    account = destination.account
-    return Connection(
-        authurl=account.authurl, user=account.user, key=account.key,
-        auth_version=account.auth_version, tenant_name=account.tenant_name,
-        os_options=dict(account.os_options), cacert=account.cacert,
-        insecure=account.insecure, timeout=account.timeout, retries=account.retries,
-        preauthurl=preauthurl, preauthtoken=preauthtoken)
+
+    def __init__(self, account, preauthurl=None, preauthtoken=None):
+        super().__init__(authurl=account.authurl, user=account.user, key=account.key,
+                         auth_version=account.auth_version, cacert=account.cacert,
+                         insecure=account.insecure, timeout=account.timeout,
+                         retries=account.retries, preauthurl=preauthurl,
+                         preauthtoken=preauthtoken)
+        self.account = account
+
+    def get_auth(self):
+        self.url, self.token = authenticate(self.account, self.timeout)
+        return self.url, self.token
+
+
+def connect(destination, preauthurl=None, preauthtoken=None):
+    """A swiftclient Connection for one destination's account (one per worker)."""
+    return AccountConnection(destination.account, preauthurl, preauthtoken)
 
 
 class MailQueue:

@@ -14,45 +14,23 @@ import selectors
 import signal
 import socket
 import stat
-import sys
 import threading
 
 from systemd.daemon import listen_fds, notify
-from systemd.journal import JournalHandler
 
 from . import config as config_module
 from . import metrics
+from .admin_relay import AdminRelay
 from .alerts import Alerter
 from .delivery import Deliverer
 from .health import Activity, Heartbeat
 from .naming import MaildirNamer
-from .passthrough import AdminRelay
+from .process import EX_CONFIG, configure_logging
 from .smtp import SmtpSession
 from .storage import SwiftStore
 from .verdicts import RspamdClient
 
 log = logging.getLogger(__name__)
-
-EX_CONFIG = 78  # sysexits.h; systemd shows it as "exited, status=78/CONFIG"
-
-
-def configure_logging(target="auto", level=logging.INFO):
-    """Log to journald with structured fields under systemd, else to stderr."""
-    if target == "auto":
-        target = "journal" if os.environ.get("JOURNAL_STREAM") else "stderr"
-    if target == "journal":
-        handler = JournalHandler(SYSLOG_IDENTIFIER="swiftdrop")
-        handler.setFormatter(logging.Formatter("%(message)s"))
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("swiftdrop: %(levelname)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    # swiftclient and urllib3 log request details (headers) at debug level.
-    for noisy in ("swiftclient", "urllib3", "requests", "keystoneclient", "keystoneauth"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
 
 class UnsafeListenAddress(ValueError):
     """The filter must only be reachable by Postfix: loopback or a unix socket."""

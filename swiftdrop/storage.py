@@ -19,13 +19,11 @@ import logging
 import threading
 import time
 
-from swiftclient import client as swift
-from swiftclient.exceptions import ClientException
-
 from . import metrics
 from .auth import auth_server, authenticate
 from .deadline import Deadline
-from .failures import SERVICE_ERRORS, StoreError, server_of, store_error
+from .failures import StoreError, server_of, service_errors, store_error
+from .libraries import ClientException, swift
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +32,10 @@ CONTENT_TYPE = "message/rfc822"
 MAX_META_VALUE = 256
 # Don't start an attempt that has less than this left before the deadline.
 MIN_ATTEMPT_SECONDS = 1.0
+# Bodies up to this size are handed over as bytes: http.client then sends
+# headers and body in one send, instead of reading a file 8 KiB at a time
+# through swiftclient's wrapper (for a 5 KB message, a third of the calls).
+WHOLE_BODY_MAX = 256 * 1024
 RETRYABLE_STATUSES = frozenset({408, 422, 429, 500, 502, 503, 504, 507})
 
 
@@ -100,7 +102,7 @@ class AccountSession:
         account = self.account
         try:
             flight.credentials = authenticate(account, account.timeout)
-        except SERVICE_ERRORS as error:
+        except service_errors() as error:
             flight.error = store_error(error, server=self.auth_server, timeout=account.timeout)
             log.warning("authentication failed for %s: %s", account.describe(),
                         flight.error.reason)
@@ -148,7 +150,7 @@ class AccountSession:
         try:
             with self.http_connection(url, timeout) as http_conn:
                 return request(url, token, *args, http_conn=http_conn, **kwargs)
-        except SERVICE_ERRORS as error:
+        except service_errors() as error:
             answered = isinstance(error, ClientException) and error.http_status
             if not answered:  # answers are counted by count_responses
                 metrics.swift_request(request, None)
@@ -213,10 +215,11 @@ class SwiftStore:
     def _put_once(self, session, destination, name, message, headers, *, deadline, attempt):
         response = {}
         message.spool.seek(0)
+        contents = message.spool.read() if message.size <= WHOLE_BODY_MAX else message.spool
         try:
             etag = session.call(
                 swift.put_object, destination.container, name, deadline=deadline,
-                contents=message.spool, content_length=message.size, etag=message.md5,
+                contents=contents, content_length=message.size, etag=message.md5,
                 content_type=CONTENT_TYPE, headers=headers, response_dict=response)
         except StoreError as error:
             if error.status == 412:

@@ -28,7 +28,6 @@ from . import metrics
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT = 5.0
 UNAVAILABLE = "unavailable"
 SEND_BLOCK = 65536
 MAX_ANSWER = 4 * 1024 * 1024  # rspamd's answer is a few KB; more is not an answer
@@ -114,7 +113,7 @@ class Unreadable(Exception):
 class RspamdClient:
     """One ``POST /checkv2`` per message; never raises, never outlasts its time."""
 
-    def __init__(self, url, timeout=DEFAULT_TIMEOUT, *, mta_name=None, alerter=None):
+    def __init__(self, url, timeout, *, mta_name=None, alerter=None):
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"{url!r} is not an http://HOST:PORT URL")

@@ -16,7 +16,7 @@ import os
 import subprocess
 import time
 
-from .failures import SERVICE_ERRORS
+from .failures import service_errors
 from .queue import LostLock
 from .verdicts import VERDICT_KEYS
 
@@ -30,10 +30,10 @@ LONGEST_BACKOFF = 60.0
 def environmental_errors(queue):
     """What a Swift, Keystone or lock request can raise when the world misbehaves.
 
-    The filter's error boundary (:data:`failures.SERVICE_ERRORS`) plus the lock's
+    The filter's error boundary (:func:`failures.service_errors`) plus the lock's
     own (Redis away).
     """
-    return (*SERVICE_ERRORS, *queue.lock.errors)
+    return (*service_errors(), *queue.lock.errors)
 
 
 def work(queue, command, stop, *, poll=5.0, dedup=False, once=False, grace=30.0):

@@ -6,7 +6,7 @@ case asserts the reply codes, what was stored (byte for byte, or nothing),
 and afterwards that the process still serves and holds no more descriptors
 or temporary files than before (`tests.support.leaks`).
 
-The SMTP dialogue's pure logic is tested in test_smtp.py over a socket pair;
+The SMTP dialogue's pure logic is tested in test_smtp.py and test_reception.py;
 here the same kind of input goes through the real process and the real
 Swift, with a spool that reaches its disk, and the leak check.
 """
@@ -115,7 +115,7 @@ CONTENT = {
     "NUL bytes": b"Subject: nul\r\n\r\n\0\0x\0\r\n",
     "8-bit without BODY=8BITMIME": b"Subject: caf\xc3\xa9\r\n\r\n\xe9\xff\x80\r\n",
     "header only, no body, no empty line": b"Subject: only a header\r\n",
-    "a spooled (over 1 MiB) message of binary lines": bytes(range(256)) * 5000 + b"\r\n",
+    "a spooled (over 256 KiB) message of binary lines": bytes(range(256)) * 5000 + b"\r\n",
 }
 
 

@@ -14,7 +14,7 @@ import requests
 from swiftclient.exceptions import ClientException
 import urllib3.exceptions
 
-from swiftdrop.failures import SERVICE_ERRORS, StoreError, store_error
+from swiftdrop.failures import StoreError, service_errors, store_error
 
 KEYSTONE = "Keystone at https://keystone.example.com/v3"
 
@@ -86,7 +86,7 @@ def test_every_library_failure_is_a_service_error_and_a_bug_is_not():
     for error in (keystone_errors.ConnectFailure("x"), urllib3.exceptions.ProtocolError("x"),
                   requests.ConnectionError("x"), http.client.RemoteDisconnected("x"),
                   OSError("x"), ClientException("x")):
-        assert isinstance(error, SERVICE_ERRORS), error
+        assert isinstance(error, service_errors()), error
     for bug in (TypeError("x"), KeyError("x"), AttributeError("x")):
-        assert not isinstance(bug, SERVICE_ERRORS)
+        assert not isinstance(bug, service_errors())
     assert store_error(StoreError("already mapped"), server=KEYSTONE).reason == "already mapped"

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 import pytest
 
-from swiftdrop import smtp as smtp_module
+from swiftdrop import reception
 from swiftdrop.smtp import MAX_COMMAND_LINE, MAX_ERRORS, SmtpSession
 from tests.support.rawsmtp import REPLY_LINE, RawSmtp, dot_stuff
 
@@ -63,7 +63,7 @@ class SessionUnderTest:
 
     def __init__(self):
         self.spool_dir = pathlib.Path(tempfile.mkdtemp(prefix="swiftdrop-fuzz-"))
-        self.patch = mock.patch.object(smtp_module, "SPOOL_IN_MEMORY", SPOOL_IN_MEMORY)
+        self.patch = mock.patch.object(reception, "SPOOL_IN_MEMORY", SPOOL_IN_MEMORY)
         self.patch.start()
         self.client_socket, server = socket.socketpair()
         self.server_socket = server

@@ -9,7 +9,7 @@ import pytest
 
 from swiftdrop.config import Account, Destination
 from swiftdrop.deadline import Deadline
-from swiftdrop.smtp import Message
+from swiftdrop.reception import Message
 from swiftdrop.storage import StoreError, SwiftStore
 from tests.faults.faultproxy import FaultProxy
 

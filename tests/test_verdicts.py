@@ -16,7 +16,8 @@ import typing
 
 import pytest
 
-from swiftdrop.smtp import Envelope, Message
+from swiftdrop.reception import Message
+from swiftdrop.smtp import Envelope
 from swiftdrop.verdicts import (
     NO_VERDICTS,
     REFUSABLE,
@@ -89,7 +90,7 @@ def test_rspamd_gets_the_real_client_and_postfixs_ipv6_prefix_is_dropped():
     envelope = Envelope("a@example.test", ["b@example.com", "c@example.com"],
                         xforward={"ADDR": "IPV6:2001:db8::25", "HELO": "mx.example.test",
                                   "NAME": "mx.example.test"})
-    headers = RspamdClient("http://127.0.0.1:1", mta_name="mx1.example.com").headers(
+    headers = RspamdClient("http://127.0.0.1:1", 5, mta_name="mx1.example.com").headers(
         envelope, Message(spool=None, size=5, md5="", message_id=None), "id")
     assert headers == [(name, value.encode()) for name, value in [
         ("Content-Length", "5"), ("From", "a@example.test"), ("IP", "2001:db8::25"),

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 import pytest
 
-from swiftdrop.passthrough import dot_stuffed
-from swiftdrop.smtp import unstuff
+from swiftdrop.admin_relay import dot_stuffed
+from swiftdrop.reception import unstuff
 from tests.conftest import create_containers, write_ini
 from tests.support.filterproc import FULL_REPLY, FilterProcess
 from tests.support.ports import reserve_port

@@ -1,0 +1,85 @@
+"""Receiving DATA: dot-unstuffing byte for byte however the network splits it, digests."""
+
+import io
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+import pytest
+
+from swiftdrop.reception import DedupDigest, message_id, unstuff
+from tests.support.rawsmtp import dot_stuff
+
+
+class TrickleRaw(io.RawIOBase):
+    """A raw stream handing out `stream` in pieces of the given sizes, like a socket."""
+
+    def __init__(self, stream, sizes):
+        self.stream, self.sizes, self.reads, self.offset = stream, list(sizes), 0, 0
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        size = min(len(buffer), self.sizes[self.reads % len(self.sizes)])
+        self.reads += 1
+        piece = self.stream[self.offset:self.offset + size]
+        buffer[:len(piece)] = piece
+        self.offset += len(piece)
+        return len(piece)
+
+
+def unstuff_all(stream, sizes=(65536,), after=b""):
+    """Unstuff `stream` + `after`; check that `after` (pipelined input) is left unread."""
+    reader = io.BufferedReader(TrickleRaw(stream + after, sizes), buffer_size=65536)
+    body = b"".join(unstuff(reader))
+    assert reader.read() == after
+    return body
+
+
+@given(st.binary(max_size=4096).map(lambda body: body + b"\r\n"))
+@settings(max_examples=500)
+def test_stuff_then_unstuff_is_the_identity(body):
+    assert unstuff_all(dot_stuff(body)) == body
+
+
+@given(st.lists(st.sampled_from([b".", b"..", b"\r\n", b"\n", b"\r", b"x", b"\0", b"\xff"]),
+                max_size=200).map(b"".join).map(lambda body: body + b"\r\n"),
+       st.lists(st.integers(min_value=1, max_value=7), min_size=1, max_size=20))
+@settings(max_examples=500)
+def test_identity_whatever_the_network_splits(body, sizes):
+    assert unstuff_all(dot_stuff(body), sizes, after=b"QUIT\r\n") == body
+
+
+def test_long_lines_keep_every_byte_and_dots_only_unstuffed_at_line_start():
+    body = b"." + b"a" * 200_000 + b".\r\n..x\r\n.\n.y\r\n"
+    assert unstuff_all(dot_stuff(body)) == body
+    assert unstuff_all(dot_stuff(body), sizes=(1, 2, 3, 65536)) == body
+
+
+def test_eof_before_the_final_dot_is_an_error():
+    with pytest.raises(EOFError):
+        unstuff_all(b"Subject: x\r\n\r\nno end")
+
+
+def test_message_id_is_found_in_folded_headers_only():
+    header = b"From: a@b\r\nMessage-ID:\r\n <x@y>\r\nSubject: s\r\n\r\n"
+    assert message_id(header) == "<x@y>"
+    assert message_id(b"Subject: s\r\n\r\nMessage-ID: <not@header>\r\n") is None
+
+
+@pytest.mark.parametrize(("first", "second", "same"), [
+    (b"Received: from a\r\n\tby mx; 1\r\nSubject: x\r\n\r\nbody\r\n",
+     b"Received: from a\r\n\tby mx; 2\r\nSubject: x\r\n\r\nbody\r\n", True),
+    (b"Received: from a; 1\r\nSubject: x\r\n\r\nbody\r\n",
+     b"Received: from a; 1\r\nSubject: x\r\n\r\nbody!\r\n", False),
+    (b"Subject: 1\r\n\r\nbody\r\n", b"Subject: 2\r\n\r\nbody\r\n", False),
+])
+def test_dedup_digest_ignores_only_the_topmost_received_field(first, second, same):
+    def digest(message, piece):
+        dedup = DedupDigest()
+        for start in range(0, len(message), piece):
+            dedup.update(message[start:start + piece])
+        return dedup.hexdigest()
+
+    assert (digest(first, 1000) == digest(second, 1000)) is same
+    assert digest(first, 1) == digest(first, 1000)  # however the stream is split
