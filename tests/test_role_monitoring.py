@@ -40,7 +40,8 @@ def directive(unit, name):
 def test_by_default_metrics_on_loopback_and_a_watchdog():
     unit = render_service_unit()
     [exec_start] = directive(unit, "ExecStart")
-    assert exec_start.endswith(" --metrics-listen 127.0.0.1:10096")
+    arguments = exec_start.split()
+    assert arguments[arguments.index("--metrics-listen") + 1] == "127.0.0.1:10096"
     assert directive(unit, "WatchdogSec") == ["30"]
 
 
