@@ -21,25 +21,14 @@ import statistics
 import tempfile
 import time
 
-from tests.support.filterproc import FilterProcess, run_swiftdrop
+from bench.filter_throughput import write_ini
+from tests.support.filterproc import FilterProcess
 from tests.support.rawsmtp import RawSmtp, dot_stuff
 from tests.support.rspamd import CLIENT, DOMAIN, DnsServer, RspamdServer, dkim_key, sign
 from tests.support.swiftserver import SwiftServer
 
 CONTAINER = "bench-verdicts"
 SIZE = 5 * 1024
-
-
-def write_ini(path, swift):
-    user, key = swift.accounts["test"]
-    path.write_text(f"[DEFAULT]\nrecipient = DEFAULT\ncontainer = {CONTAINER}\n"
-                    f"authurl = {swift.auth_url}\nuser = {user}\nkey = {key}\n"
-                    "create_container = true\n")
-    path.chmod(0o600)
-    result = run_swiftdrop("check", "--config", str(path))
-    if result.returncode:
-        raise SystemExit(result.stdout + result.stderr)
-    return path
 
 
 def five_kb_message(private_key, number):
@@ -96,7 +85,7 @@ def main():
         rspamd = RspamdServer(dns.port).start()
         try:
             with SwiftServer(workdir / "swift") as swift:
-                ini = write_ini(workdir / "swiftdrop.ini", swift)
+                ini = write_ini(workdir / "swiftdrop.ini", swift, CONTAINER)
                 with FilterProcess(ini, workdir, "--log-target", "stderr") as plain, \
                         FilterProcess(ini, workdir, "--log-target", "stderr",
                                       "--rspamd-url", rspamd.url) as asking:

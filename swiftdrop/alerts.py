@@ -45,15 +45,9 @@ class Alerter:
 
     def failure(self, section, container, reason, status=None, transaction_id=None):
         """Note one failed store; send a notice if this destination's interval has passed."""
-        now = self.clock()
-        with self._lock:
-            last = self._last_sent.get(section)
-            if last is not None and now - last < self.interval:
-                self._suppressed[section] = self._suppressed.get(section, 0) + 1
-                return
-            self._last_sent[section] = now
-            self._reported_failing.add(section)
-            suppressed = self._suppressed.pop(section, 0)
+        suppressed = self._failing(section)
+        if suppressed is None:
+            return
         notice = {
             "event": "swiftdrop.store_failed", "host": self.hostname, "section": section,
             "container": container, "reason": reason, "swift_status": status,
@@ -71,11 +65,9 @@ class Alerter:
         Flapping costs at most one failure and one recovery notice per interval:
         the next failure notice still waits for the interval since the last one.
         """
-        with self._lock:
-            if section not in self._reported_failing:
-                return
-            self._reported_failing.discard(section)
-            failures = self._suppressed.pop(section, 0)
+        failures = self._recovered(section)
+        if failures is None:
+            return
         notice = {
             "event": "swiftdrop.store_recovered", "host": self.hostname, "section": section,
             "failures_since_last_notice": failures,
@@ -90,16 +82,9 @@ class Alerter:
         The mail was stored, so this is worth less haste than a failed store,
         but a consumer that trusts the verdicts must learn they are missing.
         """
-        key = ("verdicts", url)
-        now = self.clock()
-        with self._lock:
-            last = self._last_sent.get(key)
-            if last is not None and now - last < self.interval:
-                self._suppressed[key] = self._suppressed.get(key, 0) + 1
-                return
-            self._last_sent[key] = now
-            self._reported_failing.add(key)
-            suppressed = self._suppressed.pop(key, 0)
+        suppressed = self._failing(("verdicts", url))
+        if suppressed is None:
+            return
         notice = {
             "event": "swiftdrop.verdicts_unavailable", "host": self.hostname, "rspamd": url,
             "reason": reason, "suppressed_since_last_notice": suppressed,
@@ -112,12 +97,9 @@ class Alerter:
 
     def verdicts_available(self, url):
         """Note an answer from rspamd; say it recovered if the last notice said otherwise."""
-        key = ("verdicts", url)
-        with self._lock:
-            if key not in self._reported_failing:
-                return
-            self._reported_failing.discard(key)
-            missed = self._suppressed.pop(key, 0)
+        missed = self._recovered(("verdicts", url))
+        if missed is None:
+            return
         notice = {
             "event": "swiftdrop.verdicts_available", "host": self.hostname, "rspamd": url,
             "unavailable_since_last_notice": missed,
@@ -125,6 +107,27 @@ class Alerter:
                     f"({missed} more message(s) without verdicts since the last notice).",
         }
         self._send_later(notice, "rspamd verdicts available again")
+
+    def _failing(self, key):
+        """None while `key`'s interval runs (the failure is counted for the next
+        notice); else the count held back since the last notice, one to send now."""
+        now = self.clock()
+        with self._lock:
+            last = self._last_sent.get(key)
+            if last is not None and now - last < self.interval:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return None
+            self._last_sent[key] = now
+            self._reported_failing.add(key)
+            return self._suppressed.pop(key, 0)
+
+    def _recovered(self, key):
+        """The failures since the last notice if that notice said `key` failed; else None."""
+        with self._lock:
+            if key not in self._reported_failing:
+                return None
+            self._reported_failing.discard(key)
+            return self._suppressed.pop(key, 0)
 
     def _send_later(self, notice, subject):
         threading.Thread(target=self._send, args=(notice, subject), daemon=True).start()
