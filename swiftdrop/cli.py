@@ -20,6 +20,8 @@ from . import config as config_module
 from .admin_relay import parse_address
 from .process import EX_CONFIG, configure_logging
 
+EX_TEMPFAIL = 75  # sysexits.h: a service we need is away; try again later
+
 # Postfix gives up on the filter after smtpd_proxy_timeout (100 s by default);
 # our reply must come well before, or a message stored after the client was
 # told 451 would be stored twice when the client retries.
@@ -280,10 +282,25 @@ def queue_command(options):
     if options.destination not in sections:
         print(f"swiftdrop: {config.path}: no section [{options.destination}]", file=sys.stderr)
         return EX_CONFIG
-    from .queue import Claimed, LostLock, MailQueue  # noqa: PLC0415 - see the module docstring
-    from .queue_report import format_stats, write_output  # noqa: PLC0415
+    from .failures import describe_failure, service_errors  # noqa: PLC0415 - see the module docstring
+    from .queue import MailQueue  # noqa: PLC0415
 
     queue = MailQueue(sections[options.destination])
+    if options.action == "run":
+        return run_worker(queue, options)  # it rides out outages itself
+    try:
+        return queue_action(queue, options)
+    except service_errors() as error:
+        # Swift or Keystone away: say so in one line; a script may try again later.
+        print(f"swiftdrop: queue {options.action}: {describe_failure(error)}", file=sys.stderr)
+        return EX_TEMPFAIL
+
+
+def queue_action(queue, options):
+    """One claim, finish, recover, purge or stats; its exit status."""
+    from .queue import Claimed, LostLock  # noqa: PLC0415 - see the module docstring
+    from .queue_report import format_stats, write_output  # noqa: PLC0415
+
     action = options.action
     if action == "claim":
         claimed = queue.claim(dedup=options.dedup)
@@ -320,8 +337,6 @@ def queue_command(options):
     elif action == "stats":
         write_output(format_stats(queue.stats(), queue.destination, options.format),
                      options.output)
-    else:
-        return run_worker(queue, options)
     return 0
 
 

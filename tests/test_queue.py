@@ -16,6 +16,7 @@ from swiftdrop import config as config_module
 from swiftdrop.locks import RedisLock, SwiftLock
 from swiftdrop.queue import MailQueue
 from tests.support.filterproc import swiftdrop_command
+from tests.support.ports import reserve_port
 from tests.support.swiftserver import SwiftServer
 
 CONTAINER_COUNTER = iter(range(1000))
@@ -433,3 +434,16 @@ def test_run_with_concurrency_takes_each_message_once(ini, tmp_path):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[-1]) == {"done": 30}
     assert sorted(log.read_text().split()) == names
+
+
+@pytest.mark.parametrize("action", ["claim", "recover", "stats"])
+def test_with_swift_away_a_queue_command_says_so_in_one_line(tmp_path, action):
+    """Exit 75 (try again later) and the reason, not a traceback, when nobody answers."""
+    ini = tmp_path / "away.ini"
+    ini.write_text(f"[DEFAULT]\ncontainer = c\nauthurl = http://127.0.0.1:{reserve_port()}"
+                   "/auth/v1.0\nuser = test:tester\nkey = testing\nretries = 0\n")
+    result = subprocess.run(swiftdrop_command("queue", "--config", str(ini), action),
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 75, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"swiftdrop: queue {action}: ") and "refused" in line, line
