@@ -50,6 +50,8 @@ SPOOL_SIZE = 16 * 1024 * 1024
 SPOOL_LEFT_WHEN_FULL = 256 * 1024
 BIG = (1100 * 1024, 1500 * 1024)  # over the filter's 256 KiB in-memory spool
 SMALL = (600, 24 * 1024)
+# Messages a fault that only some meet may let through before the sender meets it.
+FELT_PATIENCE = 10
 AUTHS = ("tempauth", "password", "application-credential")
 AUTHENTICATIONS = re.compile(r"^swiftdrop: (INFO: authenticated |WARNING: authentication failed)",
                              re.MULTILINE)
@@ -164,6 +166,7 @@ class Rig:
         except (OSError, smtplib.SMTPException) as error:
             code, text = NO_REPLY, f"{type(error).__name__}: {error}"
         ledger.record(message, code, text, self.label)
+        return code
 
     def restart_swift(self):
         """End a Swift outage (stopped, or killed by the proxy's trap)."""
@@ -339,16 +342,23 @@ def faults_for(auth):
 
 
 class Progress:
-    """How many messages have their first reply; the scheduler paces faults by it."""
+    """How many messages were sent and answered, and how many deferred; faults are paced by it."""
 
     def __init__(self):
+        self.started = 0
         self.answered = 0
+        self.deferred = 0  # 4xx or no reply: the sender met a fault
         self.done = False
         self.cond = threading.Condition()
 
-    def tick(self):
+    def start(self):
+        with self.cond:
+            self.started += 1
+
+    def tick(self, code):
         with self.cond:
             self.answered += 1
+            self.deferred += code == NO_REPLY or 400 <= code < 500
             self.cond.notify_all()
 
     def finish(self):
@@ -358,13 +368,25 @@ class Progress:
 
     def wait_for(self, count, timeout=60):
         """Wait until `count` messages are answered; False if the stream ended first."""
+        return self.wait_until(lambda: self.answered >= count, timeout)
+
+    def wait_until(self, condition, timeout=60):
+        """Wait until `condition()` holds; False if the stream ended first."""
         with self.cond:
-            self.cond.wait_for(lambda: self.answered >= count or self.done, timeout)
+            self.cond.wait_for(lambda: condition() or self.done, timeout)
             return not self.done
 
 
-def schedule(rig, faults, progress, *, total, rng, injected, hold, gap):
-    """Inject faults one after another while the stream runs, then leave all cleared."""
+def schedule(rig, faults, progress, *, total, rng, injected, hold, gap, until_felt=False):
+    """Inject faults one after another while the stream runs, then leave all cleared.
+
+    A lasting fault holds until `hold` messages sent after it began have
+    their reply (answers beyond those in flight when it began), and at
+    least its min_seconds. With `until_felt` it then holds on until a
+    sender met it (a 4xx) or FELT_PATIENCE such messages were answered: a
+    fault only some messages meet, such as a full spool that only messages
+    too big for memory reach, is not over before one of them came by.
+    """
     if not faults:
         return
     progress.wait_for(rng.randint(3, 6))
@@ -379,8 +401,14 @@ def schedule(rig, faults, progress, *, total, rng, injected, hold, gap):
             fault.inject(rig)
             injected[fault.name] += 1
             if fault.lasting:
-                progress.wait_for(progress.answered + rng.randint(*hold), timeout=20)
+                in_flight, deferred = progress.started, progress.deferred
+                progress.wait_for(in_flight + rng.randint(*hold), timeout=20)
                 time.sleep(max(0, began + fault.min_seconds - time.monotonic()))
+                if until_felt:
+                    progress.wait_until(
+                        lambda deferred=deferred, in_flight=in_flight:
+                        progress.deferred > deferred
+                        or progress.answered >= in_flight + FELT_PATIENCE, timeout=20)
             else:
                 time.sleep(rng.uniform(0, 0.5))
         except TimeoutError:
@@ -392,7 +420,7 @@ def schedule(rig, faults, progress, *, total, rng, injected, hold, gap):
 
 
 def run_scenario(rig, name, fault_names, messages, *, seed=1, big_share=0.12,
-                 hold=(3, 8), gap=(1, 6), retry_rounds=5):
+                 hold=(3, 8), gap=(1, 6), retry_rounds=5, until_felt=False):
     """Send `messages` through the rig while injecting the named faults; return the Summary.
 
     A lasting fault holds for `hold` (a range) more answered messages, the
@@ -417,7 +445,7 @@ def run_scenario(rig, name, fault_names, messages, *, seed=1, big_share=0.12,
     def run_schedule():
         try:
             schedule(rig, faults, progress, total=messages, rng=rng, injected=injected,
-                     hold=hold, gap=gap)
+                     hold=hold, gap=gap, until_felt=until_felt)
         except Exception as error:  # re-raised below, once the stream is over
             failures.append(error)
 
@@ -454,5 +482,5 @@ def run_scenario(rig, name, fault_names, messages, *, seed=1, big_share=0.12,
 
 
 def _send_and_tick(rig, ledger, message, progress):
-    rig.send(ledger, message)
-    progress.tick()
+    progress.start()
+    progress.tick(rig.send(ledger, message))

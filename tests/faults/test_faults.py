@@ -55,7 +55,8 @@ def test_fault_on_its_own_loses_nothing(rig, fault):
     if fault == "spool-full" and rig.spool_dir is None:
         pytest.skip("cannot mount a tmpfs for the spool here")
     summary = run_scenario(rig, fault, [fault], MESSAGES, hold=(2, 3), gap=(2, 5),
-                           big_share=0.6 if fault == "spool-full" else 0.08)
+                           big_share=0.6 if fault == "spool-full" else 0.08,
+                           until_felt=fault in FELT)
     assert_promise_kept(summary)
     assert summary.injected.get(fault, 0) >= 1
     if fault in FELT:
