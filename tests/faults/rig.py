@@ -80,6 +80,7 @@ class Rig:
         self.stack = contextlib.ExitStack()
         self.label = "none"  # the fault most recently injected, for the ledger
         self.spool_dir = None
+        self.spool_filler = None  # (stop, thread, file) while spool-full holds
         self.filter = None
         self.keystone = None
         self.http_timeout = HTTP_TIMEOUT if auth == "tempauth" else KEYSTONE_HTTP_TIMEOUT
@@ -229,22 +230,42 @@ def _kill_during_upload(moment, victim):
 
 
 def _fill_spool(rig):
-    """Leave the spool SPOOL_LEFT_WHEN_FULL bytes, less if messages are spooling now."""
-    stat = os.statvfs(rig.spool_dir)
-    left = stat.f_bavail * stat.f_frsize - SPOOL_LEFT_WHEN_FULL
-    block = b"\0" * (1024 * 1024)
-    with open(rig.spool_dir / "filler", "wb") as filler:
+    """Keep the spool at SPOOL_LEFT_WHEN_FULL bytes free until _empty_spool.
+
+    Filling once is not enough: messages spooled on disk at that moment are
+    deleted once stored, and the space they free would let the next big
+    messages through. A thread tops the filler up until the fault clears.
+    """
+    stop = threading.Event()
+    filler = open(rig.spool_dir / "filler", "wb")  # closed by _empty_spool
+
+    def top_up():
+        stat = os.statvfs(rig.spool_dir)
+        left = stat.f_bavail * stat.f_frsize - SPOOL_LEFT_WHEN_FULL
         while left > 0:
             try:
-                left -= filler.write(block[:left])
+                left -= filler.write(b"\0" * min(left, 1024 * 1024))
                 filler.flush()
             except OSError as error:
                 if error.errno != errno.ENOSPC:
                     raise
-                break  # full already: a message took the rest meanwhile
+                return  # full already: a message took the rest meanwhile
+
+    def keep_full():
+        while not stop.wait(0.02):
+            top_up()
+
+    top_up()
+    thread = threading.Thread(target=keep_full, name="spool-filler", daemon=True)
+    thread.start()
+    rig.spool_filler = (stop, thread, filler)
 
 
 def _empty_spool(rig):
+    stop, thread, filler = rig.spool_filler
+    stop.set()
+    thread.join()
+    filler.close()
     (rig.spool_dir / "filler").unlink()
 
 
