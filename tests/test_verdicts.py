@@ -29,7 +29,7 @@ from swiftdrop.verdicts import (
 from tests.conftest import create_containers
 from tests.support.filterproc import FULL_REPLY, FilterProcess, run_swiftdrop
 from tests.support.ports import reserve_port
-from tests.support.rawsmtp import RawSmtp, dot_stuff
+from tests.support.rawsmtp import RawSmtp
 from tests.support.rspamd import (
     CLIENT,
     DOMAIN,
@@ -39,6 +39,7 @@ from tests.support.rspamd import (
     sign,
 )
 from tests.support.webhook import Webhook
+from tests.test_bad_input import transaction
 
 # Not in example.test's SPF record (which ends ~all), and on a private network:
 # rspamd exempts those from its checks unless local_addrs is replaced, as the
@@ -173,12 +174,7 @@ def send(address, body, *, client=CLIENT, sender=f"alice@{DOMAIN}",
         assert smtp.command("EHLO postfix.example.com")[0] == 250
         assert smtp.command(f"XFORWARD NAME={helo} ADDR={client} PROTO=ESMTP "
                             f"HELO={helo}")[0] == 250
-        assert smtp.command(f"MAIL FROM:<{sender}>")[0] == 250
-        for recipient in recipients:
-            assert smtp.command(f"RCPT TO:<{recipient}>")[0] == 250
-        assert smtp.command("DATA")[0] == 354
-        smtp.send(dot_stuff(body))
-        return smtp.reply()
+        return transaction(smtp, body, f"<{sender}>", recipients)
 
 
 def stored(swift, reply):
