@@ -273,6 +273,9 @@ def check(options):
 def queue_command(options):
     """``swiftdrop queue ...``: one destination's container as a work queue."""
     configure_logging("stderr")
+    # Under systemd stdout is the journal: what recover or purge did is
+    # there as soon as it says so, not when the process exits.
+    sys.stdout.reconfigure(line_buffering=True)
     try:
         config = config_module.load(options.config)
     except config_module.ConfigError as error:
