@@ -15,7 +15,7 @@ from tests.support.filterproc import FULL_REPLY, FilterProcess
 from tests.support.leaks import ResourceProbe
 from tests.support.postfix import postfix_instance
 from tests.support.rawsmtp import RawSmtp, dot_stuff
-from tests.test_bad_input import object_counts, stored_objects
+from tests.test_bad_input import object_counts, stored_objects, transaction
 from tests.test_postfix import split_received
 
 # Runs a private Postfix: left out of the quick loop.
@@ -63,12 +63,7 @@ def send_one(address, body, sender="<s@origin.test>", recipients=("r@example.net
              mail_parameters=""):
     with RawSmtp(address) as client:
         assert client.command("EHLO client.origin.test")[0] == 250
-        assert client.command(f"MAIL FROM:{sender}{mail_parameters}")[0] == 250
-        for recipient in recipients:
-            assert client.command(f"RCPT TO:<{recipient}>")[0] == 250
-        assert client.command("DATA")[0] == 354
-        client.send(dot_stuff(body))
-        reply = client.reply()
+        reply = transaction(client, body, sender, recipients, mail_parameters)
         assert client.command("QUIT")[0] == 221
     return reply
 
