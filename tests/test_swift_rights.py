@@ -6,13 +6,17 @@ nothing there (``tests.support.swiftserver.MEMBERS``) reach a container only
 through the ACLs its owner set, as a user of a shared project would.
 """
 
+import json
+import subprocess
+
 import pytest
 
-from tests.support.filterproc import FULL_REPLY, FilterProcess, run_swiftdrop
+from tests.support.filterproc import FULL_REPLY, FilterProcess, run_swiftdrop, swiftdrop_command
 from tests.test_service import failure_journal_entry, send, stored_location
 
 MESSAGE = (b"Message-ID: <rights@example.com>\r\nSubject: exactly these rights\r\n\r\n"
            b"8-bit \xe9, NUL \x00 and a bare CR\r here\r\n")
+STORED_NAME = "1767225600.M000001P1Q1.mx.test,S=10"
 
 
 def owned_container(swift, name, read=None, write=None):
@@ -35,6 +39,11 @@ def member_ini(path, swift, container, member, create_container="false"):
 def names(swift, container):
     """Every object in `container`, as the owner lists it."""
     return [item["name"] for item in swift.connection().get_container(container)[1]]
+
+
+def queue(ini, *arguments):
+    return subprocess.run(swiftdrop_command("queue", "--config", str(ini), *arguments),
+                          capture_output=True, text=True, timeout=60, check=False)
 
 
 def test_an_mx_user_with_the_read_and_write_acls_passes_check_and_stores(swift, tmp_path):
@@ -94,3 +103,75 @@ def test_create_container_without_the_operator_role_says_only_the_owner_may(swif
                          "role may create containers")
     assert "rights-never-created" not in [item["name"]
                                           for item in swift.connection().get_account()[1]]
+
+
+def store_waiting_message(swift, container):
+    """One message in cur/ as the filter stores it, Message-ID included (for dedup)."""
+    swift.connection().put_object(container, f"cur/{STORED_NAME}", MESSAGE, headers={
+        "X-Object-Meta-Message-Id": "<rights@example.com>"})
+
+
+def test_a_worker_with_the_read_and_write_acls_claims_finishes_and_recovers(swift, tmp_path):
+    container = owned_container(swift, "rights-worker", read="test:worker", write="test:worker")
+    store_waiting_message(swift, container)
+    ini = member_ini(tmp_path / "swiftdrop.ini", swift, container, "worker")
+    claim = queue(ini, "claim", "--dedup")  # locks/, the dedup marker's GET
+    assert claim.returncode == 0, claim.stderr
+    assert json.loads(claim.stdout)["name"] == STORED_NAME
+    finish = queue(ini, "finish", STORED_NAME, "--state", "done")  # and the dedup marker
+    assert (finish.returncode, finish.stdout) == (0, f"done/{STORED_NAME}\n"), finish.stderr
+    for action in (["recover"], ["purge", "--older-than", "0", "--execute"]):
+        result = queue(ini, *action)
+        assert result.returncode == 0, result.stderr
+    assert [name for name in names(swift, container) if not name.startswith("dedup/")] == []
+
+
+def test_a_read_only_consumer_reads_every_message_but_cannot_claim(swift, tmp_path):
+    container = owned_container(swift, "rights-reader", read="test:reader")
+    store_waiting_message(swift, container)
+    reader = swift.connection("reader", retries=0)
+    listed = [item["name"] for item in reader.get_container(container)[1]]
+    assert listed == [f"cur/{STORED_NAME}"]
+    assert reader.get_object(container, listed[0])[1] == MESSAGE
+    ini = member_ini(tmp_path / "swiftdrop.ini", swift, container, "reader")
+    stats = queue(ini, "stats", "--json")
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout)["cur/"]["count"] == 1
+    dry_run = queue(ini, "purge", "--prefix", "cur/", "--older-than", "0")
+    assert dry_run.returncode == 0 and "would delete 1 object(s)" in dry_run.stdout
+
+    claim = queue(ini, "claim")
+    assert claim.returncode == 77, claim.stderr
+    [line] = claim.stderr.splitlines()
+    assert line.startswith(f"swiftdrop: queue claim: Swift answered 403 Forbidden to PUT "
+                           f"locks/{STORED_NAME}: test:reader at "), line
+    assert line.endswith(f"may not write to container {container}; queue claim needs the "
+                         "container's read and write ACLs (X-Container-Read, "
+                         "X-Container-Write) or Swift's operator role")
+    purge = queue(ini, "purge", "--prefix", "cur/", "--older-than", "0", "--execute")
+    assert purge.returncode == 77 and "may not write to container" in purge.stderr
+    assert names(swift, container) == [f"cur/{STORED_NAME}"]  # it still waits, untouched
+
+
+def test_a_read_only_worker_says_what_it_lacks_at_error_priority_and_keeps_trying(swift,
+                                                                                tmp_path):
+    """`queue run` rides out what passes by itself; a missing right is for someone to grant."""
+    container = owned_container(swift, "rights-reader-run", read="test:reader")
+    store_waiting_message(swift, container)
+    ini = member_ini(tmp_path / "swiftdrop.ini", swift, container, "reader")
+    worker = subprocess.Popen(swiftdrop_command("queue", "--config", str(ini), "run", "--",
+                                                "cat"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first, second = worker.stderr.readline(), worker.stderr.readline()
+    finally:
+        worker.terminate()
+        stdout, _ = worker.communicate(timeout=30)
+    for line, wait in ((first, 1), (second, 2)):
+        assert line.startswith(f"swiftdrop: ERROR: cannot claim from {container}: Swift "
+                               f"answered 403 Forbidden to PUT locks/{STORED_NAME}: "
+                               "test:reader at "), line
+        assert line.endswith(f"may not write to container {container}; trying again in "
+                             f"{wait} s\n"), line
+    assert (worker.returncode, json.loads(stdout)) == (0, {})
+    assert names(swift, container) == [f"cur/{STORED_NAME}"]
