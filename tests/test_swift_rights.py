@@ -3,7 +3,9 @@
 docs/deployment.md ("The Swift account and its rights") lists every request
 and the right it needs. Here the tempauth users of account test that own
 nothing there (``tests.support.swiftserver.MEMBERS``) reach a container only
-through the ACLs its owner set, as a user of a shared project would.
+through the ACLs its owner set, as a user of a shared project would; and a
+Keystone user whose role is not among Swift's ``operator_roles`` only
+through ACLs naming it.
 """
 
 import json
@@ -12,6 +14,8 @@ import subprocess
 import pytest
 
 from tests.support.filterproc import FULL_REPLY, FilterProcess, run_swiftdrop, swiftdrop_command
+from tests.support.keystone import Credentials
+from tests.test_keystone import write_keystone_ini
 from tests.test_service import failure_journal_entry, send, stored_location
 
 MESSAGE = (b"Message-ID: <rights@example.com>\r\nSubject: exactly these rights\r\n\r\n"
@@ -175,3 +179,39 @@ def test_a_read_only_worker_says_what_it_lacks_at_error_priority_and_keeps_tryin
                              f"{wait} s\n"), line
     assert (worker.returncode, json.loads(stdout)) == (0, {})
     assert names(swift, container) == [f"cur/{STORED_NAME}"]
+
+
+@pytest.mark.slow  # a real Keystone
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:keystoneclient")
+@pytest.mark.filterwarnings("ignore:Using the 'tenant_id' argument:DeprecationWarning")
+def test_a_keystone_user_without_an_operator_role_needs_acls_naming_it(keystone,
+                                                                      keystone_swift,
+                                                                      tmp_path):
+    """A role outside operator_roles gets a token, and 403s until the ACLs name the user.
+
+    Both forms keystoneauth takes: ``project_id:user_id``, and names
+    (``project:user``) for a project and user of the default domain.
+    """
+    mx = Credentials("rights-mx", "rights-mx-secret", keystone.mail.project, "reader")
+    project_id, user_id = keystone.create_user(mx)
+    owner = keystone_swift.connection(retries=0)
+    owner.put_container("keystone-rights")
+    ini = write_keystone_ini(tmp_path / "swiftdrop.ini", keystone)
+    ini.write_text(ini.read_text().replace("keystone-mail", "keystone-rights")
+                   .replace(keystone.mail.user, mx.user).replace(keystone.mail.password,
+                                                                 mx.password)
+                   .replace("create_container = true", "create_container = false"))
+    check = run_swiftdrop("check", "--config", str(ini))
+    assert check.returncode == 1
+    assert ": Swift answered 403 Forbidden; this user may not read the container" \
+        in check.stdout
+
+    owner.post_container("keystone-rights", headers={
+        "X-Container-Read": f"{mx.project}:{mx.user}",
+        "X-Container-Write": f"{project_id}:{user_id}"})
+    check = run_swiftdrop("check", "--config", str(ini))
+    assert check.returncode == 0, check.stdout + check.stderr
+    with FilterProcess(ini, tmp_path, "--log-target", "stderr", *FULL_REPLY) as process:
+        stored_in, name = stored_location(send(process.address, "s@o.test",
+                                               ["a@example.com"], MESSAGE))
+    assert owner.get_object(stored_in, name)[1] == MESSAGE
