@@ -21,6 +21,7 @@ from .admin_relay import parse_address
 from .process import EX_CONFIG, configure_logging
 
 EX_TEMPFAIL = 75  # sysexits.h: a service we need is away; try again later
+EX_NOPERM = 77  # sysexits.h: Swift refused this user a request (403); someone must grant it
 
 # Postfix gives up on the filter after smtpd_proxy_timeout (100 s by default);
 # our reply must come well before, or a message stored after the client was
@@ -294,9 +295,23 @@ def queue_command(options):
     try:
         return queue_action(queue, options)
     except service_errors() as error:
+        refusal = queue.refusal(error)
+        if refusal is not None:
+            print(f"swiftdrop: queue {options.action}: {refusal}; {rights_needed(options)}",
+                  file=sys.stderr)
+            return EX_NOPERM
         # Swift or Keystone away: say so in one line; a script may try again later.
         print(f"swiftdrop: queue {options.action}: {describe_failure(error)}", file=sys.stderr)
         return EX_TEMPFAIL
+
+
+def rights_needed(options):
+    """Which rights on the container a queue action needs (docs/deployment.md)."""
+    if options.action == "stats" or (options.action == "purge" and not options.execute):
+        return (f"queue {options.action} needs the container's read ACL (X-Container-Read) "
+                "or Swift's operator role")
+    return (f"queue {options.action} needs the container's read and write ACLs "
+            "(X-Container-Read, X-Container-Write) or Swift's operator role")
 
 
 def queue_action(queue, options):

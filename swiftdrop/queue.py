@@ -35,8 +35,10 @@ import hashlib
 import logging
 import os
 import random
+import re
 import socket
 import time
+from urllib.parse import unquote
 
 from .auth import authenticate
 from .libraries import ClientException, swift
@@ -56,6 +58,8 @@ CLAIM_PAGE = 1000
 # keeps a container listing that lags behind deletions from spinning us.
 CLAIM_RELISTS = 3
 META = "x-object-meta-"
+# How swiftclient names a failed request: "Object PUT failed".
+FAILED_REQUEST = re.compile(r"^(?:Account|Container|Object) ([A-Z]+) failed")
 
 
 @dataclass
@@ -120,6 +124,24 @@ class MailQueue:
         self._waiting = []  # names of the cur/ page listed last, to claim in order
         self._page_outdated = False
         self._beside = None  # (executor, connection) for a delete beside the next request
+
+    def refusal(self, error):
+        """One line naming the right Swift refused this user (a 403), else None.
+
+        Unlike Swift being away, a missing right does not pass by itself:
+        someone has to grant it (docs/deployment.md says which).
+        """
+        if not isinstance(error, ClientException) or error.http_status != 403:
+            return None
+        failed = FAILED_REQUEST.match(error.msg or "")
+        if failed is None:
+            return f"Swift answered 403 Forbidden to {self.destination.account.describe()}"
+        method = failed.group(1)
+        target = unquote(error.http_path or "").partition(f"/{self.container}/")[2]
+        right = "read" if method in ("GET", "HEAD") else "write to"
+        return (f"Swift answered 403 Forbidden to {method} {target or self.container}: "
+                f"{self.destination.account.describe()} may not {right} "
+                f"container {self.container}")
 
     # -- listing and moving -------------------------------------------------
 

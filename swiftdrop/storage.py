@@ -16,6 +16,7 @@ the bytes and answers 422 otherwise), and the ETag it returns matches.
 from contextlib import contextmanager
 from dataclasses import dataclass
 import logging
+import secrets
 import threading
 import time
 
@@ -37,6 +38,12 @@ MIN_ATTEMPT_SECONDS = 1.0
 # through swiftclient's wrapper (for a 5 KB message, a third of the calls).
 WHOLE_BODY_MAX = 256 * 1024
 RETRYABLE_STATUSES = frozenset({408, 422, 429, 500, 502, 503, 504, 507})
+# Where `swiftdrop check` probes its right to write: a random name under
+# this prefix, which nothing ever creates (a POST to an existing object
+# would replace its metadata).
+WRITE_PROBE_PREFIX = "swiftdrop-check/"
+# What `swiftdrop check` does with each right it needs, for its reasons.
+RIGHTS = {"read": "reading", "write": "writing to", "create": "creating"}
 
 
 @dataclass(frozen=True)
@@ -267,19 +274,58 @@ class SwiftStore:
         return True
 
     def check(self, destination):
-        """Authenticate and HEAD the container, creating it if configured to."""
+        """Authenticate, HEAD the container (creating it if configured to), probe writing.
+
+        The filter needs both rights on the container: write for its PUTs
+        and DELETEs, read for the HEAD that confirms an earlier copy after a
+        412. The HEAD proves reading; writing is proven by a POST to a name
+        that never exists, which Swift authorizes against the write ACL like
+        a PUT and then answers 404, storing nothing. A 403 says which right
+        is missing.
+        """
         session = self.session(destination)
 
-        def call(request):
-            return session.call(request, destination.container,
-                                deadline=Deadline(2 * destination.account.timeout + 1))
+        def call(request, *args, right):
+            try:
+                return session.call(request, destination.container, *args,
+                                    doing=f"{RIGHTS[right]} it",
+                                    deadline=Deadline(2 * destination.account.timeout + 1))
+            except StoreError as error:
+                if error.status != 403:
+                    raise
+                raise StoreError(f"{error.reason}; {_lacking_right(destination, right)}",
+                                 403, error.transaction_id, permanent=True) from None
         try:
-            return call(swift.head_container)
+            headers = call(swift.head_container, right="read")
         except StoreError as error:
             if error.status != 404 or not destination.create_container:
                 raise
-        call(swift.put_container)
-        return call(swift.head_container)
+            call(swift.put_container, right="create")
+            headers = call(swift.head_container, right="read")
+        try:
+            call(swift.post_object, f"{WRITE_PROBE_PREFIX}{secrets.token_hex(16)}", {},
+                 right="write")
+        except StoreError as error:
+            if error.status != 404:
+                raise
+        return headers
+
+
+def _lacking_right(destination, right):
+    """What Swift's 403 to `swiftdrop check`'s request for `right` means, and the remedy."""
+    if right == "create":
+        return ("this user may not create containers, only Swift's operator role may: "
+                "create it as the account's owner and set create_container = false")
+    if right == "write":
+        return ("this user may not write to the container: give it the container's write "
+                "ACL (X-Container-Write) or Swift's operator role")
+    reason = ("this user may not read the container, or it does not exist (Swift tells "
+              "only the account's owner which): give it the container's read ACL "
+              "(X-Container-Read) or Swift's operator role")
+    if destination.create_container:
+        reason += ("; create_container = true cannot create it, only Swift's operator "
+                   "role may create containers")
+    return reason
 
 
 def metadata_value(text):

@@ -52,8 +52,12 @@ def work(queue, command, stop, *, poll=5.0, dedup=False, once=False, grace=30.0)
         try:
             claimed = queue.claim(dedup=dedup)
         except failing as error:
-            log.warning("cannot claim from %s: %s; trying again in %.0f s",
-                        queue.container, error, backoff)
+            refusal = queue.refusal(error)
+            # A missing right does not pass by itself: err, for whoever must grant
+            # it; the worker keeps trying, so that granting it is all it takes.
+            log.log(logging.WARNING if refusal is None else logging.ERROR,
+                    "cannot claim from %s: %s; trying again in %.0f s",
+                    queue.container, refusal or error, backoff)
             stop.wait(backoff)
             backoff = min(backoff * 2, LONGEST_BACKOFF)
             continue

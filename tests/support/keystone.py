@@ -373,15 +373,20 @@ class KeystoneServer(LaunchedServer):
 
     def provision(self) -> None:
         """Create (or find) the mail and the service user, via the API."""
-        admin = self.admin_client()
         for who in (self.mail, self.service):
-            project = _find_or_create(
-                admin.projects, name=who.project, domain="default")
-            user = _find_or_create(
-                admin.users, name=who.user, domain="default",
-                password=who.password, default_project=project)
-            role = admin.roles.find(name=who.role)
-            admin.roles.grant(role, user=user, project=project)
+            self.create_user(who)
+
+    def create_user(self, who: Credentials) -> tuple[str, str]:
+        """Create (or find) `who` with its role in its project; (project id, user id)."""
+        admin = self.admin_client()
+        project = _find_or_create(
+            admin.projects, name=who.project, domain="default")
+        user = _find_or_create(
+            admin.users, name=who.user, domain="default",
+            password=who.password, default_project=project)
+        role = admin.roles.find(name=who.role)
+        admin.roles.grant(role, user=user, project=project)
+        return project.id, user.id
 
     def set_fault(self, fault: str = "") -> None:
         """``silent``, ``status 503``...; "" clears it. Affects authentication only."""

@@ -53,6 +53,14 @@ ACCOUNTS = {
     "test2": ("test2:tester2", "testing2"),
     "test3": ("test3:tester3", "testing3"),
 }
+# Users of account test without .admin: they own nothing there and reach a
+# container only through its ACLs (X-Container-Read, X-Container-Write), as
+# a user of a shared project does (tests/test_swift_rights.py).
+MEMBERS = {
+    "mx": ("test:mx", "mx-key"),
+    "worker": ("test:worker", "worker-key"),
+    "reader": ("test:reader", "reader-key"),
+}
 DEVICE = "sda1"
 # 2**4 partitions are plenty for one device; the count only shapes the
 # directory layout. It must stay fixed so that restarts find old data.
@@ -172,8 +180,8 @@ def write_configs(workdir: pathlib.Path, log_port: int, memcache: str,
     (workdir / "swift.conf").write_text(SWIFT_CONF)
     common = COMMON_CONF.format(workdir=workdir, host=HOST, log_port=log_port)
     users = "\n".join(
-        f"user_{user.replace(':', '_')} = {key} .admin"
-        for user, key in ACCOUNTS.values())
+        [f"user_{user.replace(':', '_')} = {key} .admin" for user, key in ACCOUNTS.values()]
+        + [f"user_{user.replace(':', '_')} = {key}" for user, key in MEMBERS.values()])
     paths = {}
     for server in STORAGE_SERVERS:
         paths[server] = workdir / f"{server}-server.conf"
@@ -387,7 +395,7 @@ class SwiftServer(LaunchedServer):
         self.storage_url_scheme = storage_url_scheme
         if keystone is None:
             self.auth_url = f"http://{HOST}:{self.port}/auth/v1.0"
-            self.accounts = dict(ACCOUNTS)
+            self.accounts = {**ACCOUNTS, **MEMBERS}
         else:
             self.auth_url = keystone.auth_url
             self.accounts = {}
