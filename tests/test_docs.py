@@ -74,3 +74,17 @@ def test_links_between_the_docs_lead_somewhere():
 def test_anchors_are_made_the_way_github_makes_them():
     assert heading_anchors("## The ini file: `/etc/swiftdrop.ini`\n## Replaying `failed/`\n") \
         == {"the-ini-file-etcswiftdropini", "replaying-failed"}
+
+
+def test_every_unit_points_to_the_manual_page_the_role_installs():
+    """`systemctl status` shows Documentation=; it must lead somewhere that exists on the host."""
+    templates = ROOT / "roles/swiftdrop/templates"
+    units = sorted(path for pattern in ("*.service.j2", "*.socket.j2", "*.timer.j2")
+                   for path in templates.glob(pattern))
+    assert len(units) >= 9
+    documented = {unit.name: re.findall(r"^Documentation=.*$", unit.read_text(), re.M)
+                  for unit in units}
+    assert {name: lines for name, lines in documented.items()
+            if lines != ["Documentation=man:swiftdrop(1)"]} == {}
+    assert "dest: /usr/local/share/man/man1/swiftdrop.1" in \
+        (ROOT / "roles/swiftdrop/tasks/cli.yml").read_text()
