@@ -1,20 +1,29 @@
 #!/usr/bin/env python3
-"""Write the role-variable tables of docs/configuration.md from the role's argument specs.
+"""Keep the docs true: generate what can be generated, check the rest against the code.
 
-roles/swiftdrop/meta/argument_specs.yml is what Ansible type-checks the
-variables against, so it is the one description that cannot be wrong about
-names, types and defaults; the docs are generated from it so that they
-cannot drift. ``--check`` changes nothing and fails when the page is stale
-(scripts/test and tests/test_docs.py run it).
+The role-variable tables of docs/configuration.md are generated from
+roles/swiftdrop/meta/argument_specs.yml, which is what Ansible type-checks
+the variables against, so they cannot drift. Everything else the docs name
+in code — role variables, ``swiftdrop`` commands and their flags, ini keys,
+object metadata keys, files of this repository — is checked against what
+the role, the parser, the config loader and the code that writes metadata
+actually have, each read from its source. ``--check`` changes nothing and
+fails, naming page and line, when the section is stale or a name does not
+exist (scripts/test and tests/test_docs.py run it).
 
     scripts/docs.py            rewrite the marked section
-    scripts/docs.py --check    exit 1 if the section is not what the specs give
+    scripts/docs.py --check    exit 1 if the section is stale or the docs name what is not there
 """
 
 import argparse
+import ast
+import configparser
+from dataclasses import dataclass
+import importlib
 import json
 import pathlib
 import re
+import subprocess
 import sys
 
 import yaml
@@ -83,22 +92,493 @@ def updated_page(page_text, section):
     return pattern.sub(lambda _: section, page_text, count=1)
 
 
+# -- What the docs may name, read from the role, the code and the repository ---------------
+
+# The pages checked. CHANGELOG.md is history: it may name what was renamed since.
+CHECKED_PAGES = ("README.md", "docs/*.md")
+# The modules that make up the object metadata; storage.py and queue.py put
+# it on the objects as X-Object-Meta-<key>. tests/test_docs.py checks the
+# keys found in them against what reaches a real Swift.
+METADATA_WRITERS = ("delivery.py", "verdicts.py", "queue.py", "worker.py")
+# How the code and the docs write metadata keys: Mail-From, Spf.
+HEADER_CASE = r"[A-Z][a-z0-9]+(?:-[A-Z][a-z0-9]+)*"
+# A `key = value` in backticks that is another program's setting. Postfix's
+# parameters and ansible.cfg's keys are read from the repository; these not.
+OTHER_PROGRAMS_SETTINGS = {"storage_url_scheme": "Swift tempauth's, in proxy-server.conf"}
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Everything the docs may name, each as its source has it."""
+
+    role_variables: frozenset  # meta/argument_specs.yml
+    internal_variables: frozenset  # the role's own _swiftdrop_*: vars, facts, registers
+    other_role_words: frozenset  # the other swiftdrop_* words: tags, groups, metrics
+    parser: argparse.ArgumentParser  # swiftdrop.cli's
+    ini_keys: frozenset  # swiftdrop.config's
+    other_settings: frozenset  # key = value settings of Postfix, Ansible, Swift
+    metadata_keys: frozenset  # lower case, as Swift returns them
+    repository_paths: frozenset  # tracked files and the directories that hold them
+
+    @classmethod
+    def of_repository(cls, root=ROOT):
+        specs = yaml.safe_load((root / "roles/swiftdrop/meta/argument_specs.yml").read_text())
+        role = root / "roles/swiftdrop"
+        return cls(
+            role_variables=frozenset(specs["argument_specs"]["main"]["options"]),
+            internal_variables=frozenset(internal_variables(role)),
+            other_role_words=frozenset(role_tags(role) | inventory_groups(root)
+                                       | metric_names()),
+            parser=swiftdrop_module("cli").build_parser(),
+            ini_keys=frozenset(ini_keys()),
+            other_settings=frozenset(postfix_parameters(role) | ansible_cfg_keys(root)
+                                     | set(OTHER_PROGRAMS_SETTINGS)),
+            metadata_keys=frozenset(key.lower() for key in metadata_keys(root / "swiftdrop")),
+            repository_paths=frozenset(tracked_paths(root)),
+        )
+
+
+def swiftdrop_module(name):
+    """A module of this checkout's swiftdrop package, whatever the venv has installed."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    return importlib.import_module(f"swiftdrop.{name}")
+
+
+def yaml_nodes(value):
+    """A loaded YAML document and every dict and list inside it."""
+    yield value
+    children = value.values() if isinstance(value, dict) else \
+        value if isinstance(value, list) else ()
+    for child in children:
+        yield from yaml_nodes(child)
+
+
+def role_dicts(role):
+    for path in sorted(role.rglob("*.yml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            yield from (node for node in yaml_nodes(document) if isinstance(node, dict))
+
+
+def internal_variables(role):
+    """The role's _swiftdrop_* names: its vars and defaults, set_fact's facts, registers."""
+    names = set()
+    for node in role_dicts(role):
+        names.update(key for key in node if str(key).startswith("_swiftdrop_"))
+        if str(node.get("register", "")).startswith("_swiftdrop_"):
+            names.add(node["register"])
+    return names
+
+
+def role_tags(role):
+    return {tag for node in role_dicts(role) if isinstance(node.get("tags"), list)
+            for tag in node["tags"]}
+
+
+def inventory_groups(root):
+    """The example inventory's groups and those the playbooks target."""
+    groups = set()
+    for inventory in sorted(root.glob("inventory.example/hosts.yml")):
+        for node in yaml_nodes(yaml.safe_load(inventory.read_text())):
+            if isinstance(node, dict):
+                groups.update(key for key, value in node.items()
+                              if isinstance(value, dict) and {"hosts", "children"} & set(value))
+    for playbook in sorted(root.glob("playbooks/*.yml")):
+        for play in yaml.safe_load(playbook.read_text()) or []:
+            if isinstance(play, dict):
+                groups.update(re.split(r"[:,&!]+", str(play.get("hosts", ""))))
+    return groups - {""}
+
+
+def metric_names():
+    """The filter's metrics (with _total, _bucket, ...) and the queue's textfile gauges."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
+    names = set()
+    for family in swiftdrop_module("metrics").REGISTRY.collect():
+        names.update(family.name + suffix for suffix in ("", *suffixes.get(family.type, ())))
+    empty = {prefix: {"count": 0, "bytes": 0} for prefix in swiftdrop_module("queue").PREFIXES}
+    exposition = swiftdrop_module("queue_report").format_stats(
+        {**empty, "oldest_cur_age_seconds": None},
+        argparse.Namespace(section="DEFAULT", container="c"), "prometheus")
+    names.update(re.findall(r"^(\w+)\{", exposition, re.M))
+    return {name for name in names if name.startswith("swiftdrop_")}
+
+
+def ini_keys():
+    config = swiftdrop_module("config")
+    return (config.SCALAR_KEYS | config.LIST_KEYS
+            | {f"os_options_{option}" for option in config.OS_OPTIONS})
+
+
+def postfix_parameters(role):
+    """The Postfix parameters the role sets: main.cf's, and the public smtpd's -o ones."""
+    defaults = yaml.safe_load((role / "defaults/main.yml").read_text())
+    return set(defaults["swiftdrop_postfix_main_cf"]) | \
+        set(defaults["_swiftdrop_public_smtpd_options"])
+
+
+def ansible_cfg_keys(root):
+    parser = configparser.ConfigParser()
+    parser.read(root / "ansible.cfg")
+    return {key for section in parser.sections() for key in parser[section]}
+
+
+def metadata_keys(package):
+    """Header-case keys of the metadata writers' dict displays and item assignments.
+
+    That is how they spell the keys: {"Mail-From": ...}, metadata["Attempts"] = ...
+    """
+    keys = set()
+    for module in METADATA_WRITERS:
+        for node in ast.walk(ast.parse((package / module).read_text())):
+            if isinstance(node, ast.Dict):
+                candidates = node.keys
+            elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store):
+                candidates = [node.slice]
+            else:
+                continue
+            keys.update(candidate.value for candidate in candidates
+                        if isinstance(candidate, ast.Constant)
+                        and isinstance(candidate.value, str)
+                        and re.fullmatch(HEADER_CASE, candidate.value))
+    return keys
+
+
+def tracked_paths(root):
+    listing = subprocess.run(["git", "-C", str(root), "ls-files", "-z"], capture_output=True,
+                             text=True, check=True).stdout
+    paths = set()
+    for name in filter(None, listing.split("\0")):
+        parts = name.split("/")
+        paths.update("/".join(parts[:end]) for end in range(1, len(parts) + 1))
+    return paths
+
+
+# -- Where the docs name things: their code -------------------------------------------------
+
+@dataclass(frozen=True)
+class Code:
+    """An inline `span` of a page, or one line of a fenced block (backslash lines joined)."""
+
+    line: int
+    text: str
+    fence: str | None  # the block's language, "" for none; None for a span
+    block: str = ""  # a span's paragraph or list item; a table, after its paragraph
+
+
+@dataclass(frozen=True)
+class Finding:
+    page: str
+    line: int
+    problem: str
+
+    def __str__(self):
+        return f"{self.page}:{self.line}: {self.problem}"
+
+
+FENCE = re.compile(r"(```+|~~~+)\s*([\w-]*)")
+
+
+def read_page(text):
+    """The page's code, and its prose: the lines outside fences (blank inside, numbers hold).
+
+    A fenced line ending in a backslash goes on in the next, and so does a
+    synopsis: an indented line that starts with an option, [--idle-timeout ...].
+    """
+    codes, prose = [], []
+    fence = language = None
+    continued, first = False, 0  # first: where this fence's lines begin in codes
+    for number, line in enumerate(text.split("\n"), 1):
+        if fence is None:
+            opening = FENCE.match(line)
+            if opening:
+                fence, language = opening.groups()
+                first = len(codes)
+            prose.append("" if opening else line)
+            continue
+        prose.append("")
+        if line.strip() == fence:
+            fence = None
+            continue
+        synopsis = re.match(r"\s+\[?-", line) is not None
+        if (continued or synopsis) and len(codes) > first:
+            previous = codes.pop()
+            codes.append(Code(previous.line, f"{previous.text} {line.strip()}", language))
+        else:
+            codes.append(Code(number, line.rstrip(), language))
+        continued = codes[-1].text.endswith("\\")
+        if continued:
+            codes[-1] = Code(codes[-1].line, codes[-1].text[:-1].rstrip(), language)
+    return [*codes, *inline_spans(prose)], prose
+
+
+def prose_blocks(prose):
+    """(first line, text) of each heading, paragraph, list item and table of the prose."""
+    block, start = [], 0
+    for number, line in enumerate([*prose, ""], 1):
+        in_table = bool(block) and block[-1].startswith("|") and line.startswith("|")
+        starts_anew = re.match(r"(?:#+|[*-]|\d+\.) |\|", line) is not None and not in_table
+        if block and (not line.strip() or starts_anew or block[0].startswith("#")
+                      or (block[-1].startswith("|") and not in_table)):
+            yield start, "\n".join(block)
+            block = []
+        if line.strip():
+            start = start if block else number
+            block.append(line)
+
+
+def inline_spans(prose):
+    """Each `span` of the prose, with its block; a table's block begins with the paragraph
+    before it, which says what the table is about."""
+    before = ""
+    for start, block in prose_blocks(prose):
+        context = f"{before}\n{block}" if block.startswith("|") else block
+        for match in re.finditer(r"(`+)(.+?)\1", block, re.S):
+            yield Code(start + block.count("\n", 0, match.start()),
+                       " ".join(match.group(2).split()), None, context)
+        if not block.startswith("|"):
+            before = block
+
+
+# -- The checks ---------------------------------------------------------------------------
+
+ROLE_WORD = re.compile(r"(?<![\w$])_?swiftdrop_\w+")
+SHELL_FENCES = ("", "sh", "shell", "bash", "console")
+
+
+def role_word_problems(code, vocabulary):
+    for word in ROLE_WORD.findall(code.text):
+        if word.startswith("_"):
+            if word not in vocabulary.internal_variables:
+                yield f"`{word}` is none of the role's own variables, facts or registers"
+        elif word not in vocabulary.role_variables | vocabulary.other_role_words:
+            yield (f"`{word}` is no role variable of roles/swiftdrop/meta/argument_specs.yml "
+                   "(nor a tag, inventory group or metric)")
+
+
+def options_of(parser):
+    return parser._option_string_actions  # argparse has no public way to ask
+
+
+def subcommands_of(parser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices
+    return None
+
+
+def is_placeholder(token):
+    """NAME, HOST:PORT, FIELD=VALUE, <the id>, ..., …: stands for a value, names nothing."""
+    return (token in ("", "...", "…") or "<" in token or "…" in token
+            or re.fullmatch(r"[A-Z][A-Z0-9_:=.,/-]*", token) is not None)
+
+
+def command_arguments(tokens):
+    """The arguments of each `swiftdrop` command among shell words, up to its end."""
+    for index, token in enumerate(tokens):
+        if not re.fullmatch(r"(?:\$\(|`)?(?:\S*/)?swiftdrop", token):
+            continue
+        before = [word for word in tokens[:index] if not re.fullmatch(r"\w+=\S*", word)]
+        while before and before[-1] in ("sudo", "exec", "time", "env"):
+            before.pop()
+        starts_command = (not before or token.startswith(("$(", "`"))
+                          or before[-1] in ("|", "||", "&&", ";", "$", "then", "do")
+                          or (before[-1] == "-m" and token == "swiftdrop"))
+        if not starts_command:
+            continue  # journalctl -u swiftdrop, systemctl status swiftdrop
+        arguments = []
+        for word in tokens[index + 1:]:
+            if word in ("--", "|", "||", "&&", "&") or word.startswith(("#", "(", ">", "2>")):
+                break
+            arguments.append(word.removesuffix("...").removesuffix("…").strip("[]"))
+            if word.endswith((")", ";", "`")):
+                arguments[-1] = arguments[-1].rstrip(");`")
+                break
+        yield arguments
+
+
+def command_problems(arguments, parser, path=("swiftdrop",)):
+    """What `parser` would not accept among `arguments`; placeholders stand for anything."""
+    levels = [parser]
+    words = iter(arguments)
+    for word in words:
+        if is_placeholder(word):
+            continue
+        level, command = levels[-1], " ".join(path)
+        if word.startswith("-"):
+            name, equals, value = word.partition("=")
+            action = options_of(level).get(name)
+            if action is None:
+                owner = next((" ".join(path[:depth + 1]) for depth, above
+                              in enumerate(levels[:-1]) if name in options_of(above)), None)
+                yield (f"`{command}` has no option {name}" +
+                       (f" (it is `{owner}`'s: it goes before the subcommand)" if owner else ""))
+                return
+            if action.nargs == 0:
+                continue
+            value = value if equals else next(words, "")
+            if action.choices and not is_placeholder(value):
+                wrong = [choice for choice in value.split("|") if choice not in action.choices]
+                if wrong:
+                    yield (f"`{command} {name}` takes none of {', '.join(wrong)} "
+                           f"(only {', '.join(map(str, action.choices))})")
+            continue
+        subcommands = subcommands_of(level)
+        if subcommands is None:
+            continue  # a positional argument: finish NAME
+        if word not in subcommands:
+            yield f"`{command}` has no subcommand {word} (only {', '.join(subcommands)})"
+            return
+        levels.append(subcommands[word])
+        path = (*path, word)
+
+
+def swiftdrop_command_problems(code, vocabulary):
+    if code.fence is not None and code.fence not in SHELL_FENCES:
+        return
+    tokens = code.text.split()
+    for arguments in command_arguments(tokens):
+        yield from command_problems(arguments, vocabulary.parser)
+    if code.fence is None and tokens and not tokens[0].startswith("-"):
+        # `check --config-only`, `queue run --concurrency N`, `claim --dedup`: the
+        # docs' shorthand for a swiftdrop command, taken from the first word on.
+        queue = subcommands_of(vocabulary.parser)["queue"]
+        for root, path in ((vocabulary.parser, ("swiftdrop",)),
+                           (queue, ("swiftdrop", "queue"))):
+            if tokens[0] in subcommands_of(root) and len(tokens) > 1:
+                yield from command_problems(tokens, root, path)
+                break
+
+
+INI_LINE = re.compile(r"\s*([A-Za-z_][\w.-]*)\s*=")
+KEY_EQUALS = re.compile(r"([a-z][a-z0-9_]*) =(?: |$)")
+
+
+def ini_problems(code, vocabulary):
+    if code.fence == "ini":
+        key = INI_LINE.match(code.text)
+        keys = [key.group(1)] if key else []
+    elif code.fence is None:
+        key = KEY_EQUALS.match(code.text)
+        keys = [key.group(1)] if key and key.group(1) not in vocabulary.other_settings else []
+    else:
+        keys = []
+    for key in keys:
+        if key not in vocabulary.ini_keys:
+            yield f"`{key}` is no ini key that swiftdrop/config.py reads"
+
+
+def ini_prose_problems(prose, vocabulary):
+    """Keys the prose calls ini keys: "the ini key `x`", and the first column of ini tables.
+
+    An ini table's first column is headed "key", under a heading or after a
+    paragraph that speaks of the ini.
+    """
+    heading = before = ""
+    for start, block in prose_blocks(prose):
+        for match in re.finditer(r"\bini keys?\s+`([a-z][a-z0-9_]*)`", block):
+            if match.group(1) not in vocabulary.ini_keys:
+                yield (start + block.count("\n", 0, match.start()),
+                       f"`{match.group(1)}` is no ini key that swiftdrop/config.py reads")
+        if block.startswith("#"):
+            heading, before = block, ""
+        elif not block.startswith("|"):
+            before = block
+        elif block.startswith("| key |") and re.search(r"\bini\b", f"{heading}\n{before}"):
+            for offset, row in enumerate(block.split("\n")[2:], 2):
+                for key in re.findall(r"`([^`<]+)`", row.split("|")[1]):
+                    if key not in vocabulary.ini_keys:
+                        yield (start + offset,
+                               f"`{key}` is no ini key that swiftdrop/config.py reads")
+
+
+META_HEADER = re.compile(r"x-object-meta-([a-z0-9][a-z0-9-]*)", re.I)
+
+
+def metadata_problems(code, vocabulary):
+    keys = [key.rstrip("-") for key in META_HEADER.findall(code.text)]
+    if code.fence is None:
+        names_metadata = re.search(r"\bmetadata\b|x-object-meta-", code.block, re.I)
+        if re.fullmatch(HEADER_CASE, code.text) and names_metadata:
+            keys.append(code.text)  # `Failed-Reason` metadata
+        if re.fullmatch("-" + HEADER_CASE, code.text) and "X-Object-Meta-" in code.block:
+            keys.append(code.text[1:])  # `X-Object-Meta-Client-Address`, `-Client-Name`
+    else:
+        keys += re.findall(r"--meta[ =]([A-Za-z][\w-]*):", code.text)  # swift copy --meta
+    for key in keys:
+        if key.lower() not in vocabulary.metadata_keys:
+            yield (f"object metadata key {key} is not one that swiftdrop writes "
+                   f"({', '.join(METADATA_WRITERS)})")
+
+
+def path_problems(code, vocabulary):
+    """Files of this repository named in code: scripts/test, `python -m bench.soak`."""
+    if code.fence == "ini":
+        return
+    top = {path for path in vocabulary.repository_paths if "/" not in path}
+    words = code.text.split()
+    for index, word in enumerate(words):
+        previous = words[index - 1] if index else ""
+        if previous == "-m" and word.split(".")[0] in top:
+            module = word.replace(".", "/")
+            if not {f"{module}.py", f"{module}/__main__.py"} & vocabulary.repository_paths:
+                yield f"`python -m {word}`: no {module}.py or {module}/__main__.py"
+            continue
+        path = word.strip("'\"()[],;:`").removeprefix("./").rstrip("/")
+        if "/" not in path or path.split("/")[0] not in top:
+            continue
+        if path in vocabulary.repository_paths:
+            continue
+        if re.search(r"[*?]", path):
+            pattern = re.compile(re.escape(path).replace(r"\*", "[^/]*").replace(r"\?", "."))
+            if not any(pattern.fullmatch(known) for known in vocabulary.repository_paths):
+                yield f"{path} matches no file of the repository"
+        elif not re.search(r"[<>{}$…]|(?<![A-Za-z])[A-Z]{3,}(?![a-z])", path):
+            yield f"{path} is no file or directory of the repository (git ls-files)"
+
+
+CODE_CHECKS = (role_word_problems, swiftdrop_command_problems, ini_problems,
+               metadata_problems, path_problems)
+
+
+def page_findings(name, text, vocabulary):
+    """What one page names that does not exist, in the order of its lines."""
+    codes, prose = read_page(text)
+    findings = {Finding(name, code.line, problem) for code in codes
+                for check in CODE_CHECKS for problem in check(code, vocabulary)}
+    findings.update(Finding(name, line, problem)
+                    for line, problem in ini_prose_problems(prose, vocabulary))
+    return sorted(findings, key=lambda finding: (finding.line, finding.problem))
+
+
+def docs_findings(vocabulary=None, root=ROOT):
+    vocabulary = vocabulary or Vocabulary.of_repository(root)
+    pages = sorted({page for pattern in CHECKED_PAGES for page in root.glob(pattern)})
+    return [finding for page in pages for finding in page_findings(
+        str(page.relative_to(root)), page.read_text(), vocabulary)]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true",
-                        help="change nothing; exit 1 if the generated section is stale")
+                        help="change nothing; exit 1 if the generated section is stale or "
+                             "the docs name what does not exist")
     options = parser.parse_args(argv)
     section = render_section(yaml.safe_load(SPECS.read_text()))
     current = PAGE.read_text()
     wanted = updated_page(current, section)
-    if options.check:
+    if not options.check:
         if wanted != current:
-            print(f"{PAGE.relative_to(ROOT)} is stale: run scripts/docs.py", file=sys.stderr)
-            return 1
+            PAGE.write_text(wanted)
         return 0
+    failed = False
     if wanted != current:
-        PAGE.write_text(wanted)
-    return 0
+        print(f"{PAGE.relative_to(ROOT)} is stale: run scripts/docs.py", file=sys.stderr)
+        failed = True
+    for finding in docs_findings():
+        print(finding, file=sys.stderr)
+        failed = True
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ DEFAULT_MAX_MESSAGE_SIZE = 51 * 1024 * 1024
 DEFAULT_ADMIN_LOCAL_PARTS = ("postmaster", "abuse", "hostmaster")
 REPLY_DETAILS = ("id", "full")
 RSPAMD_TIMEOUT = 5.0  # seconds; a share of the message's own --store-timeout
+FINISHED_AS_FAILED = "finished as failed with swiftdrop queue finish"
+MAX_METADATA_VALUE = 256  # Swift's default max_meta_value_length
 
 
 def build_parser():
@@ -165,6 +167,9 @@ def add_queue_commands(commands):
     finish.add_argument("--token", help="the token claim printed (default: the one "
                         "recorded on the claimed object)")
     finish.add_argument("--state", required=True, choices=("done", "failed", "retry"))
+    finish.add_argument("--reason", type=metadata_text, default=FINISHED_AS_FAILED,
+                        metavar="TEXT", help="why, with --state failed: the message's "
+                        "Failed-Reason (default: \"%(default)s\")")
     actions.add_parser("recover", help="return messages of dead workers to retry/ and "
                        "resolve leftovers of interrupted moves")
     purge = actions.add_parser("purge", help="delete old messages (dry run unless --execute)")
@@ -192,6 +197,14 @@ def add_queue_commands(commands):
     run.add_argument("--grace", type=float, default=30.0, metavar="SECONDS",
                      help="after SIGTERM, let a running command finish for this long")
     run.add_argument("worker_command", nargs=argparse.REMAINDER, metavar="-- COMMAND")
+
+
+def metadata_text(text):
+    """`text` if Swift takes it as a metadata value: printable, at most 256 bytes."""
+    if not text.isprintable() or len(text.encode()) > MAX_METADATA_VALUE:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: at most {MAX_METADATA_VALUE} bytes of printable text")
+    return text
 
 
 def loopback_address(text):
@@ -338,7 +351,7 @@ def queue_action(queue, options):
         claimed = Claimed(options.name, b"", {}, token,
                           attempts=int(headers.get("x-object-meta-attempts", 0)))
         try:
-            print(queue.finish(claimed, options.state) + options.name)
+            print(queue.finish(claimed, options.state, reason=options.reason) + options.name)
         except LostLock:
             print(f"swiftdrop: the lock on {options.name} is not yours (any more)",
                   file=sys.stderr)

@@ -7,7 +7,7 @@ Maildir base name in all of them:
 ``processing/``  claimed by a worker, under its lock
 ``retry/``       to be tried again, not before ``X-Object-Meta-Not-Before``
 ``done/``        processed
-``failed/``      given up on (or failed permanently)
+``failed/``      given up on (or failed permanently); ``Failed-Reason`` says why
 
 A move is a server-side copy (``X-Copy-From``) followed by a delete of the
 source, done only while holding the message's lock: the lock is what keeps
@@ -275,15 +275,24 @@ class MailQueue:
         if not self.lock.refresh(claimed.name, claimed.token, self.settings.lease):
             raise LostLock(claimed.name)
 
-    def finish(self, claimed, state, metadata=None):
+    def finish(self, claimed, state, metadata=None, *, reason=None):
         """Move a claimed message to done/, failed/ or retry/ and release its lock.
 
         ``retry`` counts an attempt and sets a not-before time with
         exponential back-off; the last allowed attempt goes to failed/.
+        Whatever lands in failed/ says why in ``Failed-Reason``, the one key
+        a person replaying failed/ looks at: `reason` for a message failed
+        outright (``exit status 3``; required then), ``gave up after N
+        attempts`` for one whose attempts ran out.
         """
         metadata = dict(metadata or {})
         target = {"done": DONE, "failed": FAILED, "retry": RETRY}[state]
         now = self.clock()
+        if state == "failed":
+            if not reason:
+                raise ValueError(f"{claimed.name}: a message finished as failed needs a "
+                                 "reason (its Failed-Reason)")
+            metadata["Failed-Reason"] = reason
         if state == "retry":
             attempts = claimed.attempts + 1
             metadata["Attempts"] = attempts

@@ -13,6 +13,7 @@ code ends the worker (and systemd starts it again).
 import collections
 import logging
 import os
+import signal
 import subprocess
 import time
 
@@ -72,8 +73,11 @@ def work(queue, command, stop, *, poll=5.0, dedup=False, once=False, grace=30.0)
                                   failing=failing)
             state = "done" if status == 0 else "retry" if status in (EX_TEMPFAIL, None) \
                 else "failed"
-            target = _finish(queue, claimed, state, {"Exit-Status": status}, stop=stop,
-                             failing=failing)
+            # None: we killed the command ourselves after the grace; no status to tell.
+            metadata = {} if status is None else {"Exit-Status": status}
+            target = _finish(queue, claimed, state, metadata,
+                             reason=failure_reason(status) if state == "failed" else None,
+                             stop=stop, failing=failing)
         except LostLock:
             log.error("lost the lock on %s while working on it; leaving it", claimed.name)
             outcomes["lost"] += 1
@@ -86,7 +90,20 @@ def work(queue, command, stop, *, poll=5.0, dedup=False, once=False, grace=30.0)
     return outcomes
 
 
-def _finish(queue, claimed, state, metadata, *, stop, failing):
+def failure_reason(status):
+    """The Failed-Reason of a command's exit status: ``exit status 3``, ``killed by SIGKILL``.
+
+    subprocess reports a command killed by a signal as minus the signal's number.
+    """
+    if status >= 0:
+        return f"exit status {status}"
+    try:
+        return f"killed by {signal.Signals(-status).name}"
+    except ValueError:  # a real-time signal has no name
+        return f"killed by signal {-status}"
+
+
+def _finish(queue, claimed, state, metadata, *, reason, stop, failing):
     """queue.finish, tried again while our lease lasts; None if it never went through.
 
     Giving up leaves the message in processing/ under a lock that runs out:
@@ -97,7 +114,7 @@ def _finish(queue, claimed, state, metadata, *, stop, failing):
     backoff = FIRST_BACKOFF
     while True:
         try:
-            return queue.finish(claimed, state, metadata)
+            return queue.finish(claimed, state, metadata, reason=reason)
         except failing as error:
             if time.monotonic() + backoff > give_up:
                 log.error("cannot finish %s as %s: %s; recover will return it to retry/",

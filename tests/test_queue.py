@@ -15,6 +15,7 @@ import swiftclient
 from swiftdrop import config as config_module
 from swiftdrop.locks import RedisLock, SwiftLock
 from swiftdrop.queue import MailQueue
+from swiftdrop.worker import work
 from tests.support.filterproc import swiftdrop_command
 from tests.support.ports import reserve_port
 from tests.support.swiftserver import SwiftServer
@@ -188,6 +189,56 @@ def test_retry_backs_off_exponentially_and_fails_after_n_attempts(ini):
     assert headers["x-object-meta-failed-reason"] == "gave up after 3 attempts"
 
 
+def failed_metadata(queue, name):
+    headers = queue.connection.head_object(queue.container, "failed/" + name)
+    return {key: headers.get(f"x-object-meta-{key}") for key in ("failed-reason", "exit-status")}
+
+
+def test_a_failed_command_leaves_its_exit_status_as_the_failed_reason(ini):
+    """Every object in failed/ says why: the worker's command, by its exit, too."""
+    queue = queue_for(ini)
+    exits, killed = store(queue, 2)
+    script = f'cat >/dev/null; [ "$SWIFTDROP_NAME" = "{exits}" ] && exit 3; kill -KILL $$'
+    outcomes = work(queue, ["sh", "-c", script], threading.Event(), once=True)
+    assert outcomes == {"failed": 2}
+    assert failed_metadata(queue, exits) == {"failed-reason": "exit status 3",
+                                             "exit-status": "3"}
+    assert failed_metadata(queue, killed) == {"failed-reason": "killed by SIGKILL",
+                                              "exit-status": "-9"}
+
+
+@pytest.mark.queue(lease=3)  # the worker looks at its stop event once a second
+def test_a_command_killed_after_the_grace_goes_to_retry_without_an_exit_status(ini):
+    queue = queue_for(ini)
+    [name] = store(queue, 1)
+    stop, outcomes = threading.Event(), []
+    loop = threading.Thread(target=lambda: outcomes.append(work(
+        queue, ["sh", "-c", "cat >/dev/null; exec sleep 60"], stop, grace=0.5)))
+    loop.start()
+    deadline = time.monotonic() + 30
+    while names_under(queue, "processing/") != [name]:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    stop.set()
+    loop.join(30)
+    assert outcomes == [{"retry": 1}]
+    headers = queue.connection.head_object(queue.container, "retry/" + name)
+    assert headers["x-object-meta-attempts"] == "1"
+    assert "x-object-meta-exit-status" not in headers
+
+
+def test_finishing_as_failed_without_a_reason_is_refused_before_anything_moves(ini):
+    queue = queue_for(ini)
+    [name] = store(queue, 1)
+    claimed = queue.claim()
+    with pytest.raises(ValueError, match="needs a reason"):
+        queue.finish(claimed, "failed")
+    assert names_under(queue, "processing/") == [name]
+    assert names_under(queue, "failed/") == []
+    queue.finish(claimed, "failed", reason="no such mailbox")
+    assert failed_metadata(queue, name)["failed-reason"] == "no such mailbox"
+
+
 def test_purge_deletes_only_what_is_older_than_asked(ini):
     queue = queue_for(ini)
     for _ in store(queue, 2):
@@ -236,9 +287,11 @@ def test_cli_claim_finish_and_stats(ini, tmp_path):
     subprocess.run(swiftdrop_command("queue", "--config", str(ini), "claim"), check=True,
                    capture_output=True)
     finish = subprocess.run(swiftdrop_command("queue", "--config", str(ini), "finish", second,
-                                              "--state", "failed"),  # token from the object
+                                              "--state", "failed",  # token from the object
+                                              "--reason", "no such mailbox"),
                             capture_output=True, text=True, check=True)
     assert finish.stdout.strip() == f"failed/{second}"
+    assert failed_metadata(queue, second)["failed-reason"] == "no such mailbox"
     stats = subprocess.run(swiftdrop_command("queue", "--config", str(ini), "stats", "--json"),
                            capture_output=True, text=True, check=True)
     figures = json.loads(stats.stdout)
