@@ -104,7 +104,8 @@ METADATA_WRITERS = ("delivery.py", "verdicts.py", "queue.py", "worker.py")
 HEADER_CASE = r"[A-Z][a-z0-9]+(?:-[A-Z][a-z0-9]+)*"
 # A `key = value` in backticks that is another program's setting. Postfix's
 # parameters and ansible.cfg's keys are read from the repository; these not.
-OTHER_PROGRAMS_SETTINGS = {"storage_url_scheme": "Swift tempauth's, in proxy-server.conf"}
+OTHER_PROGRAMS_SETTINGS = {"storage_url_scheme": "Swift tempauth's, in proxy-server.conf",
+                           "user_mail_mx": "a tempauth user line, in proxy-server.conf"}
 
 
 @dataclass(frozen=True)
@@ -175,11 +176,21 @@ def role_tags(role):
             for tag in node["tags"]}
 
 
+def optional_inventory(root):
+    """The YAML blocks of inventory.example/OPTIONAL.md: the inventory's optional parts."""
+    page = root / "inventory.example/OPTIONAL.md"
+    text = page.read_text() if page.exists() else ""
+    return [yaml.safe_load(block) for block in
+            re.findall(r"^```yaml\n(.*?)^```$", text, re.MULTILINE | re.DOTALL)]
+
+
 def inventory_groups(root):
-    """The example inventory's groups and those the playbooks target."""
+    """The example inventory's groups (OPTIONAL.md's too) and those the playbooks target."""
     groups = set()
-    for inventory in sorted(root.glob("inventory.example/hosts.yml")):
-        for node in yaml_nodes(yaml.safe_load(inventory.read_text())):
+    inventories = [yaml.safe_load(path.read_text())
+                   for path in sorted(root.glob("inventory.example/hosts.yml"))]
+    for inventory in inventories + optional_inventory(root):
+        for node in yaml_nodes(inventory):
             if isinstance(node, dict):
                 groups.update(key for key, value in node.items()
                               if isinstance(value, dict) and {"hosts", "children"} & set(value))
