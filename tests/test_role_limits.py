@@ -1,4 +1,4 @@
-"""The filter's connection limit as the role sets and checks it.
+"""The filter's connection limit and spool as the role sets and checks them.
 
 Run by Ansible itself on the controller (localhost, connection local): the
 role's defaults and vars, its validate.yml and spool.yml tasks, and its
@@ -147,3 +147,51 @@ def test_a_service_that_takes_the_filter_from_main_cf_counts_too(tmp_path):
                                "maxproc": "10"}])
     assert not ok
     assert "(smtpd: 100, 127.0.0.1:2525: 10)" in output, output
+
+
+# --- the spool -----------------------------------------------------------------------------
+
+SPOOL_CHECK = f"- ansible.builtin.import_tasks: {ROLE}/tasks/spool.yml\n"
+
+
+def test_the_unit_spools_to_the_spool_dir_and_may_write_there(tmp_path):
+    unit = rendered(tmp_path, "swiftdrop.service", swiftdrop_spool_dir="/srv/spool")
+    assert exec_start_option(unit, "--spool-dir") == "/srv/spool"
+    assert "\nReadWritePaths=/srv/spool\n" in unit
+    assert "\nProtectSystem=strict\n" in unit and "\nPrivateTmp=yes\n" in unit
+
+
+def test_a_spool_on_disk_is_reported_with_its_worst_case_and_free_space(tmp_path):
+    """Also under --check, and without changing anything (the directory need not exist)."""
+    spool_dir = tmp_path / "not" / "yet" / "spool"
+    for check in (False, True):
+        ok, output = run_role(tmp_path, SPOOL_CHECK, check=check,
+                              swiftdrop_spool_dir=str(spool_dir))
+        assert ok, output
+        assert re.search(rf"{spool_dir} is on \w+ \(mounted on /\S*\); at worst the filter "
+                         r"spools 100 sessions x 50\.00 MB = 4\.88 GB there, and [\d.]+ [KMGT]?B "
+                         r"are free", output), output
+        assert "changed=0" in output and "failed=0" in output, output
+    assert not spool_dir.exists()
+
+
+def test_a_spool_in_ram_stops_the_run_unless_the_operator_allows_it(tmp_path):
+    spool_dir = "/dev/shm/swiftdrop-test-spool"  # a tmpfs on Debian; not created by the check
+    ok, output = run_role(tmp_path, SPOOL_CHECK, swiftdrop_spool_dir=spool_dir,
+                          swiftdrop_max_connections=120)
+    assert not ok
+    assert (f"{spool_dir} is on tmpfs (mounted on /dev/shm); at worst the filter spools 120 "
+            "sessions x 50.00 MB = 5.86 GB there, which is RAM. Set swiftdrop_spool_dir to a "
+            "directory on disk") in output, output
+    ok, output = run_role(tmp_path, SPOOL_CHECK, swiftdrop_spool_dir=spool_dir,
+                          swiftdrop_spool_allow_tmpfs=True)
+    assert ok, output
+    assert f"{spool_dir} is on tmpfs" in output
+    assert not pathlib.Path(spool_dir).exists()
+
+
+def test_validation_refuses_a_spool_dir_the_unit_cannot_take(tmp_path):
+    for spool_dir in ("spool", "/var/spool/swift drop", "/"):
+        ok, output = validate(tmp_path, swiftdrop_spool_dir=spool_dir)
+        assert not ok
+        assert "must be an absolute path without spaces, and not /" in output, output
