@@ -3,7 +3,10 @@
 import hashlib
 import http.server
 import json
+import os
+import pathlib
 import re
+import signal
 import smtplib
 import socket
 import subprocess
@@ -23,6 +26,7 @@ from tests.support.filterproc import (
     wait_for_port,
 )
 from tests.support.ports import reserve_port
+from tests.support.rawsmtp import RawSmtp
 from tests.support.swiftserver import SwiftServer
 
 NAME = re.compile(r"^cur/(\d{10})\.M(\d{6})P(\d+)Q(\d+)\.([^/:]+),S=(\d+)$")
@@ -128,6 +132,77 @@ def test_large_message_is_spooled_and_stored(swift, filter_process):
     container, name = stored_location(send(filter_process.address, "s@o.test",
                                            ["big@example.com"], body))
     assert get(swift, "test", container, name)[1] == body
+
+
+def descriptors_into(pid, directory):
+    """How many of process `pid`'s descriptors point into `directory`.
+
+    Spool files are O_TMPFILE: they never have a name in the directory, only
+    an open descriptor whose link reads DIRECTORY/#INODE (deleted).
+    """
+    count = 0
+    for entry in pathlib.Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            count += os.readlink(entry).startswith(f"{directory}/")
+        except FileNotFoundError:  # closed while we looked
+            continue
+    return count
+
+
+def wait_for_descriptors_into(pid, directory, count):
+    deadline = time.monotonic() + 30
+    while descriptors_into(pid, directory) != count:
+        assert time.monotonic() < deadline, f"never {count} descriptor(s) into {directory}"
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def spooling_filter(swift_ini, tmp_path):
+    """A filter with its own --spool-dir, and a TMPDIR it must leave alone."""
+    spool_dir, tmpdir = (tmp_path / "spool").resolve(), (tmp_path / "tmp").resolve()
+    spool_dir.mkdir(mode=0o700)
+    tmpdir.mkdir()
+    with FilterProcess(swift_ini, tmp_path, "--spool-dir", str(spool_dir), "--log-target",
+                       "stderr", *FULL_REPLY, env={"TMPDIR": str(tmpdir)}) as process:
+        yield process, spool_dir, tmpdir
+
+
+def begin_data(address):
+    client = RawSmtp(address)
+    for command, code in (("EHLO client.test", 250), ("MAIL FROM:<s@origin.test>", 250),
+                          ("RCPT TO:<big@example.com>", 250), ("DATA", 354)):
+        assert client.command(command)[0] == code
+    return client
+
+
+# Over the 256 KiB a session keeps in memory, so the spool goes to disk.
+SPOOLED_BODY = b"Subject: spooled\r\n\r\n" + (b"s" * 1022 + b"\r\n") * 1024
+
+
+def test_a_message_over_256_kib_is_spooled_in_the_spool_dir_and_stored_exactly(
+        swift, spooling_filter):
+    process, spool_dir, tmpdir = spooling_filter
+    pid = process.process.pid
+    with begin_data(process.address) as client:
+        client.send(SPOOLED_BODY)  # all but the final dot: the message is still arriving
+        wait_for_descriptors_into(pid, spool_dir, 1)
+        assert descriptors_into(pid, tmpdir) == 0
+        client.send(b".\r\n")
+        container, name = stored_location(client.reply())
+    assert get(swift, "test", container, name)[1] == SPOOLED_BODY
+    wait_for_descriptors_into(pid, spool_dir, 0)
+    assert list(spool_dir.iterdir()) == []
+    assert list(tmpdir.iterdir()) == []
+
+
+def test_a_filter_killed_while_spooling_leaves_nothing_in_the_spool_dir(spooling_filter):
+    """Why the role does not clean the spool at start: there is nothing to clean."""
+    process, spool_dir, _ = spooling_filter
+    with begin_data(process.address) as client:
+        client.send(SPOOLED_BODY)
+        wait_for_descriptors_into(process.process.pid, spool_dir, 1)
+        process.stop(signal.SIGKILL)
+    assert list(spool_dir.iterdir()) == []
 
 
 def test_oversized_message_gets_552_and_nothing_is_stored(swift, filter_process):
