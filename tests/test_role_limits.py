@@ -8,66 +8,17 @@ are written into the test's directory. The deployed unit and directory
 are verified in Molecule (molecule/default/verify.yml).
 """
 
-import json
 import pathlib
 import re
-import subprocess
-import textwrap
 
-from tests.test_role_postfix import postfix_services
+from tests.support.role import ROLE, rendered, run_role, validate
+from tests.test_role_postfix import postfix_services, render_master_cf
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-ROLE = REPO / "roles/swiftdrop"
-VARIABLES = {
-    "ansible_python_interpreter": str(REPO / ".venv-ansible/bin/python"),
-    "swiftdrop_myhostname": "mx.example.test",
-    "swiftdrop_relay_domains": ["example.com"],
-    "swiftdrop_destinations": [{"name": "DEFAULT", "container": "mail", "user": "u",
-                                "key": "k", "authurl": "https://swift.example.test/auth/v1.0"}],
-}
 # A loopback listener for local tools whose sessions go to the filter too, as
 # molecule/default adds one.
 LOCAL_LISTENER = {"service": "127.0.0.1:2525", "type": "inet", "private": "n",
                   "command": "smtpd",
                   "options": {"smtpd_proxy_filter": "unix:private/swiftdrop"}}
-
-
-def run_role(directory, tasks, *, check=False, **variables):
-    """Run `tasks` (YAML) with the role's defaults and vars; (succeeded, output on one line)."""
-    playbook = directory / "play.yml"
-    playbook.write_text(textwrap.dedent(f"""\
-        - hosts: localhost
-          gather_facts: false
-          tasks:
-            - ansible.builtin.include_vars: {ROLE}/defaults/main.yml
-            - ansible.builtin.include_vars: {ROLE}/vars/main.yml
-        """) + textwrap.indent(textwrap.dedent(tasks), "    "))
-    extra_vars = directory / "vars.json"
-    extra_vars.write_text(json.dumps({**VARIABLES, **variables}))
-    result = subprocess.run(
-        [str(REPO / ".venv-ansible/bin/ansible-playbook"), "-i", "localhost,", "-c", "local",
-         "-e", f"@{extra_vars}", *(["--check"] if check else []), str(playbook)],
-        capture_output=True, text=True, check=False,
-        env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "ANSIBLE_NOCOLOR": "1",
-             "ANSIBLE_LOCALHOST_WARNING": "0"})
-    output = " ".join((result.stdout + result.stderr).split())
-    return result.returncode == 0, output
-
-
-def validate(directory, **variables):
-    return run_role(directory, f"- ansible.builtin.import_tasks: {ROLE}/tasks/validate.yml\n",
-                    **variables)
-
-
-def rendered(directory, template, **variables):
-    ok, output = run_role(directory, f"""\
-        - ansible.builtin.template:
-            src: {ROLE}/templates/{template}.j2
-            dest: {directory}/{template}
-            mode: "0644"
-        """, **variables)
-    assert ok, output
-    return (directory / template).read_text()
 
 
 def exec_start_option(unit, option):
@@ -77,8 +28,7 @@ def exec_start_option(unit, option):
 
 
 def master_cf_services(directory, **variables):
-    rendered(directory, "master.cf", **variables)
-    (directory / "main.cf").write_text("compatibility_level = 3.6\n")
+    render_master_cf(directory, **variables)
     return postfix_services(directory)
 
 

@@ -7,37 +7,14 @@ out as services Postfix knows. The deployed file is checked by `postfix
 check` in Molecule.
 """
 
-import json
-import pathlib
 import subprocess
-import textwrap
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
-ROLE = REPO / "roles/swiftdrop"
+from tests.support.role import rendered
 
 
-def render_master_cf(directory, master_cf_extra):
-    playbook = directory / "render.yml"
-    playbook.write_text(textwrap.dedent(f"""\
-        - hosts: localhost
-          gather_facts: false
-          tasks:
-            - ansible.builtin.include_vars: {ROLE}/defaults/main.yml
-            - ansible.builtin.include_vars: {ROLE}/vars/main.yml
-            - ansible.builtin.template:
-                src: {ROLE}/templates/master.cf.j2
-                dest: {directory}/master.cf
-                mode: "0644"
-        """))
-    python = REPO / ".venv-ansible/bin/python"
-    extra_vars = {"swiftdrop_postfix_master_cf_extra": master_cf_extra,
-                  "ansible_python_interpreter": str(python)}
-    result = subprocess.run(
-        [str(REPO / ".venv-ansible/bin/ansible-playbook"), "-i", "localhost,", "-c", "local",
-         "-e", json.dumps(extra_vars), str(playbook)],
-        capture_output=True, text=True, check=False, env={"PATH": "/usr/bin:/bin",
-                                                          "ANSIBLE_NOCOLOR": "1"})
-    assert result.returncode == 0, result.stdout + result.stderr
+def render_master_cf(directory, **variables):
+    """master.cf into DIRECTORY, with a main.cf beside it for postconf -c."""
+    rendered(directory, "master.cf", **variables)
     (directory / "main.cf").write_text("compatibility_level = 3.6\n")
 
 
@@ -49,7 +26,7 @@ def postfix_services(directory):
 
 
 def test_the_role_alone_wires_every_session_to_the_filter(tmp_path):
-    render_master_cf(tmp_path, [])
+    render_master_cf(tmp_path)
     services = postfix_services(tmp_path)
     assert services[("smtpd", "pass")].endswith(
         "smtpd -o smtpd_proxy_filter=unix:private/swiftdrop"
@@ -58,7 +35,7 @@ def test_the_role_alone_wires_every_session_to_the_filter(tmp_path):
 
 
 def test_an_inventory_adds_a_service_and_replaces_one(tmp_path):
-    render_master_cf(tmp_path, [
+    render_master_cf(tmp_path, swiftdrop_postfix_master_cf_extra=[
         {"service": "127.0.0.1:10587", "type": "inet", "private": "n", "command": "smtpd",
          "options": {"syslog_name": "postfix/local-submission"}},
         {"service": "relay", "type": "unix", "command": "smtp",
