@@ -44,11 +44,13 @@ QUEUE_CONTAINER = "bench-queue"
 RECIPIENT = "bench@example.com"
 
 
-def write_ini(path, swift, container=CONTAINER):
+def write_ini(path, swift, container=CONTAINER, auth_url=None, **settings):
+    """A checked ini for account test of `swift`, reached at `auth_url` (a proxy's) if given."""
     user, key = swift.accounts["test"]
     path.write_text(f"[DEFAULT]\nrecipient = DEFAULT\ncontainer = {container}\n"
-                    f"authurl = {swift.auth_url}\nuser = {user}\nkey = {key}\n"
-                    "create_container = true\n")
+                    f"authurl = {auth_url or swift.auth_url}\nuser = {user}\nkey = {key}\n"
+                    "create_container = true\n"
+                    + "".join(f"{name} = {value}\n" for name, value in settings.items()))
     path.chmod(0o600)
     result = run_swiftdrop("check", "--config", str(path))
     if result.returncode:

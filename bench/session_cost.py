@@ -40,10 +40,11 @@ import time
 import jinja2
 import yaml
 
+from bench import filter_throughput
 from bench.filter_throughput import cpu_seconds, load_average, proc_status
 from swiftdrop.reception import SPOOL_IN_MEMORY
 from tests.faults.faultproxy import FaultProxy
-from tests.support.filterproc import FilterProcess, run_swiftdrop
+from tests.support.filterproc import FilterProcess
 from tests.support.postfix import postfix_instance
 from tests.support.rawsmtp import RawSmtp
 from tests.support.rspamd import CLIENT, DOMAIN, DnsServer, RspamdServer, dkim_key, sign
@@ -66,15 +67,8 @@ STORE_TIMEOUT = 95
 
 
 def write_ini(path, proxy, swift):
-    user, key = swift.accounts["test"]
-    path.write_text(f"[DEFAULT]\nrecipient = DEFAULT\ncontainer = {CONTAINER}\n"
-                    f"authurl = {proxy.auth_url}\nuser = {user}\nkey = {key}\n"
-                    f"create_container = true\ntimeout = {ATTEMPT_TIMEOUT}\n")
-    path.chmod(0o600)
-    result = run_swiftdrop("check", "--config", str(path))
-    if result.returncode:
-        raise SystemExit(result.stdout + result.stderr)
-    return path
+    return filter_throughput.write_ini(path, swift, CONTAINER, auth_url=proxy.auth_url,
+                                       timeout=ATTEMPT_TIMEOUT)
 
 
 def body_bytes(size):
@@ -173,13 +167,18 @@ def storing(proc, proxy, steps, size):
             time.sleep(0.1)
         rows.append((count, proc_status(proc.process.pid, "VmRSS"),
                      *spool_use(proc.process.pid, proc.spool_dir), load_average()))
-        proxy.set_mode("pass")
-        for client in clients:
-            code, text = client.reply()
-            if code != 250:
-                raise SystemExit(f"not stored: {code} {text}\n{problems(proc)}")
-            client.socket.close()
+        release_answers(proxy, clients, proc)
     return rows
+
+
+def release_answers(proxy, clients, proc):
+    """Let Swift's held answers through; every client must then get its 250."""
+    proxy.set_mode("pass")
+    for client in clients:
+        code, text = client.reply()
+        if code != 250:
+            raise SystemExit(f"not stored: {code} {text}\n{problems(proc)}")
+        client.socket.close()
 
 
 def problems(proc):
@@ -295,12 +294,7 @@ def postfix_cost(proc, proxy, steps):
               f"{len(connections_to(proc.port))} filter connections, filter RSS "
               f"{proc_status(proc.process.pid, 'VmRSS') / MIB:.1f} MiB "
               f"(load {load_average():.1f})")
-        proxy.set_mode("pass")
-        for client in clients:
-            code, text = client.reply()
-            if code != 250:
-                raise SystemExit(f"not stored: {code} {text}\n{problems(proc)}")
-            client.socket.close()
+        release_answers(proxy, clients, proc)
 
 
 def role_rspamd(dns_port):
