@@ -110,7 +110,8 @@ def test_the_collection_installs_from_the_branch_and_from_a_release_tag(repo, tm
     published = tmp_path / "published.git"
     git(tmp_path, "clone", "-q", "--bare", str(repo), str(published))
     installed = subprocess.run(
-        ["ansible-galaxy", "collection", "install", f"git+file://{published},{version}",
+        [str(ROOT / ".venv-ansible/bin/ansible-galaxy"), "collection", "install",
+         f"git+file://{published},{version}",
          "--collections-path", str(tmp_path / "collections")],
         capture_output=True, text=True, check=False, timeout=300)
     assert installed.returncode == 0, installed.stdout + installed.stderr
