@@ -91,12 +91,12 @@ class AccountConnection(swift.Connection):
     itself only when the token runs out.
     """
 
-    def __init__(self, account, preauthurl=None, preauthtoken=None):
+    def __init__(self, account, preauthurl=None, preauthtoken=None, retries=None):
         super().__init__(authurl=account.authurl, user=account.user, key=account.key,
                          auth_version=account.auth_version, cacert=account.cacert,
                          insecure=account.insecure, timeout=account.timeout,
-                         retries=account.retries, preauthurl=preauthurl,
-                         preauthtoken=preauthtoken)
+                         retries=account.retries if retries is None else retries,
+                         preauthurl=preauthurl, preauthtoken=preauthtoken)
         self.account = account
 
     def get_auth(self):
@@ -104,9 +104,9 @@ class AccountConnection(swift.Connection):
         return self.url, self.token
 
 
-def connect(destination, preauthurl=None, preauthtoken=None):
+def connect(destination, preauthurl=None, preauthtoken=None, retries=None):
     """A swiftclient Connection for one destination's account (one per worker)."""
-    return AccountConnection(destination.account, preauthurl, preauthtoken)
+    return AccountConnection(destination.account, preauthurl, preauthtoken, retries)
 
 
 class MailQueue:
@@ -117,8 +117,12 @@ class MailQueue:
         self.settings = destination.queue
         self.container = destination.container
         self.connection = connection or connect(destination)
-        self.lock = lock or make_lock(self.settings, self.connection, self.container,
-                                      namespace=self.container)
+        self.lock = lock or make_lock(
+            self.settings, self.connection, self.container, namespace=self.container,
+            # lock writes go out once, never resent (swiftdrop.locks)
+            lock_connection=lambda: connect(destination, self.connection.url,
+                                            self.connection.token, retries=0),
+            attempt_time=destination.account.timeout)
         self.clock = clock
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self._waiting = []  # names of the cur/ page listed last, to claim in order

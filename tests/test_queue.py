@@ -21,6 +21,9 @@ from tests.support.ports import reserve_port
 from tests.support.swiftserver import SwiftServer
 
 CONTAINER_COUNTER = iter(range(1000))
+# Keys of the account, not of the queue, that a test's queue marker may set:
+# a lock's refresh goes out only while its lease has one request's timeout left.
+ACCOUNT_KEYS = ("timeout", "retries")
 
 
 @pytest.fixture(params=["swift", "redis"])
@@ -34,7 +37,8 @@ def make_ini(path, swift, container, lock_kind="swift", redis_url=None, **queue)
              f"queue_lock = {lock_kind}"]
     if lock_kind == "redis":
         lines.append(f"queue_redis_url = {redis_url}")
-    lines += [f"queue_{key} = {value}" for key, value in queue.items()]
+    lines += [f"{key if key in ACCOUNT_KEYS else 'queue_' + key} = {value}"
+              for key, value in queue.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -130,8 +134,8 @@ def test_eight_workers_threads_and_processes_drain_500_exactly_once(lock_kind, i
 
 
 # The lease leaves room for a loaded machine between the worker's last
-# refresh and our first recover(); the wait after it outlasts the lease.
-@pytest.mark.queue(lease=6, retry_delay=0)
+# refresh and our first recover(), and for its refreshes (2 s timeouts).
+@pytest.mark.queue(lease=8, retry_delay=0, timeout=2, retries=1)
 def test_a_killed_worker_s_message_is_recovered_after_the_lease(lock_kind, ini, tmp_path):
     queue = queue_for(ini)
     [name] = store(queue, 1)
@@ -145,8 +149,11 @@ def test_a_killed_worker_s_message_is_recovered_after_the_lease(lock_kind, ini, 
     os.killpg(worker.pid, signal.SIGKILL)
     worker.wait()
     assert queue.recover() == []  # the dead worker's lock still holds for now
-    time.sleep(6.5)
-    assert queue.recover() == [("lease expired, moved to retry/", name)]
+    deadline = time.monotonic() + 60
+    while not (actions := queue.recover()):
+        assert time.monotonic() < deadline, "recover never returned the dead worker's message"
+        time.sleep(0.5)
+    assert actions == [("lease expired, moved to retry/", name)]
     claimed = queue.claim()
     assert (claimed.name, claimed.attempts) == (name, 1)
     assert claimed.metadata["recovered-from"].endswith(f":{worker.pid}")
@@ -207,7 +214,9 @@ def test_a_failed_command_leaves_its_exit_status_as_the_failed_reason(ini):
                                               "exit-status": "-9"}
 
 
-@pytest.mark.queue(lease=3)  # the worker looks at its stop event once a second
+# The worker looks at its stop event as often as it refreshes (4/3 s), and
+# a refresh goes out only while a timeout's time of the lease is left.
+@pytest.mark.queue(lease=5, timeout=1, retries=0)
 def test_a_command_killed_after_the_grace_goes_to_retry_without_an_exit_status(ini):
     queue = queue_for(ini)
     [name] = store(queue, 1)
@@ -335,7 +344,7 @@ def test_run_maps_exit_status_and_stops_on_sigterm(ini, tmp_path):
 def test_swift_lock_excludes_and_expires(swift):
     connection = swift.connection()
     connection.put_container("locks-test")
-    lock = SwiftLock(connection, "locks-test")
+    lock = SwiftLock(connection, "locks-test", attempt_time=1)
     lease = 6  # long enough for the requests before the sleep on a loaded machine
     token = lock.acquire("m", lease=lease)
     assert token and lock.acquire("m", lease=lease) is None
