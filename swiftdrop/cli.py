@@ -316,6 +316,8 @@ def queue_command(options):
         # Swift or Keystone away: say so in one line; a script may try again later.
         print(f"swiftdrop: queue {options.action}: {describe_failure(error)}", file=sys.stderr)
         return EX_TEMPFAIL
+    finally:
+        queue.close()  # a claim's lock now lasts its lease: finish it within that
 
 
 def rights_needed(options):
@@ -399,6 +401,8 @@ def run_worker(queue, options):
         thread.start()
     for thread in threads:
         thread.join()
+    for each in queues:
+        each.close()
     if None in results:  # a loop died of a bug in our code: its traceback is above
         return 1
     print(json.dumps(dict(sum(results, collections.Counter()))))

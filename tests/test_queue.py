@@ -22,7 +22,8 @@ from tests.support.swiftserver import SwiftServer
 
 CONTAINER_COUNTER = iter(range(1000))
 # Keys of the account, not of the queue, that a test's queue marker may set:
-# a lock's refresh goes out only while its lease has one request's timeout left.
+# recover waits one whole request's time (timeout * (retries + 1) + back-off)
+# before it acts, and a lease must hold one (swiftdrop.lease).
 ACCOUNT_KEYS = ("timeout", "retries")
 
 
@@ -134,7 +135,7 @@ def test_eight_workers_threads_and_processes_drain_500_exactly_once(lock_kind, i
 
 
 # The lease leaves room for a loaded machine between the worker's last
-# refresh and our first recover(), and for its refreshes (2 s timeouts).
+# refresh and our first recover() (the shortest lease these timeouts allow).
 @pytest.mark.queue(lease=8, retry_delay=0, timeout=2, retries=1)
 def test_a_killed_worker_s_message_is_recovered_after_the_lease(lock_kind, ini, tmp_path):
     queue = queue_for(ini)
@@ -161,7 +162,7 @@ def test_a_killed_worker_s_message_is_recovered_after_the_lease(lock_kind, ini, 
     assert names_under(queue, "done/") == [name]
 
 
-@pytest.mark.queue(retry_delay=0)
+@pytest.mark.queue(retry_delay=0, timeout=2, retries=1)
 def test_a_crash_between_copy_and_delete_is_resolved_not_duplicated(ini):
     queue = queue_for(ini)
     [name] = store(queue, 1)
@@ -214,9 +215,6 @@ def test_a_failed_command_leaves_its_exit_status_as_the_failed_reason(ini):
                                               "exit-status": "-9"}
 
 
-# The worker looks at its stop event as often as it refreshes (4/3 s), and
-# a refresh goes out only while a timeout's time of the lease is left.
-@pytest.mark.queue(lease=5, timeout=1, retries=0)
 def test_a_command_killed_after_the_grace_goes_to_retry_without_an_exit_status(ini):
     queue = queue_for(ini)
     [name] = store(queue, 1)
@@ -438,7 +436,7 @@ def test_workers_ride_out_swift_being_killed_and_restarted(tmp_path):
                 own_swift.start()
             queue = queue_for(ini)
             deadline = time.monotonic() + 120
-            while names_under(queue, "done/") != names:
+            while done(queue, names) != names:
                 assert time.monotonic() < deadline, "not everything reached done/"
                 queue.recover()  # messages whose finish never went through
                 time.sleep(0.5)
@@ -459,8 +457,29 @@ def test_workers_ride_out_swift_being_killed_and_restarted(tmp_path):
         outcomes.update(json.loads(stdout.splitlines()[-1]))
     assert any("trying again in" in stderr for _, stderr in outputs)
     assert sorted(set(processed())) == names  # nothing lost
-    # a message runs twice only when its finish could not be recorded
-    assert len(processed()) - len(names) <= outcomes["unfinished"]
+    # a message runs twice only when its finish could not be recorded or its lock ran out
+    assert len(processed()) - len(names) <= outcomes["unfinished"] + outcomes["lost"]
+
+
+def done(queue, names):
+    """Which of `names` are in done/: by its listing, and by HEAD for what it lacks.
+
+    Swift killed in the middle of a PUT can have stored the object but not
+    told its container: this Swift runs no object-updater to make up for
+    that, so the listing never shows it (late, not lost: docs/queue.md).
+    """
+    listed = set(names_under(queue, "done/"))
+
+    def stored(name):
+        try:
+            queue.connection.head_object(queue.container, "done/" + name)
+        except swiftclient.ClientException as error:
+            if error.http_status == 404:
+                return False
+            raise
+        return True
+
+    return sorted(name for name in names if name in listed or stored(name))
 
 
 def test_stats_for_prometheus_pass_promtool_and_count_right(ini, tmp_path):
