@@ -19,10 +19,13 @@ rules decide what a holder may do (docs/queue.md, "Leases"):
   it took the lock its holder let run out: a request that holder sent in
   time has landed by then.
 
-Nothing here sends a request itself.
+So a lease must hold one whole request and the margin, plus a second for
+the heartbeat, which extends a lease by whole seconds (:func:`shortest_lease`,
+checked when the ini is read). Nothing here sends a request itself.
 """
 
 import logging
+import math
 import threading
 import time
 
@@ -33,6 +36,8 @@ SWIFT_ROUNDING = 1.0
 # Our clock against Swift's or Redis's over one lease; and the servers' among themselves.
 CLOCK_MARGIN = 0.5
 LEASE_MARGIN = SWIFT_ROUNDING + CLOCK_MARGIN
+# Room for the heartbeat: it extends a lease by whole seconds.
+HEARTBEAT_ROOM = 1.0
 # swiftclient's back-off between the attempts of one request: 1 s, doubling, at most 64 s.
 BACKOFF_START, BACKOFF_LONGEST = 1.0, 64.0
 # A refresh that failed is tried again this much later.
@@ -44,6 +49,11 @@ def longest_request(timeout, retries):
     backoff = sum(min(BACKOFF_START * 2 ** attempt, BACKOFF_LONGEST)
                   for attempt in range(retries))
     return timeout * (retries + 1) + backoff
+
+
+def shortest_lease(timeout, retries):
+    """The shortest queue_lease that holds one whole request (whole seconds, as Swift counts)."""
+    return math.ceil(longest_request(timeout, retries) + LEASE_MARGIN + HEARTBEAT_ROOM)
 
 
 class Heartbeat:
