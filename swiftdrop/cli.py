@@ -158,7 +158,8 @@ def add_queue_commands(commands):
                               metavar="SECTION", help="the ini section (default: DEFAULT)")
     actions = queue_parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     claim = actions.add_parser("claim", help="move the oldest message to processing/ and "
-                               "print its name, lock token and metadata as JSON")
+                               "print its name, lock token, delivery count and metadata "
+                               "as JSON")
     claim.add_argument("--output", metavar="FILE", help="write the message's bytes here")
     claim.add_argument("--dedup", action="store_true", help="skip (mark done) messages whose "
                        "Message-ID and content were done within queue_dedup_window")
@@ -345,13 +346,15 @@ def queue_action(queue, options):
                 handle.write(claimed.body)
         print(json.dumps({"name": claimed.name, "token": claimed.token,
                           "size": len(claimed.body), "attempts": claimed.attempts,
+                          "delivery": claimed.delivery, "redelivered": claimed.redelivered,
                           "metadata": claimed.metadata,
                           "skipped_duplicates": claimed.skipped_duplicates}))
     elif action == "finish":
         headers = queue.connection.head_object(queue.container, f"processing/{options.name}")
         token = options.token or headers.get("x-object-meta-lock-token", "")
         claimed = Claimed(options.name, b"", {}, token,
-                          attempts=int(headers.get("x-object-meta-attempts", 0)))
+                          attempts=int(headers.get("x-object-meta-attempts", 0)),
+                          delivery=int(headers.get("x-object-meta-deliveries", 0)) + 1)
         try:
             print(queue.finish(claimed, options.state, reason=options.reason) + options.name)
         except LostLock:

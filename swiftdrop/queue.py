@@ -17,7 +17,8 @@ the queue's heartbeat (swiftdrop.lease), until ``finish`` has moved the
 message on; if the worker dies its lease runs out, and ``recover`` moves the
 message to ``retry/``. A crash between copy and delete leaves one name under
 two prefixes; ``recover`` keeps the copy that is furthest along and deletes
-the other.
+the other. Each hand-over to a consumer is counted (``Deliveries``), so that
+a repeat is known as one.
 
 A claim and its finish cost 8 Swift requests with the Swift lock (lock PUT
 and read-back, copy, delete, GET; copy, delete, lock DELETE), 5 with Redis
@@ -66,7 +67,11 @@ FAILED_REQUEST = re.compile(r"^(?:Account|Container|Object) ([A-Z]+) failed")
 
 @dataclass
 class Claimed:
-    """A message a worker holds: its bytes, metadata and lock token."""
+    """A message a worker holds: its bytes, metadata and lock token.
+
+    `delivery` counts the hand-overs to a consumer, this one included (1 the
+    first time); the name, unique in its container, is the idempotency key.
+    """
 
     name: str
     body: bytes
@@ -74,11 +79,16 @@ class Claimed:
     token: str
     attempts: int = 0
     skipped_duplicates: list = field(default_factory=list)
+    delivery: int = 1
     moved_to: str | None = field(default=None, repr=False)  # a finish's copy is done
 
     @property
     def path(self):
         return PROCESSING + self.name
+
+    @property
+    def redelivered(self):
+        return self.delivery > 1
 
 
 class LostLock(Exception):
@@ -338,15 +348,20 @@ class MailQueue:
                 raise
             if claimed is None:
                 continue
+            claimed.delivery += 1  # handed over now
             return claimed
         return None
 
     def _take(self, source, name, token, skipped):
-        """Move `name` from `source` to processing/ under our lock; None if not ours to take."""
+        """Move `name` from `source` to processing/ under our lock; None if it is not ours to take.
+
+        The Claimed's `delivery` counts the hand-overs before this one.
+        """
         self._keep(name, token)
         now = self.clock()
-        # The token is recorded on the claimed object so that a later
-        # `swiftdrop queue finish NAME` can act on this claim without it.
+        # The token is recorded on the claimed object: a claim that finds
+        # another's there knows it was not alone, and a later `swiftdrop
+        # queue finish NAME` can act on this claim without it.
         copied = self.copy(name, source, PROCESSING, {
             "Claimed-By": self.worker, "Claimed-At": f"{now:.3f}", "Lock-Token": token})
         if not copied:
@@ -360,8 +375,17 @@ class MailQueue:
             self.connection.get_object, self.container, PROCESSING + name))
         metadata = {key[len(META):]: value for key, value in headers.items()
                     if key.startswith(META)}
+        if metadata.get("lock-token") != token:
+            # Another claimer's copy replaced ours: it got the lock too (the
+            # Swift lock cannot exclude every race) and hands the message
+            # over; we do not. The lock is left to it.
+            log.warning("%s was claimed by %s at the same time; leaving it to that claim",
+                        name, metadata.get("claimed-by", "another worker"))
+            self._forget(name, token)
+            return None
         return Claimed(name, body, metadata, token, attempts=int(metadata.get("attempts", 0)),
-                       skipped_duplicates=skipped)
+                       skipped_duplicates=skipped,
+                       delivery=int(metadata.get("deliveries", 0)))
 
     def refresh(self, claimed):
         """Extend the claim's lease now (the heartbeat does it on its own)."""
@@ -401,6 +425,7 @@ class MailQueue:
                 delay = self.settings.retry_delay * 2 ** (attempts - 1)
                 metadata["Not-Before"] = f"{now + delay:.3f}"
         metadata["Finished-At"] = f"{now:.3f}"
+        metadata["Deliveries"] = claimed.delivery
         name, token = claimed.name, claimed.token
         if claimed.moved_to is None:
             self._keep(name, token)
@@ -520,7 +545,9 @@ class MailQueue:
                 actions.append((f"removed leftover {PROCESSING}", name))
                 return actions
             attempts = int(headers.get(META + "attempts", 0))
-            claimed = Claimed(name, b"", {}, token, attempts=attempts)
+            # Its worker may have handed it over before it died: count that.
+            claimed = Claimed(name, b"", {}, token, attempts=attempts,
+                              delivery=int(headers.get(META + "deliveries", 0)) + 1)
             try:
                 target = self.finish(claimed, "retry", {"Recovered-From": headers.get(
                     META + "claimed-by", "unknown worker")})

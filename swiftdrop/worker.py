@@ -111,7 +111,7 @@ def _finish(queue, claimed, state, metadata, *, reason, stop, failing):
     Each try goes on with the lock the claim took, which the heartbeat keeps.
     Giving up leaves the message in processing/ under a lock left to run
     out: recover then moves it to retry/, so the command may see it once
-    more, but it is never lost.
+    more (SWIFTDROP_REDELIVERED), but it is never lost.
     """
     give_up = time.monotonic() + queue.settings.lease
     backoff = FIRST_BACKOFF
@@ -144,6 +144,8 @@ def _run_command(queue, claimed, command, *, stop, grace):
     metadata = claimed.metadata
     env = dict(os.environ, SWIFTDROP_NAME=claimed.name, SWIFTDROP_CONTAINER=queue.container,
                SWIFTDROP_ATTEMPTS=str(claimed.attempts),
+               SWIFTDROP_DELIVERY=str(claimed.delivery),
+               SWIFTDROP_REDELIVERED="1" if claimed.redelivered else "0",
                SWIFTDROP_MAIL_FROM=metadata.get("mail-from", ""),
                SWIFTDROP_RCPT_TO=metadata.get("rcpt-to", ""),
                SWIFTDROP_MESSAGE_ID=metadata.get("message-id", ""),

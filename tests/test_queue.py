@@ -158,6 +158,8 @@ def test_a_killed_worker_s_message_is_recovered_after_the_lease(lock_kind, ini, 
     claimed = queue.claim()
     assert (claimed.name, claimed.attempts) == (name, 1)
     assert claimed.metadata["recovered-from"].endswith(f":{worker.pid}")
+    # the dead worker's command had it: this is a second hand-over, and says so
+    assert (claimed.delivery, claimed.redelivered) == (2, True)
     queue.finish(claimed, "done")
     assert names_under(queue, "done/") == [name]
 
@@ -286,6 +288,7 @@ def test_cli_claim_finish_and_stats(ini, tmp_path):
                            capture_output=True, text=True, check=True)
     claimed = json.loads(claim.stdout)
     assert claimed["name"] == name and output.read_bytes().startswith(b"Subject: 0")
+    assert (claimed["delivery"], claimed["redelivered"]) == (1, False)
     finish = subprocess.run(swiftdrop_command("queue", "--config", str(ini), "finish", name,
                                               "--token", claimed["token"], "--state", "done"),
                             capture_output=True, text=True, check=True)
@@ -416,14 +419,20 @@ def test_workers_ride_out_swift_being_killed_and_restarted(tmp_path):
         own_swift.connection().put_container("chaos")
         names = store(queue_for(ini), 40)
         log = tmp_path / "processed.log"
-        consumer = f'cat >/dev/null; sleep 0.1; echo "$SWIFTDROP_NAME" >> {log}'
+        consumer = ('cat >/dev/null; sleep 0.1; '
+                    f'echo "$SWIFTDROP_NAME $SWIFTDROP_DELIVERY" >> {log}')
         workers = [subprocess.Popen(
             swiftdrop_command("queue", "--config", str(ini), "run", "--poll", "0.2", "--",
                               "sh", "-c", consumer),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
 
+        def handed_over():
+            """(name, delivery) of each run of the consumer."""
+            return [tuple(line.split()) for line in log.read_text().splitlines()] \
+                if log.exists() else []
+
         def processed():
-            return log.read_text().split() if log.exists() else []
+            return [name for name, _ in handed_over()]
 
         try:  # the workers never outlive the test, whatever fails in it
             for round_ in range(3):
@@ -459,6 +468,8 @@ def test_workers_ride_out_swift_being_killed_and_restarted(tmp_path):
     assert sorted(set(processed())) == names  # nothing lost
     # a message runs twice only when its finish could not be recorded or its lock ran out
     assert len(processed()) - len(names) <= outcomes["unfinished"] + outcomes["lost"]
+    # and every repeat says so: no delivery number twice
+    assert len(set(handed_over())) == len(handed_over()), handed_over()
 
 
 def done(queue, names):

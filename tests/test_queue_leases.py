@@ -1,4 +1,4 @@
-"""The queue's leases against the real Swift.
+"""The queue's leases against the real Swift, and the count of hand-overs that marks a repeat.
 
 A lock is held from claim to finish and released only once its message has
 moved; an error keeps it; a lock Swift has let go by its whole-second clock,
@@ -213,3 +213,62 @@ def test_recover_gives_a_move_still_on_its_way_the_time_to_land(swift, proxy, tm
     assert names_under(recovering, "done/") == [name]
     assert names_under(recovering, "processing/") == names_under(recovering, "retry/") == []
     assert not exists(direct, container, f"locks/{name}")
+
+
+def test_a_claim_that_finds_another_claim_s_copy_does_not_hand_the_message_over(
+        swift, proxy, tmp_path):
+    """Two claims both got the lock (the race a Swift lock cannot exclude).
+
+    The one whose copy to processing/ came first sees the other's token on
+    the message when it reads it, and leaves the message to that claim.
+    """
+    container = container_in(swift)
+    first = queue_for(ini_for(proxy, tmp_path / "proxy.ini", container))
+    second = queue_for(ini_for(swift, tmp_path / "direct.ini", container))
+    [name] = store(second, 1)
+    held = [proxy.add("DELETE", f"/cur/{re.escape(name)}$", "hold"),
+            proxy.add("GET", f"/processing/{re.escape(name)}$", "hold")]
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(claimed=first.claim()))
+    thread.start()
+    for rule in held:
+        rule.wait_for(1)  # the first claim has copied; its delete and its read are on the way
+    # The second claim's lock PUT went through as if the first's were not there.
+    swift.connection().delete_object(container, f"locks/{name}")
+    winner = second.claim()
+    assert winner.name == name
+    for rule in held:
+        rule.release()
+    thread.join(60)
+    assert result["claimed"] is None  # one hand-over, not two
+    assert winner.delivery == 1
+    assert second.finish(winner, "done") == "done/"
+    assert names_under(second, "done/") == [name]
+
+
+@pytest.mark.queue(retry_delay=0)
+def test_every_hand_over_is_counted_on_the_message(ini):
+    queue = queue_for(ini)
+    [name] = store(queue, 1)
+    first = queue.claim()
+    assert (first.delivery, first.redelivered) == (1, False)
+    assert queue.finish(first, "retry") == "retry/"
+    again = queue.claim()
+    assert (again.name, again.delivery, again.redelivered, again.attempts) == (name, 2, True, 1)
+    assert queue.finish(again, "done") == "done/"
+    done = queue.connection.head_object(queue.container, f"done/{name}")
+    assert done["x-object-meta-deliveries"] == "2"
+
+
+@pytest.mark.queue(retry_delay=0)
+def test_run_tells_its_command_which_delivery_it_gets(ini, tmp_path):
+    [name] = store(queue_for(ini), 1)
+    log = tmp_path / "deliveries.log"
+    script = (f'cat >/dev/null; echo "$SWIFTDROP_NAME $SWIFTDROP_DELIVERY '
+              f'$SWIFTDROP_REDELIVERED $SWIFTDROP_ATTEMPTS" >> {log}; '
+              '[ "$SWIFTDROP_DELIVERY" = 2 ] || exit 75')  # retry the first time
+    result = subprocess.run(
+        swiftdrop_command("queue", "--config", str(ini), "run", "--once", "--", "sh", "-c",
+                          script), capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    assert log.read_text().splitlines() == [f"{name} 1 0 0", f"{name} 2 1 1"]
