@@ -34,6 +34,7 @@ REPLY_DETAILS = ("id", "full")
 RSPAMD_TIMEOUT = 5.0  # seconds; a share of the message's own --store-timeout
 FINISHED_AS_FAILED = "finished as failed with swiftdrop queue finish"
 MAX_METADATA_VALUE = 256  # Swift's default max_meta_value_length
+EX_USAGE = 2  # what argparse exits with on a bad command line
 
 
 def build_parser():
@@ -165,8 +166,8 @@ def add_queue_commands(commands):
                        "Message-ID and content were done within queue_dedup_window")
     finish = actions.add_parser("finish", help="move a claimed message on and release it")
     finish.add_argument("name")
-    finish.add_argument("--token", help="the token claim printed (default: the one "
-                        "recorded on the claimed object)")
+    finish.add_argument("--token", help="the token claim printed (required: without it, "
+                        "finish could move another worker's claim)")
     finish.add_argument("--state", required=True, choices=("done", "failed", "retry"))
     finish.add_argument("--reason", type=metadata_text, default=FINISHED_AS_FAILED,
                         metavar="TEXT", help="why, with --state failed: the message's "
@@ -350,12 +351,19 @@ def queue_action(queue, options):
                           "metadata": claimed.metadata,
                           "skipped_duplicates": claimed.skipped_duplicates}))
     elif action == "finish":
+        if not options.token:
+            print("swiftdrop: queue finish needs --token, the token its claim printed: "
+                  "without it, it could finish a claim that is not yours", file=sys.stderr)
+            return EX_USAGE
         headers = queue.connection.head_object(queue.container, f"processing/{options.name}")
-        token = options.token or headers.get("x-object-meta-lock-token", "")
-        claimed = Claimed(options.name, b"", {}, token,
+        # The claim records its token on the object: another token there is another claim.
+        mine = headers.get("x-object-meta-lock-token") == options.token
+        claimed = Claimed(options.name, b"", {}, options.token,
                           attempts=int(headers.get("x-object-meta-attempts", 0)),
                           delivery=int(headers.get("x-object-meta-deliveries", 0)) + 1)
         try:
+            if not mine:
+                raise LostLock(options.name)
             print(queue.finish(claimed, options.state, reason=options.reason) + options.name)
         except LostLock:
             print(f"swiftdrop: the lock on {options.name} is not yours (any more)",

@@ -360,8 +360,8 @@ class MailQueue:
         self._keep(name, token)
         now = self.clock()
         # The token is recorded on the claimed object: a claim that finds
-        # another's there knows it was not alone, and a later `swiftdrop
-        # queue finish NAME` can act on this claim without it.
+        # another's there knows it was not alone, and `swiftdrop queue finish`
+        # acts only with the token of the claim.
         copied = self.copy(name, source, PROCESSING, {
             "Claimed-By": self.worker, "Claimed-At": f"{now:.3f}", "Lock-Token": token})
         if not copied:

@@ -294,10 +294,11 @@ def test_cli_claim_finish_and_stats(ini, tmp_path):
                             capture_output=True, text=True, check=True)
     assert finish.stdout.strip() == f"done/{name}"
     [second] = store(queue, 1, start=1_700_000_300)
-    subprocess.run(swiftdrop_command("queue", "--config", str(ini), "claim"), check=True,
-                   capture_output=True)
+    claim = subprocess.run(swiftdrop_command("queue", "--config", str(ini), "claim"),
+                           check=True, capture_output=True, text=True)
+    token = json.loads(claim.stdout)["token"]
     finish = subprocess.run(swiftdrop_command("queue", "--config", str(ini), "finish", second,
-                                              "--state", "failed",  # token from the object
+                                              "--token", token, "--state", "failed",
                                               "--reason", "no such mailbox"),
                             capture_output=True, text=True, check=True)
     assert finish.stdout.strip() == f"failed/{second}"

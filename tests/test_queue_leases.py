@@ -272,3 +272,18 @@ def test_run_tells_its_command_which_delivery_it_gets(ini, tmp_path):
                           script), capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr
     assert log.read_text().splitlines() == [f"{name} 1 0 0", f"{name} 2 1 1"]
+
+
+def test_finish_acts_only_with_the_claim_s_token(ini):
+    queue = queue_for(ini)
+    [name] = store(queue, 1)
+    claimed = queue.claim()  # another worker's claim
+    finish = ["queue", "--config", str(ini), "finish", name, "--state", "done"]
+    without = subprocess.run(swiftdrop_command(*finish), capture_output=True, text=True,
+                             check=False)
+    assert without.returncode == 2 and "--token" in without.stderr, without.stderr
+    wrong = subprocess.run(swiftdrop_command(*finish, "--token", "0" * 32),
+                           capture_output=True, text=True, check=False)
+    assert wrong.returncode == 1 and "not yours" in wrong.stderr, wrong.stderr
+    assert names_under(queue, "processing/") == [name]
+    assert queue.finish(claimed, "done") == "done/"
