@@ -35,6 +35,27 @@ RSPAMD_TIMEOUT = 5.0  # seconds; a share of the message's own --store-timeout
 FINISHED_AS_FAILED = "finished as failed with swiftdrop queue finish"
 MAX_METADATA_VALUE = 256  # Swift's default max_meta_value_length
 EX_USAGE = 2  # what argparse exits with on a bad command line
+QUEUE_CONTRACT = """\
+The promise: every message is handed to a consumer at least once, and a
+repeat can be recognised. Each hand-over is counted: claim's "delivery"
+(1, 2, ...) and "redelivered" (false/true), SWIFTDROP_DELIVERY and
+SWIFTDROP_REDELIVERED (0/1) for run's COMMAND. The object name ("name",
+SWIFTDROP_NAME), unique in its container, is the idempotency key.
+
+A message comes again, with a higher delivery number, after a retry (exit
+75, finish --state retry, a COMMAND killed after run's --grace), or once
+recover has returned it: its worker died, could not record its finish, or
+lost its lock because Swift (or Redis) was away for longer than the lease
+allows.
+
+It can come twice with the same number only when two claims both win its
+lock: with queue_lock = swift when two lock PUTs race (If-None-Match is a
+check before a write; more so across replicas) and neither claim sees the
+other's token; with either lock when a holder is frozen (a stopped process,
+a paused VM) past its lease between checking it and its next request.
+
+See docs/queue.md for the details.
+"""
 
 
 def build_parser():
@@ -153,7 +174,9 @@ def import_env(options):
 
 def add_queue_commands(commands):
     queue_parser = commands.add_parser(
-        "queue", help="work through a destination's container: claim, finish, recover, ...")
+        "queue", help="work through a destination's container: claim, finish, recover, ...",
+        description="Work through a destination's container as a queue.\n\n" + QUEUE_CONTRACT,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_option(queue_parser)
     queue_parser.add_argument("--destination", default=config_module.CATCH_ALL,
                               metavar="SECTION", help="the ini section (default: DEFAULT)")
