@@ -34,6 +34,28 @@ REPLY_DETAILS = ("id", "full")
 RSPAMD_TIMEOUT = 5.0  # seconds; a share of the message's own --store-timeout
 FINISHED_AS_FAILED = "finished as failed with swiftdrop queue finish"
 MAX_METADATA_VALUE = 256  # Swift's default max_meta_value_length
+EX_USAGE = 2  # what argparse exits with on a bad command line
+QUEUE_CONTRACT = """\
+The promise: every message is handed to a consumer at least once, and a
+repeat can be recognised. Each hand-over is counted: claim's "delivery"
+(1, 2, ...) and "redelivered" (false/true), SWIFTDROP_DELIVERY and
+SWIFTDROP_REDELIVERED (0/1) for run's COMMAND. The object name ("name",
+SWIFTDROP_NAME), unique in its container, is the idempotency key.
+
+A message comes again, with a higher delivery number, after a retry (exit
+75, finish --state retry, a COMMAND killed after run's --grace), or once
+recover has returned it: its worker died, could not record its finish, or
+lost its lock because Swift (or Redis) was away for longer than the lease
+allows.
+
+It can come twice with the same number only when two claims both win its
+lock: with queue_lock = swift when two lock PUTs race (If-None-Match is a
+check before a write; more so across replicas) and neither claim sees the
+other's token; with either lock when a holder is frozen (a stopped process,
+a paused VM) past its lease between checking it and its next request.
+
+See docs/queue.md for the details.
+"""
 
 
 def build_parser():
@@ -152,20 +174,23 @@ def import_env(options):
 
 def add_queue_commands(commands):
     queue_parser = commands.add_parser(
-        "queue", help="work through a destination's container: claim, finish, recover, ...")
+        "queue", help="work through a destination's container: claim, finish, recover, ...",
+        description="Work through a destination's container as a queue.\n\n" + QUEUE_CONTRACT,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_option(queue_parser)
     queue_parser.add_argument("--destination", default=config_module.CATCH_ALL,
                               metavar="SECTION", help="the ini section (default: DEFAULT)")
     actions = queue_parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     claim = actions.add_parser("claim", help="move the oldest message to processing/ and "
-                               "print its name, lock token and metadata as JSON")
+                               "print its name, lock token, delivery count and metadata "
+                               "as JSON")
     claim.add_argument("--output", metavar="FILE", help="write the message's bytes here")
     claim.add_argument("--dedup", action="store_true", help="skip (mark done) messages whose "
                        "Message-ID and content were done within queue_dedup_window")
     finish = actions.add_parser("finish", help="move a claimed message on and release it")
     finish.add_argument("name")
-    finish.add_argument("--token", help="the token claim printed (default: the one "
-                        "recorded on the claimed object)")
+    finish.add_argument("--token", help="the token claim printed (required: without it, "
+                        "finish could move another worker's claim)")
     finish.add_argument("--state", required=True, choices=("done", "failed", "retry"))
     finish.add_argument("--reason", type=metadata_text, default=FINISHED_AS_FAILED,
                         metavar="TEXT", help="why, with --state failed: the message's "
@@ -316,6 +341,8 @@ def queue_command(options):
         # Swift or Keystone away: say so in one line; a script may try again later.
         print(f"swiftdrop: queue {options.action}: {describe_failure(error)}", file=sys.stderr)
         return EX_TEMPFAIL
+    finally:
+        queue.close()  # a claim's lock now lasts its lease: finish it within that
 
 
 def rights_needed(options):
@@ -343,14 +370,23 @@ def queue_action(queue, options):
                 handle.write(claimed.body)
         print(json.dumps({"name": claimed.name, "token": claimed.token,
                           "size": len(claimed.body), "attempts": claimed.attempts,
+                          "delivery": claimed.delivery, "redelivered": claimed.redelivered,
                           "metadata": claimed.metadata,
                           "skipped_duplicates": claimed.skipped_duplicates}))
     elif action == "finish":
+        if not options.token:
+            print("swiftdrop: queue finish needs --token, the token its claim printed: "
+                  "without it, it could finish a claim that is not yours", file=sys.stderr)
+            return EX_USAGE
         headers = queue.connection.head_object(queue.container, f"processing/{options.name}")
-        token = options.token or headers.get("x-object-meta-lock-token", "")
-        claimed = Claimed(options.name, b"", {}, token,
-                          attempts=int(headers.get("x-object-meta-attempts", 0)))
+        # The claim records its token on the object: another token there is another claim.
+        mine = headers.get("x-object-meta-lock-token") == options.token
+        claimed = Claimed(options.name, b"", {}, options.token,
+                          attempts=int(headers.get("x-object-meta-attempts", 0)),
+                          delivery=int(headers.get("x-object-meta-deliveries", 0)) + 1)
         try:
+            if not mine:
+                raise LostLock(options.name)
             print(queue.finish(claimed, options.state, reason=options.reason) + options.name)
         except LostLock:
             print(f"swiftdrop: the lock on {options.name} is not yours (any more)",
@@ -399,6 +435,8 @@ def run_worker(queue, options):
         thread.start()
     for thread in threads:
         thread.join()
+    for each in queues:
+        each.close()
     if None in results:  # a loop died of a bug in our code: its traceback is above
         return 1
     print(json.dumps(dict(sum(results, collections.Counter()))))

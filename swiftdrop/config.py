@@ -16,6 +16,7 @@ import re
 
 from configobj import ConfigObj, ConfigObjError
 
+from .lease import HEARTBEAT_ROOM, LEASE_MARGIN, longest_request, shortest_lease
 from .verdicts import REFUSABLE
 
 DEFAULT_PATH = "/etc/swiftdrop.ini"
@@ -169,13 +170,14 @@ def _validate(path, parsed):
                 raise ConfigError(path, name, "recipient",
                                   f"{address} is already routed by [{owners[address]}]")
             owners[address] = name
+        account = _account(section)
         destinations.append(Destination(
             section=name,
             recipients=recipients,
             container=_container(section),
-            account=_account(section),
+            account=account,
             create_container=section.boolean("create_container", False),
-            queue=_queue(section),
+            queue=_queue(section, account),
             reject_verdicts=_reject_verdicts(section),
         ))
     return Config(path=path, destinations=tuple(destinations))
@@ -290,7 +292,7 @@ def _container(section):
     return container
 
 
-def _queue(section):
+def _queue(section, account):
     lock = section.raw("queue_lock") or "swift"
     if lock not in QUEUE_LOCKS:
         raise section.error("queue_lock", f"{lock!r} is not one of {', '.join(QUEUE_LOCKS)}")
@@ -302,11 +304,34 @@ def _queue(section):
     return QueueSettings(
         lock=lock,
         redis_url=redis_url,
-        lease=section.number("queue_lease", float, defaults.lease, 1),
+        lease=_lease(section, account, defaults.lease),
         max_attempts=section.number("queue_max_attempts", int, defaults.max_attempts, 1),
         retry_delay=section.number("queue_retry_delay", float, defaults.retry_delay, 0),
         dedup_window=section.number("queue_dedup_window", float, defaults.dedup_window, 0),
     )
+
+
+def _lease(section, account, default):
+    """queue_lease: long enough for one whole Swift request of this account (swiftdrop.lease).
+
+    A lease set in the ini that is shorter is an error; the default grows to fit.
+    """
+    shortest = shortest_lease(account.timeout, account.retries)
+    lease = section.number("queue_lease", float, None, 1)
+    if lease is None:
+        return max(default, shortest)
+    if lease < shortest:
+        longest = longest_request(account.timeout, account.retries)
+        attempts = account.retries + 1
+        raise section.error("queue_lease", (
+            f"{lease:g} s is too short: make it at least {shortest}, or lower timeout or "
+            f"retries. One Swift request may take {longest:g} s here (timeout = "
+            f"{account.timeout:g} s for each of {attempts} attempt{'s' * (attempts > 1)}, "
+            f"retries = {account.retries}, and {longest - account.timeout * attempts:g} s of "
+            f"back-off between them), and a lock needs {LEASE_MARGIN + HEARTBEAT_ROOM:g} s "
+            "more: Swift rounds its expiry down to a whole second, and the refresh needs "
+            "room"))
+    return lease
 
 
 def _account(section):

@@ -12,19 +12,20 @@ Maildir base name in all of them:
 A move is a server-side copy (``X-Copy-From``) followed by a delete of the
 source, done only while holding the message's lock: the lock is what keeps
 two workers from moving the same message, so nothing is checked that the
-lock already proves. The lock taken by ``claim`` is held, and refreshed,
-while the worker processes the message; if the worker dies its lease runs
-out, and ``recover`` moves the message to ``retry/``. A crash between copy
-and delete leaves one name under two prefixes; ``recover`` keeps the copy
-that is furthest along and deletes the other.
+lock already proves. The lock taken by ``claim`` is held, and refreshed by
+the queue's heartbeat (swiftdrop.lease), until ``finish`` has moved the
+message on; if the worker dies its lease runs out, and ``recover`` moves the
+message to ``retry/``. A crash between copy and delete leaves one name under
+two prefixes; ``recover`` keeps the copy that is furthest along and deletes
+the other. Each hand-over to a consumer is counted (``Deliveries``), so that
+a repeat is known as one.
 
 A claim and its finish cost 8 Swift requests with the Swift lock (lock PUT
 and read-back, copy, delete, GET; copy, delete, lock DELETE), 5 with Redis
 (plus a GET at Redis at finish); a worker lists ``cur/`` a page at a time,
-not once per claim. A worker waits for 6 round trips of those 8: the delete
-that completes a move runs on a second connection beside the request that
-follows it (the claim's GET, the finish's lock release), which does not
-depend on it.
+not once per claim. A worker waits for 7 round trips of those 8: the delete
+that completes the claim's move runs on a second connection beside the GET
+of the message, which does not depend on it.
 """
 
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +42,8 @@ import time
 from urllib.parse import unquote
 
 from .auth import authenticate
+from .failures import service_errors
+from .lease import Heartbeat, longest_request
 from .libraries import ClientException, swift
 from .locks import make_lock
 
@@ -64,7 +67,11 @@ FAILED_REQUEST = re.compile(r"^(?:Account|Container|Object) ([A-Z]+) failed")
 
 @dataclass
 class Claimed:
-    """A message a worker holds: its bytes, metadata and lock token."""
+    """A message a worker holds: its bytes, metadata and lock token.
+
+    `delivery` counts the hand-overs to a consumer, this one included (1 the
+    first time); the name, unique in its container, is the idempotency key.
+    """
 
     name: str
     body: bytes
@@ -72,10 +79,16 @@ class Claimed:
     token: str
     attempts: int = 0
     skipped_duplicates: list = field(default_factory=list)
+    delivery: int = 1
+    moved_to: str | None = field(default=None, repr=False)  # a finish's copy is done
 
     @property
     def path(self):
         return PROCESSING + self.name
+
+    @property
+    def redelivered(self):
+        return self.delivery > 1
 
 
 class LostLock(Exception):
@@ -91,12 +104,12 @@ class AccountConnection(swift.Connection):
     itself only when the token runs out.
     """
 
-    def __init__(self, account, preauthurl=None, preauthtoken=None):
+    def __init__(self, account, preauthurl=None, preauthtoken=None, retries=None):
         super().__init__(authurl=account.authurl, user=account.user, key=account.key,
                          auth_version=account.auth_version, cacert=account.cacert,
                          insecure=account.insecure, timeout=account.timeout,
-                         retries=account.retries, preauthurl=preauthurl,
-                         preauthtoken=preauthtoken)
+                         retries=account.retries if retries is None else retries,
+                         preauthurl=preauthurl, preauthtoken=preauthtoken)
         self.account = account
 
     def get_auth(self):
@@ -104,9 +117,9 @@ class AccountConnection(swift.Connection):
         return self.url, self.token
 
 
-def connect(destination, preauthurl=None, preauthtoken=None):
+def connect(destination, preauthurl=None, preauthtoken=None, retries=None):
     """A swiftclient Connection for one destination's account (one per worker)."""
-    return AccountConnection(destination.account, preauthurl, preauthtoken)
+    return AccountConnection(destination.account, preauthurl, preauthtoken, retries)
 
 
 class MailQueue:
@@ -117,13 +130,33 @@ class MailQueue:
         self.settings = destination.queue
         self.container = destination.container
         self.connection = connection or connect(destination)
-        self.lock = lock or make_lock(self.settings, self.connection, self.container,
-                                      namespace=self.container)
+        account = destination.account
+        # The longest one request may take: a step under the lock starts only
+        # with this much of the lease left, and recover waits this long for
+        # what a holder whose lease ran out may still have on its way.
+        self.request_time = self.grace = longest_request(account.timeout, account.retries)
+        self.lock = lock or make_lock(
+            self.settings, self.connection, self.container, namespace=self.container,
+            # lock writes go out once, never resent (swiftdrop.locks)
+            lock_connection=lambda: connect(destination, self.connection.url,
+                                            self.connection.token, retries=0),
+            attempt_time=account.timeout)
+        lease = self.settings.lease
+        self.heartbeat = Heartbeat(
+            self.lock, lease, errors=(*service_errors(), *self.lock.errors),
+            refresh_below=max((lease - self.lock.margin) * 2 / 3, self.request_time))
         self.clock = clock
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self._waiting = []  # names of the cur/ page listed last, to claim in order
         self._page_outdated = False
         self._beside = None  # (executor, connection) for a delete beside the next request
+
+    def close(self):
+        """Stop the heartbeat; locks still held run out by themselves."""
+        self.heartbeat.stop()
+        if self._beside is not None:
+            self._beside[0].shutdown()
+            self._beside = None
 
     def refusal(self, error):
         """One line naming the right Swift refused this user (a 403), else None.
@@ -198,6 +231,58 @@ class MailQueue:
         finally:
             deleting.result()
 
+    # -- holding locks ------------------------------------------------------
+
+    def _acquire(self, name):
+        token = self.lock.acquire(name, self.settings.lease)
+        if token is not None:
+            self.heartbeat.hold(name, token)
+        return token
+
+    def _keep(self, name, token):
+        """Make sure the lock is ours for one more whole request, or raise LostLock.
+
+        The heartbeat sees to that as a rule; when it has not (yet), or the
+        lock was taken in another process (``queue finish``), refresh it now.
+        A Swift or Redis error leaves the lock held and is raised.
+        """
+        if self.lock.remaining(name, token) >= self.request_time:
+            return
+        if self.lock.refresh(name, token, self.settings.lease) \
+                and self.lock.remaining(name, token) >= self.request_time:
+            self.heartbeat.hold(name, token)
+            return
+        self._forget(name, token)
+        raise LostLock(name)
+
+    def _release(self, name, token):
+        self.heartbeat.drop(name, token)
+        self.lock.release(name, token)
+
+    def _forget(self, name, token):
+        """Stop refreshing the lock and leave it to run out."""
+        self.heartbeat.drop(name, token)
+        self.lock.forget(name, token)
+
+    def _let_go(self, name, token):
+        """Release a lock we no longer need, or let it run out if Swift or Redis is away."""
+        try:
+            self._release(name, token)
+        except self.heartbeat.errors as error:
+            self._forget(name, token)
+            log.warning("cannot release the lock on %s: %s; it runs out by itself",
+                        name, error)
+
+    def check(self, claimed):
+        """Raise LostLock if the heartbeat found the claim's lock gone or someone else's."""
+        if (claimed.name, claimed.token) in self.heartbeat.lost:
+            self._forget(claimed.name, claimed.token)
+            raise LostLock(claimed.name)
+
+    def abandon(self, claimed):
+        """Give up a claim without finishing it: its lock runs out and recover returns it."""
+        self._forget(claimed.name, claimed.token)
+
     # -- claim and finish ---------------------------------------------------
 
     def candidates(self):
@@ -238,41 +323,74 @@ class MailQueue:
             yield self._waiting.pop()
 
     def claim(self, dedup=False):
-        """Take the oldest waiting message; None when there is nothing to do."""
+        """Take the oldest waiting message; None when there is nothing to do.
+
+        Its lock is refreshed by the heartbeat until ``finish`` (or ``abandon``).
+        """
         skipped = []
         for source, name in self.candidates():
-            token = self.lock.acquire(name, self.settings.lease)
+            token = self._acquire(name)
             if token is None:
                 continue
-            now = self.clock()
-            # The token is recorded on the claimed object so that a later
-            # `swiftdrop queue finish NAME` can act on this claim without it.
-            copied = self.copy(name, source, PROCESSING, {
-                "Claimed-By": self.worker, "Claimed-At": f"{now:.3f}", "Lock-Token": token})
-            if not copied:
-                self.lock.release(name, token)
-                if source == CUR:
-                    self._waiting.clear()
-                    self._page_outdated = True
+            try:
+                claimed = self._take(source, name, token, skipped)
+                if claimed is not None and dedup:
+                    original = self.duplicate_of(claimed)
+                    if original:
+                        self.finish(claimed, "done", {"Duplicate-Of": original})
+                        skipped.append(name)
+                        continue
+            except LostLock:
+                continue  # someone else's now
+            except BaseException:
+                # Nothing was handed over: free the lock for whoever comes next.
+                self._let_go(name, token)
+                raise
+            if claimed is None:
                 continue
-            headers, body = self._delete_beside(source + name, partial(
-                self.connection.get_object, self.container, PROCESSING + name))
-            metadata = {key[len(META):]: value for key, value in headers.items()
-                        if key.startswith(META)}
-            claimed = Claimed(name, body, metadata, token,
-                              attempts=int(metadata.get("attempts", 0)),
-                              skipped_duplicates=skipped)
-            if dedup:
-                original = self.duplicate_of(claimed)
-                if original:
-                    self.finish(claimed, "done", {"Duplicate-Of": original})
-                    skipped.append(name)
-                    continue
+            claimed.delivery += 1  # handed over now
             return claimed
         return None
 
+    def _take(self, source, name, token, skipped):
+        """Move `name` from `source` to processing/ under our lock; None if it is not ours to take.
+
+        The Claimed's `delivery` counts the hand-overs before this one.
+        """
+        self._keep(name, token)
+        now = self.clock()
+        # The token is recorded on the claimed object: a claim that finds
+        # another's there knows it was not alone, and `swiftdrop queue finish`
+        # acts only with the token of the claim.
+        copied = self.copy(name, source, PROCESSING, {
+            "Claimed-By": self.worker, "Claimed-At": f"{now:.3f}", "Lock-Token": token})
+        if not copied:
+            self._release(name, token)
+            if source == CUR:
+                self._waiting.clear()
+                self._page_outdated = True
+            return None
+        self._keep(name, token)
+        headers, body = self._delete_beside(source + name, partial(
+            self.connection.get_object, self.container, PROCESSING + name))
+        metadata = {key[len(META):]: value for key, value in headers.items()
+                    if key.startswith(META)}
+        if metadata.get("lock-token") != token:
+            # Another claimer's copy replaced ours: it got the lock too (the
+            # Swift lock cannot exclude every race) and hands the message
+            # over; we do not. The lock is left to it.
+            log.warning("%s was claimed by %s at the same time; leaving it to that claim",
+                        name, metadata.get("claimed-by", "another worker"))
+            self._forget(name, token)
+            return None
+        return Claimed(name, body, metadata, token, attempts=int(metadata.get("attempts", 0)),
+                       skipped_duplicates=skipped,
+                       delivery=int(metadata.get("deliveries", 0)))
+
     def refresh(self, claimed):
+        """Extend the claim's lease now (the heartbeat does it on its own)."""
         if not self.lock.refresh(claimed.name, claimed.token, self.settings.lease):
+            self._forget(claimed.name, claimed.token)
             raise LostLock(claimed.name)
 
     def finish(self, claimed, state, metadata=None, *, reason=None):
@@ -284,6 +402,10 @@ class MailQueue:
         a person replaying failed/ looks at: `reason` for a message failed
         outright (``exit status 3``; required then), ``gave up after N
         attempts`` for one whose attempts ran out.
+        The lock is released once the move is complete. An error of Swift's
+        or Redis's leaves it held (the heartbeat goes on): a finish tried
+        again with the same Claimed goes on from where this one stopped.
+        LostLock means the lock is someone else's now.
         """
         metadata = dict(metadata or {})
         target = {"done": DONE, "failed": FAILED, "retry": RETRY}[state]
@@ -303,27 +425,27 @@ class MailQueue:
                 delay = self.settings.retry_delay * 2 ** (attempts - 1)
                 metadata["Not-Before"] = f"{now + delay:.3f}"
         metadata["Finished-At"] = f"{now:.3f}"
-        try:
-            # Free while our lease surely runs; a holder that ran over it asks
-            # first, or it could move a message recover has already moved on.
-            if not self.lock.holds(claimed.name, claimed.token):
-                raise LostLock(claimed.name)
-            if not self.copy(claimed.name, PROCESSING, target, metadata):
-                raise LostLock(claimed.name)
-        except BaseException:
-            self.lock.release(claimed.name, claimed.token)
-            raise
-        self._delete_beside(PROCESSING + claimed.name,
-                            partial(self._settle, claimed, target, metadata))
+        metadata["Deliveries"] = claimed.delivery
+        name, token = claimed.name, claimed.token
+        if claimed.moved_to is None:
+            self._keep(name, token)
+            if not self.copy(name, PROCESSING, target, metadata):
+                self._forget(name, token)
+                raise LostLock(name)  # moved on by someone who held the lock after us
+            claimed.moved_to = target
+        target = claimed.moved_to
+        self._keep(name, token)
+        self._delete_beside(PROCESSING + name,
+                            partial(self._after_move, claimed, target, metadata))
+        # Only now: released before the delete is done, the lock would let
+        # recover find processing/<name> free and send a finished message round again.
+        self._let_go(name, token)
         return target
 
-    def _settle(self, claimed, target, metadata):
-        """What follows a finish's copy: the dedup marker, then the lock's release."""
-        try:
-            if target == DONE and "Duplicate-Of" not in metadata:
-                self.remember_done(claimed)
-        finally:
-            self.lock.release(claimed.name, claimed.token)
+    def _after_move(self, claimed, target, metadata):
+        """What a finish does beside the delete that completes its move: the dedup marker."""
+        if target == DONE and "Duplicate-Of" not in metadata:
+            self.remember_done(claimed)
 
     # -- duplicates ---------------------------------------------------------
 
@@ -368,36 +490,64 @@ class MailQueue:
         for prefix in PREFIXES:
             for item in self.listing(prefix):
                 where.setdefault(item["name"][len(prefix):], []).append(prefix)
-        for name, prefixes in sorted(where.items()):
-            if len(prefixes) == 1 and prefixes[0] != PROCESSING:
-                continue
-            token = self.lock.acquire(name, self.settings.lease)
-            if token is None:
-                continue  # a live worker holds it
-            try:
+        taken = []
+        try:
+            for name, prefixes in sorted(where.items()):
+                if len(prefixes) == 1 and prefixes[0] != PROCESSING:
+                    continue
+                token = self._acquire(name)
+                if token is None:
+                    continue  # a live worker holds it
+                taken.append((name, prefixes, token, time.monotonic()))
+            for name, prefixes, token, since in taken:
+                # Its holder's lease has run out; what that holder sent in
+                # time may still be on its way: give it the grace to land.
+                time.sleep(max(0.0, since + self.grace - time.monotonic()))
                 actions.extend(self._recover_one(name, prefixes, token))
-            finally:
-                self.lock.release(name, token)
+                if self.heartbeat.holds(name, token):
+                    self._let_go(name, token)
+        finally:
+            for name, _, token, _ in taken:
+                if self.heartbeat.holds(name, token):
+                    self._let_go(name, token)
         return actions
+
+    def _exists(self, path):
+        try:
+            self.connection.head_object(self.container, path)
+        except ClientException as error:
+            if error.http_status == 404:
+                return False
+            raise
+        return True
 
     def _recover_one(self, name, prefixes, token):
         actions = []
         keep = max(prefixes, key=PROGRESS.__getitem__)
         for prefix in prefixes:
             if prefix != keep:
+                self._keep(name, token)
                 self._delete(prefix + name)
                 actions.append((f"removed leftover {prefix}", name))
         if keep == PROCESSING:
             # The listing may be older than a worker's finish that landed
-            # just before we took the lock: then the message has moved on.
+            # before we took the lock, or during the grace: then the message
+            # has moved on, and what is in processing/ may be a leftover.
             try:
                 headers = self.connection.head_object(self.container, PROCESSING + name)
             except ClientException as error:
                 if error.http_status == 404:
                     return actions
                 raise
+            if self._exists(DONE + name) or self._exists(FAILED + name):
+                self._keep(name, token)
+                self._delete(PROCESSING + name)
+                actions.append((f"removed leftover {PROCESSING}", name))
+                return actions
             attempts = int(headers.get(META + "attempts", 0))
-            claimed = Claimed(name, b"", {}, token, attempts=attempts)
+            # Its worker may have handed it over before it died: count that.
+            claimed = Claimed(name, b"", {}, token, attempts=attempts,
+                              delivery=int(headers.get(META + "deliveries", 0)) + 1)
             try:
                 target = self.finish(claimed, "retry", {"Recovered-From": headers.get(
                     META + "claimed-by", "unknown worker")})

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 EX_TEMPFAIL = 75
 FIRST_BACKOFF = 1.0
 LONGEST_BACKOFF = 60.0
+# How often a worker looks up from a running command: SIGTERM's grace, a lost lock.
+WATCH = 1.0
 
 
 def environmental_errors(queue):
@@ -41,10 +43,10 @@ def work(queue, command, stop, *, poll=5.0, dedup=False, once=False, grace=30.0)
     """The worker loop: claim, pipe to `command`, finish; returns a Counter of outcomes.
 
     The message goes to the command's stdin; exit 0 means done, 75
-    (EX_TEMPFAIL) retry, anything else failed. The lock is refreshed while
-    the command runs. When `stop` is set the loop ends after the current
-    message; a command still running `grace` seconds later is killed and its
-    message goes back to retry/.
+    (EX_TEMPFAIL) retry, anything else failed. The queue's heartbeat keeps
+    the lock from claim to finish. When `stop` is set the loop ends after the
+    current message; a command still running `grace` seconds later is killed
+    and its message goes back to retry/.
     """
     outcomes = collections.Counter()
     failing = environmental_errors(queue)
@@ -69,8 +71,7 @@ def work(queue, command, stop, *, poll=5.0, dedup=False, once=False, grace=30.0)
             stop.wait(poll)
             continue
         try:
-            status = _run_command(queue, claimed, command, stop=stop, grace=grace,
-                                  failing=failing)
+            status = _run_command(queue, claimed, command, stop=stop, grace=grace)
             state = "done" if status == 0 else "retry" if status in (EX_TEMPFAIL, None) \
                 else "failed"
             # None: we killed the command ourselves after the grace; no status to tell.
@@ -79,6 +80,7 @@ def work(queue, command, stop, *, poll=5.0, dedup=False, once=False, grace=30.0)
                              reason=failure_reason(status) if state == "failed" else None,
                              stop=stop, failing=failing)
         except LostLock:
+            queue.abandon(claimed)
             log.error("lost the lock on %s while working on it; leaving it", claimed.name)
             outcomes["lost"] += 1
             continue
@@ -104,11 +106,12 @@ def failure_reason(status):
 
 
 def _finish(queue, claimed, state, metadata, *, reason, stop, failing):
-    """queue.finish, tried again while our lease lasts; None if it never went through.
+    """queue.finish, tried again for a lease's time; None if it never went through.
 
-    Giving up leaves the message in processing/ under a lock that runs out:
-    recover then moves it to retry/, so the command may see it once more,
-    but it is never lost.
+    Each try goes on with the lock the claim took, which the heartbeat keeps.
+    Giving up leaves the message in processing/ under a lock left to run
+    out: recover then moves it to retry/, so the command may see it once
+    more (SWIFTDROP_REDELIVERED), but it is never lost.
     """
     give_up = time.monotonic() + queue.settings.lease
     backoff = FIRST_BACKOFF
@@ -119,6 +122,7 @@ def _finish(queue, claimed, state, metadata, *, reason, stop, failing):
             if time.monotonic() + backoff > give_up:
                 log.error("cannot finish %s as %s: %s; recover will return it to retry/",
                           claimed.name, state, error)
+                queue.abandon(claimed)
                 return None
             log.warning("cannot finish %s as %s: %s; trying again in %.0f s",
                         claimed.name, state, error, backoff)
@@ -132,21 +136,25 @@ def verdict_environment(metadata):
             for key in VERDICT_KEYS}
 
 
-def _run_command(queue, claimed, command, *, stop, grace, failing):
-    """Exit status of `command` fed with the message; None if it had to be killed."""
+def _run_command(queue, claimed, command, *, stop, grace):
+    """Exit status of `command` fed with the message; None if it had to be killed.
+
+    Raises LostLock when the heartbeat finds the lock gone meanwhile.
+    """
     metadata = claimed.metadata
     env = dict(os.environ, SWIFTDROP_NAME=claimed.name, SWIFTDROP_CONTAINER=queue.container,
                SWIFTDROP_ATTEMPTS=str(claimed.attempts),
+               SWIFTDROP_DELIVERY=str(claimed.delivery),
+               SWIFTDROP_REDELIVERED="1" if claimed.redelivered else "0",
                SWIFTDROP_MAIL_FROM=metadata.get("mail-from", ""),
                SWIFTDROP_RCPT_TO=metadata.get("rcpt-to", ""),
                SWIFTDROP_MESSAGE_ID=metadata.get("message-id", ""),
                **verdict_environment(metadata))
     process = subprocess.Popen(command, stdin=subprocess.PIPE, env=env)
-    heartbeat = max(1.0, queue.settings.lease / 3)
     stdin, stopping_since = claimed.body, None
     while True:
         try:
-            process.communicate(input=stdin, timeout=heartbeat)
+            process.communicate(input=stdin, timeout=WATCH)
             return process.returncode
         except subprocess.TimeoutExpired:
             stdin = None  # already handed over; communicate() keeps feeding it
@@ -156,8 +164,4 @@ def _run_command(queue, claimed, command, *, stop, grace, failing):
                 process.kill()
                 process.wait()
                 return None
-        try:
-            queue.refresh(claimed)
-        except failing as error:
-            # The lease may well outlast a short outage: keep the command going.
-            log.warning("cannot refresh the lock on %s: %s", claimed.name, error)
+        queue.check(claimed)

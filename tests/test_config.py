@@ -93,6 +93,12 @@ def test_key_is_not_in_the_repr(tmp_path):
     (BASE.replace("authurl = http", "authurl = ftp"), "DEFAULT", "authurl", "http(s) URL"),
     (BASE + "cacert = /nonexistent/ca.pem\n", "DEFAULT", "cacert", "not a file"),
     (BASE + "[P]\nrecipient = a@x.example\ncontainer = a/b\n", "P", "container", "not a valid"),
+    # one request may take 3 s * 2 + 1 s of back-off; the lock needs 2.5 s more
+    (BASE + "timeout = 3\nretries = 1\nqueue_lease = 9\n", "DEFAULT", "queue_lease",
+     "9 s is too short: make it at least 10, or lower timeout or retries. One Swift request "
+     "may take 7 s here"),
+    (BASE + "queue_lease = 40\n[P]\nrecipient = a@x.example\ntimeout = 20\n", "P",
+     "queue_lease", "at least 66"),
 ])
 def test_bad_config_names_file_section_and_key(tmp_path, text, section, key, words):
     error = error_for(tmp_path, text)
@@ -111,3 +117,14 @@ def test_unreadable_and_unparsable_files(tmp_path):
         load(write(tmp_path, BASE + "[broken\n"))
     with pytest.raises(ConfigError, match="outside any section"):
         load(write(tmp_path, "container = x\n" + BASE))
+
+
+def test_a_lease_that_holds_one_request_is_taken_and_the_default_grows_to_fit(tmp_path):
+    [shortest] = load(write(tmp_path, BASE + "timeout = 3\nretries = 1\nqueue_lease = 10\n"
+                            )).destinations
+    assert shortest.queue.lease == 10
+    # without queue_lease, an account this slow gets a lease that fits its requests
+    [slow] = load(write(tmp_path, BASE + "timeout = 120\nretries = 3\n")).destinations
+    assert slow.queue.lease == 120 * 4 + (1 + 2 + 4) + 3  # 2.5 s more, rounded up
+    [usual] = load(write(tmp_path, BASE)).destinations
+    assert usual.queue.lease == 300

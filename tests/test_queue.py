@@ -21,6 +21,10 @@ from tests.support.ports import reserve_port
 from tests.support.swiftserver import SwiftServer
 
 CONTAINER_COUNTER = iter(range(1000))
+# Keys of the account, not of the queue, that a test's queue marker may set:
+# recover waits one whole request's time (timeout * (retries + 1) + back-off)
+# before it acts, and a lease must hold one (swiftdrop.lease).
+ACCOUNT_KEYS = ("timeout", "retries")
 
 
 @pytest.fixture(params=["swift", "redis"])
@@ -34,7 +38,8 @@ def make_ini(path, swift, container, lock_kind="swift", redis_url=None, **queue)
              f"queue_lock = {lock_kind}"]
     if lock_kind == "redis":
         lines.append(f"queue_redis_url = {redis_url}")
-    lines += [f"queue_{key} = {value}" for key, value in queue.items()]
+    lines += [f"{key if key in ACCOUNT_KEYS else 'queue_' + key} = {value}"
+              for key, value in queue.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -130,8 +135,8 @@ def test_eight_workers_threads_and_processes_drain_500_exactly_once(lock_kind, i
 
 
 # The lease leaves room for a loaded machine between the worker's last
-# refresh and our first recover(); the wait after it outlasts the lease.
-@pytest.mark.queue(lease=6, retry_delay=0)
+# refresh and our first recover() (the shortest lease these timeouts allow).
+@pytest.mark.queue(lease=8, retry_delay=0, timeout=2, retries=1)
 def test_a_killed_worker_s_message_is_recovered_after_the_lease(lock_kind, ini, tmp_path):
     queue = queue_for(ini)
     [name] = store(queue, 1)
@@ -145,16 +150,21 @@ def test_a_killed_worker_s_message_is_recovered_after_the_lease(lock_kind, ini, 
     os.killpg(worker.pid, signal.SIGKILL)
     worker.wait()
     assert queue.recover() == []  # the dead worker's lock still holds for now
-    time.sleep(6.5)
-    assert queue.recover() == [("lease expired, moved to retry/", name)]
+    deadline = time.monotonic() + 60
+    while not (actions := queue.recover()):
+        assert time.monotonic() < deadline, "recover never returned the dead worker's message"
+        time.sleep(0.5)
+    assert actions == [("lease expired, moved to retry/", name)]
     claimed = queue.claim()
     assert (claimed.name, claimed.attempts) == (name, 1)
     assert claimed.metadata["recovered-from"].endswith(f":{worker.pid}")
+    # the dead worker's command had it: this is a second hand-over, and says so
+    assert (claimed.delivery, claimed.redelivered) == (2, True)
     queue.finish(claimed, "done")
     assert names_under(queue, "done/") == [name]
 
 
-@pytest.mark.queue(retry_delay=0)
+@pytest.mark.queue(retry_delay=0, timeout=2, retries=1)
 def test_a_crash_between_copy_and_delete_is_resolved_not_duplicated(ini):
     queue = queue_for(ini)
     [name] = store(queue, 1)
@@ -207,7 +217,6 @@ def test_a_failed_command_leaves_its_exit_status_as_the_failed_reason(ini):
                                               "exit-status": "-9"}
 
 
-@pytest.mark.queue(lease=3)  # the worker looks at its stop event once a second
 def test_a_command_killed_after_the_grace_goes_to_retry_without_an_exit_status(ini):
     queue = queue_for(ini)
     [name] = store(queue, 1)
@@ -279,15 +288,17 @@ def test_cli_claim_finish_and_stats(ini, tmp_path):
                            capture_output=True, text=True, check=True)
     claimed = json.loads(claim.stdout)
     assert claimed["name"] == name and output.read_bytes().startswith(b"Subject: 0")
+    assert (claimed["delivery"], claimed["redelivered"]) == (1, False)
     finish = subprocess.run(swiftdrop_command("queue", "--config", str(ini), "finish", name,
                                               "--token", claimed["token"], "--state", "done"),
                             capture_output=True, text=True, check=True)
     assert finish.stdout.strip() == f"done/{name}"
     [second] = store(queue, 1, start=1_700_000_300)
-    subprocess.run(swiftdrop_command("queue", "--config", str(ini), "claim"), check=True,
-                   capture_output=True)
+    claim = subprocess.run(swiftdrop_command("queue", "--config", str(ini), "claim"),
+                           check=True, capture_output=True, text=True)
+    token = json.loads(claim.stdout)["token"]
     finish = subprocess.run(swiftdrop_command("queue", "--config", str(ini), "finish", second,
-                                              "--state", "failed",  # token from the object
+                                              "--token", token, "--state", "failed",
                                               "--reason", "no such mailbox"),
                             capture_output=True, text=True, check=True)
     assert finish.stdout.strip() == f"failed/{second}"
@@ -335,7 +346,7 @@ def test_run_maps_exit_status_and_stops_on_sigterm(ini, tmp_path):
 def test_swift_lock_excludes_and_expires(swift):
     connection = swift.connection()
     connection.put_container("locks-test")
-    lock = SwiftLock(connection, "locks-test")
+    lock = SwiftLock(connection, "locks-test", attempt_time=1)
     lease = 6  # long enough for the requests before the sleep on a loaded machine
     token = lock.acquire("m", lease=lease)
     assert token and lock.acquire("m", lease=lease) is None
@@ -409,14 +420,20 @@ def test_workers_ride_out_swift_being_killed_and_restarted(tmp_path):
         own_swift.connection().put_container("chaos")
         names = store(queue_for(ini), 40)
         log = tmp_path / "processed.log"
-        consumer = f'cat >/dev/null; sleep 0.1; echo "$SWIFTDROP_NAME" >> {log}'
+        consumer = ('cat >/dev/null; sleep 0.1; '
+                    f'echo "$SWIFTDROP_NAME $SWIFTDROP_DELIVERY" >> {log}')
         workers = [subprocess.Popen(
             swiftdrop_command("queue", "--config", str(ini), "run", "--poll", "0.2", "--",
                               "sh", "-c", consumer),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
 
+        def handed_over():
+            """(name, delivery) of each run of the consumer."""
+            return [tuple(line.split()) for line in log.read_text().splitlines()] \
+                if log.exists() else []
+
         def processed():
-            return log.read_text().split() if log.exists() else []
+            return [name for name, _ in handed_over()]
 
         try:  # the workers never outlive the test, whatever fails in it
             for round_ in range(3):
@@ -429,7 +446,7 @@ def test_workers_ride_out_swift_being_killed_and_restarted(tmp_path):
                 own_swift.start()
             queue = queue_for(ini)
             deadline = time.monotonic() + 120
-            while names_under(queue, "done/") != names:
+            while done(queue, names) != names:
                 assert time.monotonic() < deadline, "not everything reached done/"
                 queue.recover()  # messages whose finish never went through
                 time.sleep(0.5)
@@ -450,8 +467,31 @@ def test_workers_ride_out_swift_being_killed_and_restarted(tmp_path):
         outcomes.update(json.loads(stdout.splitlines()[-1]))
     assert any("trying again in" in stderr for _, stderr in outputs)
     assert sorted(set(processed())) == names  # nothing lost
-    # a message runs twice only when its finish could not be recorded
-    assert len(processed()) - len(names) <= outcomes["unfinished"]
+    # a message runs twice only when its finish could not be recorded or its lock ran out
+    assert len(processed()) - len(names) <= outcomes["unfinished"] + outcomes["lost"]
+    # and every repeat says so: no delivery number twice
+    assert len(set(handed_over())) == len(handed_over()), handed_over()
+
+
+def done(queue, names):
+    """Which of `names` are in done/: by its listing, and by HEAD for what it lacks.
+
+    Swift killed in the middle of a PUT can have stored the object but not
+    told its container: this Swift runs no object-updater to make up for
+    that, so the listing never shows it (late, not lost: docs/queue.md).
+    """
+    listed = set(names_under(queue, "done/"))
+
+    def stored(name):
+        try:
+            queue.connection.head_object(queue.container, "done/" + name)
+        except swiftclient.ClientException as error:
+            if error.http_status == 404:
+                return False
+            raise
+        return True
+
+    return sorted(name for name in names if name in listed or stored(name))
 
 
 def test_stats_for_prometheus_pass_promtool_and_count_right(ini, tmp_path):

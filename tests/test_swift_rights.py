@@ -121,8 +121,10 @@ def test_a_worker_with_the_read_and_write_acls_claims_finishes_and_recovers(swif
     ini = member_ini(tmp_path / "swiftdrop.ini", swift, container, "worker")
     claim = queue(ini, "claim", "--dedup")  # locks/, the dedup marker's GET
     assert claim.returncode == 0, claim.stderr
-    assert json.loads(claim.stdout)["name"] == STORED_NAME
-    finish = queue(ini, "finish", STORED_NAME, "--state", "done")  # and the dedup marker
+    claimed = json.loads(claim.stdout)
+    assert claimed["name"] == STORED_NAME
+    finish = queue(ini, "finish", STORED_NAME, "--token", claimed["token"],
+                   "--state", "done")  # and the dedup marker
     assert (finish.returncode, finish.stdout) == (0, f"done/{STORED_NAME}\n"), finish.stderr
     for action in (["recover"], ["purge", "--older-than", "0", "--execute"]):
         result = queue(ini, *action)
