@@ -96,10 +96,10 @@ def updated_page(page_text, section):
 
 # The pages checked. CHANGELOG.md is history: it may name what was renamed since.
 CHECKED_PAGES = ("README.md", "docs/*.md")
-# The modules that make up the object metadata; storage.py and queue.py put
+# The modules that make up the object metadata; storage.py and the queue put
 # it on the objects as X-Object-Meta-<key>. tests/test_docs.py checks the
 # keys found in them against what reaches a real Swift.
-METADATA_WRITERS = ("delivery.py", "verdicts.py", "queue.py", "worker.py")
+METADATA_WRITERS = ("delivery.py", "verdicts.py", "queue/*.py", "worker.py")
 # How the code and the docs write metadata keys: Mail-From, Spf.
 HEADER_CASE = r"[A-Z][a-z0-9]+(?:-[A-Z][a-z0-9]+)*"
 # A `key = value` in backticks that is another program's setting. Postfix's
@@ -240,8 +240,8 @@ def metadata_keys(package):
     That is how they spell the keys: {"Mail-From": ...}, metadata["Attempts"] = ...
     """
     keys = set()
-    for module in METADATA_WRITERS:
-        for node in ast.walk(ast.parse((package / module).read_text())):
+    for module in (path for pattern in METADATA_WRITERS for path in sorted(package.glob(pattern))):
+        for node in ast.walk(ast.parse(module.read_text())):
             if isinstance(node, ast.Dict):
                 candidates = node.keys
             elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store):

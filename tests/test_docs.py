@@ -251,13 +251,13 @@ def test_metadata_keys_are_what_the_code_writes():
         ```
         """) == [
         "page.md:1: object metadata key Client-Nam is not one that swiftdrop writes "
-        "(delivery.py, verdicts.py, queue.py, worker.py)",
+        "(delivery.py, verdicts.py, queue/*.py, worker.py)",
         "page.md:1: object metadata key Failed-Reasons is not one that swiftdrop writes "
-        "(delivery.py, verdicts.py, queue.py, worker.py)",
+        "(delivery.py, verdicts.py, queue/*.py, worker.py)",
         "page.md:2: object metadata key Failed-Reasn is not one that swiftdrop writes "
-        "(delivery.py, verdicts.py, queue.py, worker.py)",
+        "(delivery.py, verdicts.py, queue/*.py, worker.py)",
         "page.md:11: object metadata key Atempts is not one that swiftdrop writes "
-        "(delivery.py, verdicts.py, queue.py, worker.py)",
+        "(delivery.py, verdicts.py, queue/*.py, worker.py)",
     ]
 
 

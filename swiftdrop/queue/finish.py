@@ -1,0 +1,63 @@
+"""Finishing: moving a claimed message on to done/, failed/ or retry/, and letting go."""
+
+from functools import partial
+
+from .states import DONE, FAILED, PROCESSING, RETRY, LostLock
+
+
+class Finishing:
+    """The end of a claim: the move, the retry schedule, the release."""
+
+    def finish(self, claimed, state, metadata=None, *, reason=None):
+        """Move a claimed message to done/, failed/ or retry/ and release its lock.
+
+        ``retry`` counts an attempt and sets a not-before time with
+        exponential back-off; the last allowed attempt goes to failed/.
+        Whatever lands in failed/ says why in ``Failed-Reason``, the one key
+        a person replaying failed/ looks at: `reason` for a message failed
+        outright (``exit status 3``; required then), ``gave up after N
+        attempts`` for one whose attempts ran out.
+        The lock is released once the move is complete. An error of Swift's
+        or Redis's leaves it held (the heartbeat goes on): a finish tried
+        again with the same Claimed goes on from where this one stopped.
+        LostLock means the lock is someone else's now.
+        """
+        metadata = dict(metadata or {})
+        target = {"done": DONE, "failed": FAILED, "retry": RETRY}[state]
+        now = self.clock()
+        if state == "failed":
+            if not reason:
+                raise ValueError(f"{claimed.name}: a message finished as failed needs a "
+                                 "reason (its Failed-Reason)")
+            metadata["Failed-Reason"] = reason
+        if state == "retry":
+            attempts = claimed.attempts + 1
+            metadata["Attempts"] = attempts
+            if attempts >= self.settings.max_attempts:
+                target = FAILED
+                metadata["Failed-Reason"] = f"gave up after {attempts} attempts"
+            else:
+                delay = self.settings.retry_delay * 2 ** (attempts - 1)
+                metadata["Not-Before"] = f"{now + delay:.3f}"
+        metadata["Finished-At"] = f"{now:.3f}"
+        metadata["Deliveries"] = claimed.delivery
+        name, token = claimed.name, claimed.token
+        if claimed.moved_to is None:
+            self._keep(name, token)
+            if not self.copy(name, PROCESSING, target, metadata):
+                self._forget(name, token)
+                raise LostLock(name)  # moved on by someone who held the lock after us
+            claimed.moved_to = target
+        target = claimed.moved_to
+        self._keep(name, token)
+        self._delete_beside(PROCESSING + name,
+                            partial(self._after_move, claimed, target, metadata))
+        # Only now: released before the delete is done, the lock would let
+        # recover find processing/<name> free and send a finished message round again.
+        self._let_go(name, token)
+        return target
+
+    def _after_move(self, claimed, target, metadata):
+        """What a finish does beside the delete that completes its move: the dedup marker."""
+        if target == DONE and "Duplicate-Of" not in metadata:
+            self.remember_done(claimed)

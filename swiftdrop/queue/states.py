@@ -1,0 +1,43 @@
+"""The states a message passes through, and what a worker holds of one.
+
+A state is a prefix of the container; an object keeps its Maildir base name
+in all of them, so the name is a message's identity from cur/ to done/.
+"""
+
+from dataclasses import dataclass, field
+
+CUR, PROCESSING, RETRY, DONE, FAILED = "cur/", "processing/", "retry/", "done/", "failed/"
+PREFIXES = (CUR, PROCESSING, RETRY, DONE, FAILED)
+# When one name is found under two prefixes, the one further along wins.
+PROGRESS = {CUR: 0, RETRY: 1, PROCESSING: 2, DONE: 3, FAILED: 3}
+META = "x-object-meta-"
+
+
+@dataclass
+class Claimed:
+    """A message a worker holds: its bytes, metadata and lock token.
+
+    `delivery` counts the hand-overs to a consumer, this one included (1 the
+    first time); the name, unique in its container, is the idempotency key.
+    """
+
+    name: str
+    body: bytes
+    metadata: dict
+    token: str
+    attempts: int = 0
+    skipped_duplicates: list = field(default_factory=list)
+    delivery: int = 1
+    moved_to: str | None = field(default=None, repr=False)  # a finish's copy is done
+
+    @property
+    def path(self):
+        return PROCESSING + self.name
+
+    @property
+    def redelivered(self):
+        return self.delivery > 1
+
+
+class LostLock(Exception):
+    """The worker's lease ran out and someone else may hold the message now."""
