@@ -178,25 +178,28 @@ def test_a_crash_between_copy_and_delete_is_resolved_not_duplicated(ini):
     assert queue.claim() is None
 
 
-@pytest.mark.queue(retry_delay=100, max_attempts=3)
-def test_retry_backs_off_exponentially_and_fails_after_n_attempts(ini):
+@pytest.mark.queue(retry_delay=100, retry_longest=150, max_attempts=3)
+def test_retry_backs_off_exponentially_up_to_the_longest_and_fails_after_n_attempts(ini):
     now = [1_800_000_000.0]
     queue = queue_for(ini, clock=lambda: now[0])
     [name] = store(queue, 1)
-    for attempt, delay in ((1, 100), (2, 200)):
+    for attempt, delay in ((1, 100), (2, 150)):  # 200 but for queue_retry_longest
         claimed = queue.claim()
         assert (claimed.name, claimed.attempts) == (name, attempt - 1)
-        assert queue.finish(claimed, "retry") == "retry/"
+        assert queue.finish(claimed, "retry", reason="exit status 1") == "retry/"
         headers = queue.connection.head_object(queue.container, "retry/" + name)
-        assert float(headers["x-object-meta-not-before"]) == pytest.approx(now[0] + delay)
+        not_before = float(headers["x-object-meta-not-before"])
+        # the delay, stretched by the jitter of up to a tenth
+        assert now[0] + delay - 0.001 <= not_before <= now[0] + delay * 1.1 + 0.001
         assert headers["x-object-meta-attempts"] == str(attempt)
-        now[0] += delay - 1
+        now[0] = not_before - 1
         assert queue.claim() is None  # not due yet
-        now[0] += 2
+        now[0] = not_before + 1
     claimed = queue.claim()
-    assert queue.finish(claimed, "retry") == "failed/"
+    assert queue.finish(claimed, "retry", reason="killed by SIGKILL") == "failed/"
     headers = queue.connection.head_object(queue.container, "failed/" + name)
-    assert headers["x-object-meta-failed-reason"] == "gave up after 3 attempts"
+    assert headers["x-object-meta-failed-reason"] == \
+        "gave up after 3 attempts; last: killed by SIGKILL"
 
 
 def failed_metadata(queue, name):
