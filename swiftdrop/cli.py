@@ -44,11 +44,12 @@ repeat can be recognised. Each hand-over is counted: claim's "delivery"
 SWIFTDROP_REDELIVERED (0/1) for run's COMMAND. The object name ("name",
 SWIFTDROP_NAME), unique in its container, is the idempotency key.
 
-A message comes again, with a higher delivery number, after a retry (exit
-75, finish --state retry, a COMMAND killed after run's --grace), or once
-recover has returned it: its worker died, could not record its finish, or
-lost its lock because Swift (or Redis) was away for longer than the lease
-allows.
+A message comes again, with a higher delivery number, after a retry
+(run's COMMAND exiting with anything but 0 or 65, the one permanent
+failure: 75, a crash, a signal, a timeout; or finish --state retry), or
+once recover has returned it: its worker died, could not record its
+finish, or lost its lock because Swift (or Redis) was away for longer than
+the lease allows.
 
 It can come twice with the same number only when two claims both win its
 lock: with queue_lock = swift when two lock PUTs race (If-None-Match is a
