@@ -366,7 +366,7 @@ def test_run_maps_exit_status_and_stops_on_sigterm(ini, tmp_path):
     names = store(queue, 3)
     script = tmp_path / "worker.sh"
     script.write_text('#!/bin/sh\ncat >/dev/null\ncase "$SWIFTDROP_NAME" in\n'
-                      f'  {names[0]}) exit 0;;\n  {names[1]}) exit 75;;\n  *) exit 1;;\nesac\n')
+                      f'  {names[0]}) exit 0;;\n  {names[1]}) exit 1;;\n  *) exit 65;;\nesac\n')
     script.chmod(0o755)
     result = subprocess.run(swiftdrop_command("queue", "--config", str(ini), "run", "--once",
                                               "--", str(script)),
