@@ -13,12 +13,14 @@ import os
 import signal
 import stat
 import sys
+import textwrap
 import threading
 
 from . import __version__, migrate
 from . import config as config_module
 from .admin_relay import parse_address
 from .process import EX_CONFIG, configure_logging
+from .retries import retry_schedule
 
 EX_TEMPFAIL = 75  # sysexits.h: a service we need is away; try again later
 EX_NOPERM = 77  # sysexits.h: Swift refused this user a request (403); someone must grant it
@@ -42,11 +44,12 @@ repeat can be recognised. Each hand-over is counted: claim's "delivery"
 SWIFTDROP_REDELIVERED (0/1) for run's COMMAND. The object name ("name",
 SWIFTDROP_NAME), unique in its container, is the idempotency key.
 
-A message comes again, with a higher delivery number, after a retry (exit
-75, finish --state retry, a COMMAND killed after run's --grace), or once
-recover has returned it: its worker died, could not record its finish, or
-lost its lock because Swift (or Redis) was away for longer than the lease
-allows.
+A message comes again, with a higher delivery number, after a retry
+(run's COMMAND exiting with anything but 0 or 65, the one permanent
+failure: 75, a crash, a signal, a timeout; or finish --state retry), or
+once recover has returned it: its worker died, could not record its
+finish, or lost its lock because Swift (or Redis) was away for longer than
+the lease allows.
 
 It can come twice with the same number only when two claims both win its
 lock: with queue_lock = swift when two lock PUTs race (If-None-Match is a
@@ -56,6 +59,39 @@ a paused VM) past its lease between checking it and its next request.
 
 See docs/queue.md for the details.
 """
+RUN_CONTRACT = """\
+Each message goes to COMMAND's stdin. COMMAND's exit status is the
+contract: 0 done; 65 (EX_DATAERR) failed for good, the one permanent
+code; anything else is a retry: 75, 1, 2 (a crash, a Go panic, a Node
+exception), a signal (the OOM killer's SIGKILL), or running past
+--timeout. A message whose attempts run out goes to failed/ saying the last
+cause ("gave up after 30 attempts; last: killed by SIGKILL").
+
+"""
+
+
+def retry_schedule_text():
+    """The default retry schedule in time, for run's --help."""
+    settings = config_module.QueueSettings()
+    rows = retry_schedule(settings)
+    delays = sorted({delay for _, delay, _ in rows if delay is not None})
+    return textwrap.fill(
+           f"Retry schedule with the defaults (queue_retry_delay {settings.retry_delay:g}, "
+            f"queue_retry_longest {settings.retry_longest:g}, queue_max_attempts "
+            f"{settings.max_attempts}): a failed attempt is tried again after "
+            f"{', '.join(span(delay) for delay in delays)} (up to 10% more, at random), "
+            f"the longest from then on; attempt {settings.max_attempts} comes at least "
+            f"{span(rows[-1][2])} after attempt 1 failed, and goes to failed/ if it fails "
+            "too: a consumer may be down for a day. See docs/queue.md, \"Exit status\".")
+
+
+def span(seconds):
+    """1 min, 2 h, 24 h 3 min: a time span as a person reads it."""
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{seconds:g} s" if seconds < 60 else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h" + (f" {minutes} min" if minutes else "")
 
 
 def build_parser():
@@ -212,7 +248,9 @@ def add_queue_commands(commands):
     stats.add_argument("--output", metavar="FILE",
                        help="write to FILE, replacing it atomically (default: stdout)")
     run = actions.add_parser("run", help="worker loop: pipe each message to COMMAND; exit 0 "
-                             "done, 75 retry, other failed")
+                             "done, 65 failed, anything else retry",
+                             description=RUN_CONTRACT + retry_schedule_text(),
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--dedup", action="store_true")
     run.add_argument("--poll", type=float, default=5.0, metavar="SECONDS",
                      help="wait this long when the queue is empty")
@@ -221,6 +259,10 @@ def add_queue_commands(commands):
                      help="N worker loops in this process, each with its own connection")
     run.add_argument("--grace", type=float, default=30.0, metavar="SECONDS",
                      help="after SIGTERM, let a running command finish for this long")
+    run.add_argument("--timeout", type=float, metavar="SECONDS",
+                     help="kill a command running longer (SIGTERM, SIGKILL 5 s later) and "
+                          "retry its message; 0: no limit (default: the ini's "
+                          "queue_command_timeout, 900)")
     run.add_argument("worker_command", nargs=argparse.REMAINDER, metavar="-- COMMAND")
 
 
@@ -387,7 +429,8 @@ def queue_action(queue, options):
         try:
             if not mine:
                 raise LostLock(options.name)
-            print(queue.finish(claimed, options.state, reason=options.reason) + options.name)
+            reason = options.reason if options.state == "failed" else None
+            print(queue.finish(claimed, options.state, reason=reason) + options.name)
         except LostLock:
             print(f"swiftdrop: the lock on {options.name} is not yours (any more)",
                   file=sys.stderr)
@@ -427,7 +470,8 @@ def run_worker(queue, options):
 
     def loop(index):
         results[index] = work(queues[index], command, stop, poll=options.poll,
-                              dedup=options.dedup, once=options.once, grace=options.grace)
+                              dedup=options.dedup, once=options.once, grace=options.grace,
+                              timeout=options.timeout)
 
     threads = [threading.Thread(target=loop, args=(index,), name=f"worker-{index + 1}")
                for index in range(len(queues))]

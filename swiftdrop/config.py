@@ -37,7 +37,7 @@ SCALAR_KEYS = frozenset({
     "cacert", "insecure", "timeout", "retries", "create_container",
     # read by the queue tools only (swiftdrop queue)
     "queue_lock", "queue_redis_url", "queue_lease", "queue_max_attempts",
-    "queue_retry_delay", "queue_dedup_window",
+    "queue_retry_delay", "queue_retry_longest", "queue_command_timeout", "queue_dedup_window",
 })
 # Keys whose value is a comma-separated list.
 LIST_KEYS = frozenset({"recipient", "reject_verdicts"})
@@ -96,8 +96,15 @@ class QueueSettings:
     lock: str = "swift"
     redis_url: str | None = None
     lease: float = 300.0
-    max_attempts: int = 5
+    # 60 s doubling up to an hour, 30 attempts: a consumer may be down for
+    # a day (24 h 3 min, swiftdrop.queue.finish.retry_schedule) before its
+    # messages go to failed/; Mailgun retries for 8 h, Postmark ~10 h, SendGrid 3 days.
+    max_attempts: int = 30
     retry_delay: float = 60.0
+    retry_longest: float = 3600.0
+    # What one run of a worker's command may take before it is killed and
+    # its message retried; 0: no limit (a hung command holds its message).
+    command_timeout: float = 900.0
     dedup_window: float = 86400.0
 
 
@@ -307,6 +314,9 @@ def _queue(section, account):
         lease=_lease(section, account, defaults.lease),
         max_attempts=section.number("queue_max_attempts", int, defaults.max_attempts, 1),
         retry_delay=section.number("queue_retry_delay", float, defaults.retry_delay, 0),
+        retry_longest=section.number("queue_retry_longest", float, defaults.retry_longest, 0),
+        command_timeout=section.number("queue_command_timeout", float,
+                                       defaults.command_timeout, 0),
         dedup_window=section.number("queue_dedup_window", float, defaults.dedup_window, 0),
     )
 

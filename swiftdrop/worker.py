@@ -13,6 +13,7 @@ code ends the worker (and systemd starts it again).
 import collections
 import logging
 import os
+import random
 import signal
 import subprocess
 import time
@@ -23,9 +24,17 @@ from .verdicts import VERDICT_KEYS
 
 log = logging.getLogger(__name__)
 
-EX_TEMPFAIL = 75
+# sysexits.h's EX_DATAERR: the one exit status that fails a message for
+# good. Everything else but 0 (a crash, a signal, 75, a timeout) is a retry.
+EX_DATAERR = 65
 FIRST_BACKOFF = 1.0
 LONGEST_BACKOFF = 60.0
+# A command past its timeout gets SIGTERM, and SIGKILL this much later.
+TERM_GRACE = 5.0
+# Each empty-queue wait is stretched or shrunk by up to this share, at
+# random: workers started together would otherwise list cur/ in lockstep
+# and race for every new message.
+POLL_JITTER = 0.2
 # How often a worker looks up from a running command: SIGTERM's grace, a lost lock.
 WATCH = 1.0
 
@@ -39,15 +48,19 @@ def environmental_errors(queue):
     return (*service_errors(), *queue.lock.errors)
 
 
-def work(queue, command, stop, *, poll=5.0, dedup=False, once=False, grace=30.0):
+def work(queue, command, stop, *, poll=5.0, dedup=False, once=False, grace=30.0,
+         timeout=None):
     """The worker loop: claim, pipe to `command`, finish; returns a Counter of outcomes.
 
-    The message goes to the command's stdin; exit 0 means done, 75
-    (EX_TEMPFAIL) retry, anything else failed. The queue's heartbeat keeps
-    the lock from claim to finish. When `stop` is set the loop ends after the
-    current message; a command still running `grace` seconds later is killed
-    and its message goes back to retry/.
+    The message goes to the command's stdin; exit 0 means done, 65
+    (EX_DATAERR) failed, anything else (75, 1, a signal, running past
+    `timeout` seconds) a retry, until the attempts run out (:func:`judge`).
+    `timeout` None is the queue's ``queue_command_timeout``; 0 is none. The
+    queue's heartbeat keeps the lock from claim to finish. When `stop` is
+    set the loop ends after the current message; a command still running
+    `grace` seconds later is killed and its message goes back to retry/.
     """
+    timeout = queue.settings.command_timeout if timeout is None else timeout
     outcomes = collections.Counter()
     failing = environmental_errors(queue)
     backoff = FIRST_BACKOFF
@@ -68,16 +81,18 @@ def work(queue, command, stop, *, poll=5.0, dedup=False, once=False, grace=30.0)
         if claimed is None:
             if once:
                 break
-            stop.wait(poll)
+            stop.wait(poll * (1 + POLL_JITTER * (2 * random.random() - 1)))
             continue
         try:
-            status = _run_command(queue, claimed, command, stop=stop, grace=grace)
-            state = "done" if status == 0 else "retry" if status in (EX_TEMPFAIL, None) \
-                else "failed"
-            # None: we killed the command ourselves after the grace; no status to tell.
-            metadata = {} if status is None else {"Exit-Status": status}
+            status, killed_because = _run_command(queue, claimed, command, stop=stop,
+                                                  grace=grace, timeout=timeout)
+            state, cause = judge(status, killed_because)
+            # Exit-Status only for a command that ended by itself.
+            metadata = {} if killed_because else {"Exit-Status": status}
+            if state != "done":
+                metadata["Last-Error"] = cause
             target = _finish(queue, claimed, state, metadata,
-                             reason=failure_reason(status) if state == "failed" else None,
+                             reason=None if state == "done" else cause,
                              stop=stop, failing=failing)
         except LostLock:
             queue.abandon(claimed)
@@ -88,12 +103,30 @@ def work(queue, command, stop, *, poll=5.0, dedup=False, once=False, grace=30.0)
             outcomes["unfinished"] += 1
             continue
         outcomes[target.rstrip("/")] += 1
-        log.info("%s -> %s (exit status %s)", claimed.name, target, status)
+        _log_outcome(queue, claimed, target, cause)
     return outcomes
 
 
-def failure_reason(status):
-    """The Failed-Reason of a command's exit status: ``exit status 3``, ``killed by SIGKILL``.
+def judge(status, killed_because=None):
+    """(state, cause) of one run of the command: its exit status as a contract.
+
+    0 is done; 65 (EX_DATAERR) is failed, the one permanent failure;
+    anything else is a retry: 75 asks for one, and a crash (1, 2, a Go
+    panic, a Node exception, a signal such as the OOM killer's SIGKILL) or
+    a timeout tells about that run, not about the message. The cause is
+    what a person reads: ``exit status 1``, ``killed by SIGKILL``, or why
+    the worker killed it (`killed_because`).
+    """
+    if killed_because:
+        return "retry", killed_because
+    cause = describe_status(status)
+    if status == 0:
+        return "done", cause
+    return ("failed" if status == EX_DATAERR else "retry"), cause
+
+
+def describe_status(status):
+    """An exit status in words: ``exit status 3``, ``killed by SIGKILL``.
 
     subprocess reports a command killed by a signal as minus the signal's number.
     """
@@ -103,6 +136,17 @@ def failure_reason(status):
         return f"killed by {signal.Signals(-status).name}"
     except ValueError:  # a real-time signal has no name
         return f"killed by signal {-status}"
+
+
+def _log_outcome(queue, claimed, target, cause):
+    """done at info, a retry at warning, failed/ at err: what needs a person, louder."""
+    if target == "done/":
+        log.info("%s -> done/", claimed.name)
+    elif target == "retry/":
+        log.warning("%s -> retry/ (%s; attempt %d of %d)", claimed.name, cause,
+                    claimed.attempts + 1, queue.settings.max_attempts)
+    else:
+        log.error("%s -> %s (%s)", claimed.name, target, cause)
 
 
 def _finish(queue, claimed, state, metadata, *, reason, stop, failing):
@@ -136,10 +180,12 @@ def verdict_environment(metadata):
             for key in VERDICT_KEYS}
 
 
-def _run_command(queue, claimed, command, *, stop, grace):
-    """Exit status of `command` fed with the message; None if it had to be killed.
+def _run_command(queue, claimed, command, *, stop, grace, timeout):
+    """(exit status, why the worker killed it or None) of `command` fed with the message.
 
-    Raises LostLock when the heartbeat finds the lock gone meanwhile.
+    The command runs in a session of its own, so that a timeout's SIGTERM
+    and SIGKILL reach what it started too (a shell's children). Raises
+    LostLock when the heartbeat finds the lock gone meanwhile.
     """
     metadata = claimed.metadata
     env = dict(os.environ, SWIFTDROP_NAME=claimed.name, SWIFTDROP_CONTAINER=queue.container,
@@ -150,18 +196,34 @@ def _run_command(queue, claimed, command, *, stop, grace):
                SWIFTDROP_RCPT_TO=metadata.get("rcpt-to", ""),
                SWIFTDROP_MESSAGE_ID=metadata.get("message-id", ""),
                **verdict_environment(metadata))
-    process = subprocess.Popen(command, stdin=subprocess.PIPE, env=env)
-    stdin, stopping_since = claimed.body, None
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, env=env, start_new_session=True)
+    started = time.monotonic()
+    stdin, stopping_since, killed_because, kill_at = claimed.body, None, None, None
     while True:
         try:
             process.communicate(input=stdin, timeout=WATCH)
-            return process.returncode
+            return process.returncode, killed_because
         except subprocess.TimeoutExpired:
             stdin = None  # already handed over; communicate() keeps feeding it
-        if stop.is_set():
-            stopping_since = stopping_since or time.monotonic()
-            if time.monotonic() - stopping_since > grace:
-                process.kill()
-                process.wait()
-                return None
+        now = time.monotonic()
+        if kill_at is not None and now >= kill_at:
+            _signal_session(process, signal.SIGKILL)
+            kill_at = None
+        if killed_because is None and stop.is_set():
+            stopping_since = stopping_since or now
+            if now - stopping_since > grace:
+                killed_because = f"still running {grace:g} s after the worker was stopped"
+                _signal_session(process, signal.SIGKILL)
+        if killed_because is None and timeout and now - started > timeout:
+            killed_because = f"timed out after {timeout:g} s"
+            _signal_session(process, signal.SIGTERM)
+            kill_at = now + TERM_GRACE
         queue.check(claimed)
+
+
+def _signal_session(process, signum):
+    """Send `signum` to the command and all it started; one gone already is fine."""
+    try:
+        os.killpg(process.pid, signum)
+    except ProcessLookupError:
+        pass

@@ -99,6 +99,9 @@ def test_key_is_not_in_the_repr(tmp_path):
      "may take 7 s here"),
     (BASE + "queue_lease = 40\n[P]\nrecipient = a@x.example\ntimeout = 20\n", "P",
      "queue_lease", "at least 66"),
+    (BASE + "queue_command_timeout = -1\n", "DEFAULT", "queue_command_timeout",
+     "must be at least 0"),
+    (BASE + "queue_retry_longest = soon\n", "DEFAULT", "queue_retry_longest", "not a number"),
 ])
 def test_bad_config_names_file_section_and_key(tmp_path, text, section, key, words):
     error = error_for(tmp_path, text)
@@ -128,3 +131,13 @@ def test_a_lease_that_holds_one_request_is_taken_and_the_default_grows_to_fit(tm
     assert slow.queue.lease == 120 * 4 + (1 + 2 + 4) + 3  # 2.5 s more, rounded up
     [usual] = load(write(tmp_path, BASE)).destinations
     assert usual.queue.lease == 300
+
+
+def test_the_retry_schedule_and_command_timeout_keys_are_read_per_destination(tmp_path):
+    [usual, patient] = load(write(tmp_path, BASE + (
+        "[P]\nrecipient = a@x.example\nqueue_retry_longest = 7200\n"
+        "queue_command_timeout = 0\nqueue_max_attempts = 40\n"))).destinations
+    assert (usual.queue.retry_longest, usual.queue.command_timeout,
+            usual.queue.max_attempts) == (3600, 900, 30)
+    assert (patient.queue.retry_longest, patient.queue.command_timeout,
+            patient.queue.max_attempts) == (7200, 0, 40)

@@ -337,8 +337,8 @@ def test_the_metadata_keys_the_docs_may_name_are_what_swiftdrop_writes(swift, tm
     receive(same, "<same@example.org>")
     queue.finish(queue.claim(dedup=True), "done")  # remembered for dedup
     receive(same, "<same@example.org>")  # the duplicate: Duplicate-Of
-    receive(b"Subject: fails\r\n\r\nexit 3\r\n", "<fails@example.org>")  # Exit-Status
-    assert work(queue, ["sh", "-c", "cat >/dev/null; exit 3"], threading.Event(),
+    receive(b"Subject: fails\r\n\r\nexit 65\r\n", "<fails@example.org>")  # Exit-Status, Last-Error
+    assert work(queue, ["sh", "-c", "cat >/dev/null; exit 65"], threading.Event(),
                 dedup=True, once=True) == {"failed": 1}
     receive(b"Subject: lost\r\n\r\nits worker died\r\n", "<lost@example.org>")
     claimed = queue.claim()

@@ -178,43 +178,90 @@ def test_a_crash_between_copy_and_delete_is_resolved_not_duplicated(ini):
     assert queue.claim() is None
 
 
-@pytest.mark.queue(retry_delay=100, max_attempts=3)
-def test_retry_backs_off_exponentially_and_fails_after_n_attempts(ini):
+@pytest.mark.queue(retry_delay=100, retry_longest=150, max_attempts=3)
+def test_retry_backs_off_exponentially_up_to_the_longest_and_fails_after_n_attempts(ini):
     now = [1_800_000_000.0]
     queue = queue_for(ini, clock=lambda: now[0])
     [name] = store(queue, 1)
-    for attempt, delay in ((1, 100), (2, 200)):
+    for attempt, delay in ((1, 100), (2, 150)):  # 200 but for queue_retry_longest
         claimed = queue.claim()
         assert (claimed.name, claimed.attempts) == (name, attempt - 1)
-        assert queue.finish(claimed, "retry") == "retry/"
+        assert queue.finish(claimed, "retry", reason="exit status 1") == "retry/"
         headers = queue.connection.head_object(queue.container, "retry/" + name)
-        assert float(headers["x-object-meta-not-before"]) == pytest.approx(now[0] + delay)
+        not_before = float(headers["x-object-meta-not-before"])
+        # the delay, stretched by the jitter of up to a tenth
+        assert now[0] + delay - 0.001 <= not_before <= now[0] + delay * 1.1 + 0.001
         assert headers["x-object-meta-attempts"] == str(attempt)
-        now[0] += delay - 1
+        now[0] = not_before - 1
         assert queue.claim() is None  # not due yet
-        now[0] += 2
+        now[0] = not_before + 1
     claimed = queue.claim()
-    assert queue.finish(claimed, "retry") == "failed/"
+    assert queue.finish(claimed, "retry", reason="killed by SIGKILL") == "failed/"
     headers = queue.connection.head_object(queue.container, "failed/" + name)
-    assert headers["x-object-meta-failed-reason"] == "gave up after 3 attempts"
+    assert headers["x-object-meta-failed-reason"] == \
+        "gave up after 3 attempts; last: killed by SIGKILL"
 
 
-def failed_metadata(queue, name):
-    headers = queue.connection.head_object(queue.container, "failed/" + name)
-    return {key: headers.get(f"x-object-meta-{key}") for key in ("failed-reason", "exit-status")}
+def failed_metadata(queue, name, prefix="failed/"):
+    headers = queue.connection.head_object(queue.container, prefix + name)
+    return {key: headers.get(f"x-object-meta-{key}")
+            for key in ("failed-reason", "exit-status", "last-error")}
 
 
-def test_a_failed_command_leaves_its_exit_status_as_the_failed_reason(ini):
-    """Every object in failed/ says why: the worker's command, by its exit, too."""
+@pytest.mark.queue(retry_delay=0, max_attempts=2)
+def test_only_exit_65_fails_at_once_and_a_crash_is_retried_until_the_attempts_run_out(ini):
+    """The exit status as a contract: 0 done, 65 failed, anything else (a crash) retry."""
     queue = queue_for(ini)
-    exits, killed = store(queue, 2)
-    script = f'cat >/dev/null; [ "$SWIFTDROP_NAME" = "{exits}" ] && exit 3; kill -KILL $$'
+    permanent, crashing, killed, once = store(queue, 4)
+    script = (f'cat >/dev/null; case "$SWIFTDROP_NAME" in {permanent}) exit 65;; '
+              f'{crashing}) exit 1;; {killed}) kill -KILL $$;; esac; '
+              '[ "$SWIFTDROP_ATTEMPTS" = 0 ] && exit 2; exit 0')
     outcomes = work(queue, ["sh", "-c", script], threading.Event(), once=True)
-    assert outcomes == {"failed": 2}
-    assert failed_metadata(queue, exits) == {"failed-reason": "exit status 3",
-                                             "exit-status": "3"}
-    assert failed_metadata(queue, killed) == {"failed-reason": "killed by SIGKILL",
-                                              "exit-status": "-9"}
+    assert outcomes == {"failed": 3, "retry": 3, "done": 1}
+    assert failed_metadata(queue, permanent) == {
+        "failed-reason": "exit status 65", "exit-status": "65", "last-error": "exit status 65"}
+    assert failed_metadata(queue, crashing) == {
+        "failed-reason": "gave up after 2 attempts; last: exit status 1", "exit-status": "1",
+        "last-error": "exit status 1"}
+    assert failed_metadata(queue, killed) == {
+        "failed-reason": "gave up after 2 attempts; last: killed by SIGKILL",
+        "exit-status": "-9", "last-error": "killed by SIGKILL"}
+    # done at its second attempt; the first one's cause stays for whoever looks
+    assert failed_metadata(queue, once, "done/") == {
+        "failed-reason": None, "exit-status": "0", "last-error": "exit status 2"}
+
+
+@pytest.mark.queue(command_timeout=1)
+def test_a_command_past_its_timeout_is_killed_with_its_children_and_retried(ini, tmp_path):
+    """SIGTERM ignored, the SIGKILL after it still ends the command and what it started."""
+    queue = queue_for(ini)
+    [name] = store(queue, 1)
+    child = tmp_path / "child.pid"
+    script = f'cat >/dev/null; trap "" TERM; sleep 600 & echo $! > {child}; wait'
+    outcomes = work(queue, ["sh", "-c", script], threading.Event(), once=True)
+    assert outcomes == {"retry": 1}
+    assert failed_metadata(queue, name, "retry/") == {
+        "failed-reason": None, "exit-status": None, "last-error": "timed out after 1 s"}
+    assert not running(int(child.read_text()))
+
+
+def running(pid):
+    """Whether `pid` is a live process (a killed child whose reaper has not come is not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_run_s_timeout_overrides_the_ini_s_and_0_is_none(ini):
+    queue = queue_for(ini)
+    assert queue.settings.command_timeout == 900
+    [name] = store(queue, 1)
+    outcomes = work(queue, ["sh", "-c", "cat >/dev/null; sleep 3"], threading.Event(),
+                    once=True, timeout=0.5)
+    assert outcomes == {"retry": 1}
+    assert failed_metadata(queue, name, "retry/")["last-error"] == "timed out after 0.5 s"
 
 
 def test_a_command_killed_after_the_grace_goes_to_retry_without_an_exit_status(ini):
@@ -319,7 +366,7 @@ def test_run_maps_exit_status_and_stops_on_sigterm(ini, tmp_path):
     names = store(queue, 3)
     script = tmp_path / "worker.sh"
     script.write_text('#!/bin/sh\ncat >/dev/null\ncase "$SWIFTDROP_NAME" in\n'
-                      f'  {names[0]}) exit 0;;\n  {names[1]}) exit 75;;\n  *) exit 1;;\nesac\n')
+                      f'  {names[0]}) exit 0;;\n  {names[1]}) exit 1;;\n  *) exit 65;;\nesac\n')
     script.chmod(0o755)
     result = subprocess.run(swiftdrop_command("queue", "--config", str(ini), "run", "--once",
                                               "--", str(script)),

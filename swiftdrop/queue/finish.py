@@ -2,6 +2,7 @@
 
 from functools import partial
 
+from ..retries import retry_delay
 from .states import DONE, FAILED, PROCESSING, RETRY, LostLock
 
 
@@ -15,8 +16,9 @@ class Finishing:
         exponential back-off; the last allowed attempt goes to failed/.
         Whatever lands in failed/ says why in ``Failed-Reason``, the one key
         a person replaying failed/ looks at: `reason` for a message failed
-        outright (``exit status 3``; required then), ``gave up after N
-        attempts`` for one whose attempts ran out.
+        outright (``exit status 65``; required then), ``gave up after N
+        attempts`` for one whose attempts ran out, followed by ``; last:
+        `reason``` when a retry gives one (``killed by SIGKILL``).
         The lock is released once the move is complete. An error of Swift's
         or Redis's leaves it held (the heartbeat goes on): a finish tried
         again with the same Claimed goes on from where this one stopped.
@@ -35,10 +37,10 @@ class Finishing:
             metadata["Attempts"] = attempts
             if attempts >= self.settings.max_attempts:
                 target = FAILED
-                metadata["Failed-Reason"] = f"gave up after {attempts} attempts"
+                metadata["Failed-Reason"] = f"gave up after {attempts} attempts" + (
+                    f"; last: {reason}" if reason else "")
             else:
-                delay = self.settings.retry_delay * 2 ** (attempts - 1)
-                metadata["Not-Before"] = f"{now + delay:.3f}"
+                metadata["Not-Before"] = f"{now + retry_delay(self.settings, attempts):.3f}"
         metadata["Finished-At"] = f"{now:.3f}"
         metadata["Deliveries"] = claimed.delivery
         name, token = claimed.name, claimed.token
