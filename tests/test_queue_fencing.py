@@ -11,6 +11,7 @@ of the real Swift; the worker's heartbeat is stopped to freeze it.
 """
 
 from concurrent.futures import ThreadPoolExecutor
+import json
 import socket
 import subprocess
 import time
@@ -42,12 +43,14 @@ def proxy(swift):
 
 @pytest.fixture(params=["swift", "redis"])
 def lock_ini(request, tmp_path, swift):
-    """An ini for a fresh container and each lock kind, with QUICK's settings."""
+    """An ini for a fresh container and each lock kind: QUICK, and the marker's settings."""
     kind = request.param
     redis_url = request.getfixturevalue("redis_url") if kind == "redis" else None
     container = f"fence-{next(COUNTER)}-{kind}"
     swift.connection().put_container(container)
-    return make_ini(tmp_path / "swiftdrop.ini", swift, container, kind, redis_url, **QUICK)
+    marker = request.node.get_closest_marker("queue")
+    return make_ini(tmp_path / "swiftdrop.ini", swift, container, kind, redis_url,
+                    **{**QUICK, **(marker.kwargs if marker else {})})
 
 
 def frozen_worker(ini, proxy):
@@ -57,14 +60,19 @@ def frozen_worker(ini, proxy):
     once: a request the proxy holds stays on its way, as a frozen holder's
     would, until the test lets it go.
     """
+    destination = config_module.load(str(through(ini, proxy))).catch_all
+    connection = connect(destination, retries=0)
+    connection.timeout = FROZEN_TIMEOUT
+    return MailQueue(destination, connection=connection)
+
+
+def through(ini, proxy):
+    """The same ini, but for Swift through `proxy`."""
     through_proxy = ini.with_name("through-proxy.ini")
     through_proxy.write_text("\n".join(
         f"authurl = {proxy.auth_url}" if line.startswith("authurl") else line
         for line in ini.read_text().splitlines()) + "\n")
-    destination = config_module.load(str(through_proxy)).catch_all
-    connection = connect(destination, retries=0)
-    connection.timeout = FROZEN_TIMEOUT
-    return MailQueue(destination, connection=connection)
+    return through_proxy
 
 
 def processing_token(queue, name):
@@ -143,6 +151,34 @@ def test_a_recover_frozen_past_its_lease_leaves_the_next_claim_alone(lock_ini, p
     frozen.close()
 
 
+@pytest.mark.slow  # waits out a lease and recover's grace
+@pytest.mark.queue(lease=20)  # the finish, a process of its own, starts within it
+def test_queue_finish_in_another_process_is_fenced_like_the_claims_own(lock_ini, proxy):
+    """`queue finish` builds its claim from a HEAD: the fence comes from that copy."""
+    other, housekeeper = queue_for(lock_ini), queue_for(lock_ini)
+    [name] = store(other, 1)
+    claim = subprocess.run(swiftdrop_command("queue", "--config", str(lock_ini), "claim"),
+                           capture_output=True, text=True, check=True)
+    token = json.loads(claim.stdout)["token"]
+    # Both of its copy's attempts stay on their way until the message is claimed again.
+    stuck = proxy.add("PUT", rf"/done/{name}$", "hold", times=2)
+    finish = subprocess.run(
+        swiftdrop_command("queue", "--config", str(through(lock_ini, proxy)), "finish", name,
+                          "--token", token, "--state", "done"),
+        capture_output=True, text=True, check=False)
+    assert finish.returncode == 75, finish.stderr  # Swift did not answer in time
+    assert stuck.matched == 2
+
+    assert recovered(housekeeper) == [("lease expired, moved to retry/", name)]
+    again = other.claim()
+    assert again.name == name
+    stuck.release()
+    stuck.wait_for(2, passed=True)
+    assert names_under(other, "done/") == []  # both attempts refused at Swift
+    assert processing_token(other, name) == again.token
+    assert other.finish(again, "done") == "done/"
+
+
 def in_thread(call):
     """Run `call` in a thread of its own; its Future."""
     executor = ThreadPoolExecutor(max_workers=1)
@@ -184,8 +220,12 @@ def test_a_redis_lock_gives_up_on_a_redis_that_does_not_answer(tmp_path):
 
 
 def test_swift_refuses_a_fenced_copy_of_a_newer_source(swift):
-    """What the fence rests on, seen at the real Swift: a copy's If-Unmodified-Since
-    is checked against its source, and a server-side copy is as new as its request."""
+    """What the fence rests on, seen at the real Swift.
+
+    A copy's If-Unmodified-Since is checked against its source, not its
+    target (a finish tried again replaces its own earlier copy), and a
+    server-side copy is as new as its request.
+    """
     connection = swift.connection()
     container = f"fence-{next(COUNTER)}-swift"
     connection.put_container(container)
@@ -193,18 +233,29 @@ def test_swift_refuses_a_fenced_copy_of_a_newer_source(swift):
     connection.put_object(container, "processing/m", None,
                           headers={"X-Copy-From": f"/{container}/cur/m"})
     fence = connection.head_object(container, "processing/m")["last-modified"]
+    # Last-Modified is in whole seconds: a target newer than the fence, then a
+    # later claim's copy, each take until the next second.
+    newer_than_fence(connection, container, "done/m", fence, lambda: connection.put_object(
+        container, "done/m", "a finish's earlier copy"))
     connection.put_object(container, "done/m", None, headers={
         "X-Copy-From": f"/{container}/processing/m", "If-Unmodified-Since": fence})
+    assert connection.get_object(container, "done/m")[1] == b"message"
     connection.delete_object(container, "done/m")
-    # A later claim's copy: Last-Modified is in whole seconds, so a second later.
-    deadline = time.monotonic() + 10
-    while connection.head_object(container, "processing/m")["last-modified"] == fence:
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-        connection.put_object(container, "processing/m", None,
-                              headers={"X-Copy-From": f"/{container}/cur/m"})
+    newer_than_fence(connection, container, "processing/m", fence, lambda: connection.put_object(
+        container, "processing/m", None, headers={"X-Copy-From": f"/{container}/cur/m"}))
     with pytest.raises(swiftclient.ClientException) as refused:
         connection.put_object(container, "done/m", None, headers={
             "X-Copy-From": f"/{container}/processing/m", "If-Unmodified-Since": fence})
     assert refused.value.http_status == 412
     assert "done/m" not in [item["name"] for item in connection.get_container(container)[1]]
+
+
+def newer_than_fence(connection, container, path, fence, write):
+    """write() until `path`'s Last-Modified is past `fence`."""
+    deadline = time.monotonic() + 10
+    while True:
+        write()
+        if connection.head_object(container, path)["last-modified"] != fence:
+            return
+        assert time.monotonic() < deadline, f"{path} stayed at {fence}"
+        time.sleep(0.2)
