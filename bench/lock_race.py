@@ -1,11 +1,12 @@
 """Benchmark: how often the Swift lock lets two claimers win, and what that costs a consumer.
 
-    .venv/bin/python -m bench.lock_race [--claimers N] [--rounds R] [--messages M]
+    .venv/bin/python -m bench.lock_race [--claimers N] [--lock-rounds L] [--rounds R]
+                                        [--messages M]
 
 On the test Swift (one replica: the best case; a multi-replica cluster can
 only do worse), two figures for ``queue_lock = swift``:
 
-* lock PUTs: in each of R rounds, N threads start ``SwiftLock.acquire`` on
+* lock PUTs: in each of L rounds, N threads start ``SwiftLock.acquire`` on
   one new name at once (a barrier); a round with more than one token back
   is a double win, which ``If-None-Match: *`` alone lets through;
 * hand-overs: in each of R rounds, N queues, one thread each, start
@@ -104,7 +105,8 @@ def hand_overs(swift, ini_text, claimers, rounds, messages):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--claimers", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--lock-rounds", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--messages", type=int, default=4)
     options = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="swiftdrop-lock-race-") as scratch:
@@ -116,8 +118,8 @@ def main():
         try:
             wait_for_port(redis_port, process=redis)
             with SwiftServer(workdir / "swift") as swift:
-                doubles = lock_wins(swift, options.claimers, options.rounds)
-                print(f"swift lock PUTs: {options.claimers} at once, {options.rounds} rounds: "
+                doubles = lock_wins(swift, options.claimers, options.lock_rounds)
+                print(f"swift lock PUTs: {options.claimers} at once, {options.lock_rounds} rounds: "
                       f"{doubles} rounds with two or more winners")
                 for lock in ("swift", "redis"):
                     ini = {"dir": scratch, "text": (
