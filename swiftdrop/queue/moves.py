@@ -9,6 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 from ..libraries import ClientException
 from .connection import connect
 
+# Swift evaluates a copy's conditional headers against its source (not its target).
+FENCE_HEADER = "If-Unmodified-Since"
+
 
 class Moves:
     """Listing, copying and deleting within the queue's container."""
@@ -37,8 +40,7 @@ class Moves:
         """
         headers = {"X-Copy-From": f"/{self.container}/{source}{name}"}
         if fence is not None:
-            # Swift evaluates a copy's conditional headers against its source.
-            headers["If-Unmodified-Since"] = fence
+            headers[FENCE_HEADER] = fence
         headers.update((f"X-Object-Meta-{key}", str(value))
                        for key, value in (metadata or {}).items())
         try:
