@@ -51,8 +51,11 @@ allows.
 It can come twice with the same number only when two claims both win its
 lock: with queue_lock = swift when two lock PUTs race (If-None-Match is a
 check before a write; more so across replicas) and neither claim sees the
-other's token; with either lock when a holder is frozen (a stopped process,
-a paused VM) past its lease between checking it and its next request.
+other's token; with either lock when Swift's clocks are stepped. A holder
+frozen past its lease (a stopped process, a paused VM) is fenced: its moves
+carry If-Unmodified-Since of its claim's copy, Swift refuses them once the
+message was claimed again, and that later claim has the higher number. So
+queue_lock = redis is strict while its one Redis server keeps its data.
 
 See docs/queue.md for the details.
 """
