@@ -54,8 +54,11 @@ the lease allows.
 It can come twice with the same number only when two claims both win its
 lock: with queue_lock = swift when two lock PUTs race (If-None-Match is a
 check before a write; more so across replicas) and neither claim sees the
-other's token; with either lock when a holder is frozen (a stopped process,
-a paused VM) past its lease between checking it and its next request.
+other's token; with either lock when Swift's clocks are stepped. A holder
+frozen past its lease (a stopped process, a paused VM) is fenced: its moves
+carry If-Unmodified-Since of its claim's copy, Swift refuses them once the
+message was claimed again, and that later claim has the higher number. So
+queue_lock = redis is strict while its one Redis server keeps its data.
 
 See docs/queue.md for the details.
 """
@@ -398,7 +401,9 @@ def rights_needed(options):
 
 def queue_action(queue, options):
     """One claim, finish, recover, purge or stats; its exit status."""
-    from .queue import Claimed, LostLock  # noqa: PLC0415 - see the module docstring
+    from .libraries import ClientException  # noqa: PLC0415 - see the module docstring
+    from .queue import Claimed, LostLock  # noqa: PLC0415
+    from .queue.states import CUR, DONE, FAILED, PROCESSING, RETRY  # noqa: PLC0415
     from .queue_report import format_stats, write_output  # noqa: PLC0415
 
     action = options.action
@@ -420,12 +425,24 @@ def queue_action(queue, options):
             print("swiftdrop: queue finish needs --token, the token its claim printed: "
                   "without it, it could finish a claim that is not yours", file=sys.stderr)
             return EX_USAGE
-        headers = queue.connection.head_object(queue.container, f"processing/{options.name}")
-        # The claim records its token on the object: another token there is another claim.
+        try:
+            headers = queue.connection.head_object(queue.container, PROCESSING + options.name)
+        except ClientException as error:
+            if error.http_status != 404:
+                raise
+            # No claim to finish: not a failure that passes by itself (75).
+            state = queue.state_of(options.name, (DONE, FAILED, RETRY, CUR))
+            where = f"it is in {state}" if state else "no such message in any state"
+            print(f"swiftdrop: queue finish: {options.name} is not in {PROCESSING} "
+                  f"({where}): nothing to finish", file=sys.stderr)
+            return 1
+        # The claim records its token on the object: another token there is another
+        # claim. The copy's Last-Modified fences the move, as the claim's own would.
         mine = headers.get("x-object-meta-lock-token") == options.token
         claimed = Claimed(options.name, b"", {}, options.token,
                           attempts=int(headers.get("x-object-meta-attempts", 0)),
-                          delivery=int(headers.get("x-object-meta-deliveries", 0)) + 1)
+                          delivery=int(headers.get("x-object-meta-deliveries", 0)) + 1,
+                          fence=headers.get("last-modified"))
         try:
             if not mine:
                 raise LostLock(options.name)

@@ -42,6 +42,9 @@ NOT_OURS = (404, 409, 412)
 RELEASE_TRIES = 3
 # Swift's Date header is in whole seconds, rounded down.
 DATE_ROUNDING = 1.0
+# Seconds a Redis request may take when no account timeout is given (swiftdrop.config's
+# default Swift timeout).
+REDIS_TIMEOUT = 10.0
 
 
 @dataclass
@@ -254,14 +257,25 @@ return 0
 
 
 class RedisLock:
-    """Strict locks in Redis for sites that cannot accept the Swift lock's race."""
+    """Strict locks in Redis for sites that cannot accept the Swift lock's race.
+
+    Redis excludes (one server, ``SET NX`` is atomic); what a lock cannot
+    do, stop a holder frozen past its lease from acting afterwards, the
+    queue's fence does at Swift (swiftdrop.queue.states.Claimed). A fencing
+    counter kept in Redis would add nothing to that: Swift cannot check it,
+    and a holder checking it itself checks before it acts, which is the very
+    gap a freeze falls into. Every Redis request gives up after `timeout`
+    seconds (the account's Swift timeout), so that a Redis that hangs makes
+    a worker wait and try again rather than hang with it.
+    """
 
     margin = CLOCK_MARGIN  # Redis counts the lease in milliseconds: no rounding to allow for
 
-    def __init__(self, url, namespace):
+    def __init__(self, url, namespace, *, timeout=REDIS_TIMEOUT):
         import redis  # noqa: PLC0415 - only sites with queue_lock = redis need it
 
-        self.client = redis.Redis.from_url(url)
+        self.client = redis.Redis.from_url(url, socket_timeout=timeout,
+                                           socket_connect_timeout=timeout)
         self.errors = (redis.RedisError,)  # Redis away: a worker waits and tries again
         self.namespace = namespace
         self._refresh = self.client.register_script(_REFRESH)
@@ -307,6 +321,7 @@ def make_lock(settings, connection, container, namespace, *, lock_connection=Non
               attempt_time=None):
     """The lock kind the destination's queue settings ask for."""
     if settings.lock == "redis":
-        return RedisLock(settings.redis_url, namespace)
+        return RedisLock(settings.redis_url, namespace,
+                         timeout=attempt_time if attempt_time else REDIS_TIMEOUT)
     return SwiftLock(connection, container, lock_connection=lock_connection,
                      attempt_time=attempt_time)

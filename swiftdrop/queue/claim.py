@@ -117,6 +117,8 @@ class Claiming:
                         name, metadata.get("claimed-by", "another worker"))
             self._forget(name, token)
             return None
+        # Our copy's Last-Modified fences every move of it (Claimed.fence).
         return Claimed(name, body, metadata, token, attempts=int(metadata.get("attempts", 0)),
                        skipped_duplicates=skipped,
-                       delivery=int(metadata.get("deliveries", 0)))
+                       delivery=int(metadata.get("deliveries", 0)),
+                       fence=headers.get("last-modified"))

@@ -46,9 +46,9 @@ class Finishing:
         name, token = claimed.name, claimed.token
         if claimed.moved_to is None:
             self._keep(name, token)
-            if not self.copy(name, PROCESSING, target, metadata):
+            if not self.copy(name, PROCESSING, target, metadata, fence=claimed.fence):
                 self._forget(name, token)
-                raise LostLock(name)  # moved on by someone who held the lock after us
+                raise LostLock(name)  # moved on, or claimed again, by a later holder
             claimed.moved_to = target
         target = claimed.moved_to
         self._keep(name, token)

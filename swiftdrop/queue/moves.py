@@ -9,6 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 from ..libraries import ClientException
 from .connection import connect
 
+# Swift evaluates a copy's conditional headers against its source (not its target).
+FENCE_HEADER = "If-Unmodified-Since"
+
 
 class Moves:
     """Listing, copying and deleting within the queue's container."""
@@ -24,24 +27,41 @@ class Moves:
         self._delete(source + name)
         return True
 
-    def copy(self, name, source, target, metadata=None):
-        """Copy source+name to target+name server-side; False if the source is gone.
+    def copy(self, name, source, target, metadata=None, *, fence=None):
+        """Copy source+name to target+name server-side; False if the source is not ours.
 
         Callers hold the name's lock, so nobody else moves it meanwhile; a
         copy already at the target can only be a crash's leftover of the
         same message, and is replaced. The source being gone means someone
-        else moved it before we took the lock.
+        else moved it before we took the lock. With `fence` (a claim's, see
+        swiftdrop.queue.states.Claimed) Swift copies only a source not
+        modified since: a source newer than that is another claim's (412),
+        which a holder whose lease ran out must not move.
         """
         headers = {"X-Copy-From": f"/{self.container}/{source}{name}"}
+        if fence is not None:
+            headers[FENCE_HEADER] = fence
         headers.update((f"X-Object-Meta-{key}", str(value))
                        for key, value in (metadata or {}).items())
         try:
             self.connection.put_object(self.container, target + name, None, headers=headers)
         except ClientException as error:
-            if error.http_status == 404:
+            if error.http_status in (404, 412):
                 return False
             raise
         return True
+
+    def state_of(self, name, prefixes):
+        """The first of `prefixes` that holds `name` (one HEAD each until found), or None."""
+        for prefix in prefixes:
+            try:
+                self.connection.head_object(self.container, prefix + name)
+            except ClientException as error:
+                if error.http_status == 404:
+                    continue
+                raise
+            return prefix
+        return None
 
     def _delete(self, path, connection=None):
         try:

@@ -75,8 +75,10 @@ class Recovery:
                 return actions
             attempts = int(headers.get(META + "attempts", 0))
             # Its worker may have handed it over before it died: count that.
+            # Fenced by the copy it saw: one claimed again since is not moved.
             claimed = Claimed(name, b"", {}, token, attempts=attempts,
-                              delivery=int(headers.get(META + "deliveries", 0)) + 1)
+                              delivery=int(headers.get(META + "deliveries", 0)) + 1,
+                              fence=headers.get("last-modified"))
             try:
                 target = self.finish(claimed, "retry", {"Recovered-From": headers.get(
                     META + "claimed-by", "unknown worker")})

@@ -19,6 +19,12 @@ class Claimed:
 
     `delivery` counts the hand-overs to a consumer, this one included (1 the
     first time); the name, unique in its container, is the idempotency key.
+    `fence` is the Last-Modified of this claim's own ``processing/`` copy:
+    every move out of processing/ is sent with ``If-Unmodified-Since`` of
+    it, so that Swift itself refuses (412) the move of a holder whose lease
+    ran out once someone else has claimed the message again (a later claim's
+    copy is a lease later, so its Last-Modified, in whole seconds, is later).
+    None moves without that check (a leftover nobody claimed).
     """
 
     name: str
@@ -28,6 +34,7 @@ class Claimed:
     attempts: int = 0
     skipped_duplicates: list = field(default_factory=list)
     delivery: int = 1
+    fence: str | None = None
     moved_to: str | None = field(default=None, repr=False)  # a finish's copy is done
 
     @property
