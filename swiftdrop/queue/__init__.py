@@ -80,6 +80,7 @@ class MailQueue(Claiming, Finishing, Recovery, Counting, Dedup, Holding, Moves):
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self._waiting = []  # names of the cur/ page listed last, to claim in order
         self._page_outdated = False
+        self._retry_entries = {}  # name: its retry index entry, of the due retries offered
         self._beside = None  # (executor, connection) for a delete beside the next request
 
     def close(self):
