@@ -1,0 +1,140 @@
+"""Benchmark: what stats, recover and a claim+finish cost as done/ grows.
+
+    .venv/bin/python -m bench.queue_cost [--done 100,10000,100000] [--repeat 5]
+
+On the test Swift (tests/support/swiftserver.py: all of Swift in one
+process, plus the memcached of its tempauth), one container holds a little
+work (cur/, one message in processing/ under a live lock, one in retry/,
+one in failed/) while done/ is filled with tiny objects, by many threads,
+to each size in turn. At each size it prints the Swift requests and the
+Swift server CPU (user + system time of Swift's and memcached's processes,
+from /proc/<pid>/stat) per claim+finish, per ``stats`` and per ``recover``,
+and, for comparison, per the listings ``stats`` made before this change (every
+state in full, and cur/ twice). Figures, not assertions: the claim is that
+stats and recover cost the same with 100,000 objects in done/ as with 100.
+"""
+
+import argparse
+import collections
+from concurrent.futures import ThreadPoolExecutor
+import pathlib
+import tempfile
+import threading
+import time
+
+import swiftclient
+
+from bench.filter_throughput import cpu_seconds
+from swiftdrop import config as config_module
+from swiftdrop.queue import PREFIXES, MailQueue
+from swiftdrop.queue.states import CUR
+from tests.support.swiftserver import SwiftServer
+
+CONTAINER = "bench-costs"
+FILL_THREADS = 32
+MESSAGES_PER_SIZE = 20
+
+
+class Meter:
+    """Swift requests sent by this process, and the Swift server's CPU seconds."""
+
+    def __init__(self, swift):
+        self.requests = collections.Counter()
+        self.pids = [swift.process.pid, swift.memcached.pid]
+        send = swiftclient.Connection._retry
+        requests = self.requests
+
+        def counted(connection, reset_func, func, *args, **kwargs):
+            requests[func.__name__] += 1
+            return send(connection, reset_func, func, *args, **kwargs)
+
+        swiftclient.Connection._retry = counted
+
+    def cpu(self):
+        return sum(cpu_seconds(pid) for pid in self.pids)
+
+    def measure(self, action, times):
+        """(requests, Swift CPU ms) per run of `action`, over `times` runs."""
+        self.requests.clear()
+        before = self.cpu()
+        for _ in range(times):
+            action()
+        cpu = self.cpu() - before
+        return sum(self.requests.values()) / times, cpu * 1000 / times
+
+
+def fill_done(swift, wanted, have):
+    """Tiny objects in done/ up to `wanted`; the seconds it took."""
+    local = threading.local()
+
+    def put(number):
+        if not hasattr(local, "connection"):
+            local.connection = swift.connection()
+        local.connection.put_object(
+            CONTAINER, f"done/{1_600_000_000 + number}.M000000P1Q{number}.bench,S=1", b"x")
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(FILL_THREADS) as pool:
+        list(pool.map(put, range(have, wanted)))
+    return time.monotonic() - started
+
+
+def store(connection, count, start):
+    for number in range(count):
+        connection.put_object(CONTAINER, f"cur/{start + number}.M000000P1Q{number}.bench,S=64",
+                              b"Subject: bench\r\n\r\n" + b"x" * 46 + b"\r\n")
+
+
+def old_stats_listings(queue):
+    """The listings stats made before: every state in full, then cur/ again."""
+    for prefix in (*PREFIXES, CUR):
+        queue.listing(prefix)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--done", default="100,10000,100000")
+    parser.add_argument("--repeat", type=int, default=5)
+    options = parser.parse_args()
+    sizes = [int(size) for size in options.done.split(",")]
+    with tempfile.TemporaryDirectory(prefix="swiftdrop-queue-cost-") as scratch:
+        workdir = pathlib.Path(scratch)
+        with SwiftServer(workdir / "swift") as swift:
+            ini = workdir / "bench.ini"
+            ini.write_text(f"[DEFAULT]\ncontainer = {CONTAINER}\nauthurl = {swift.auth_url}\n"
+                           "user = test:tester\nkey = testing\nqueue_retry_delay = 3600\n")
+            destination = config_module.load(str(ini)).catch_all
+            connection = swift.connection()
+            connection.put_container(CONTAINER)
+            queue = MailQueue(destination)
+            store(connection, 3, 1_700_000_000)
+            queue.finish(queue.claim(), "retry")
+            queue.finish(queue.claim(), "failed", reason="exit status 3")
+            queue.claim()  # held in processing/ by this process's heartbeat
+            meter = Meter(swift)
+            print(f"{'done/':>8} {'filled in s':>11} {'claim+finish':>17} {'stats':>17} "
+                  f"{'recover':>17} {'stats before':>17}")
+            print(f"{'':>8} {'':>11}" + f" {'requests':>9} {'CPU ms':>7}" * 4)
+            have = 0
+            for size in sizes:
+                # The claims below add MESSAGES_PER_SIZE to done/.
+                filled = fill_done(swift, size - MESSAGES_PER_SIZE, have)
+                have = size - MESSAGES_PER_SIZE
+                store(connection, MESSAGES_PER_SIZE, 1_700_001_000 + size)
+
+                def claim_and_finish():
+                    queue.finish(queue.claim(), "done")
+
+                figures = [meter.measure(claim_and_finish, MESSAGES_PER_SIZE),
+                           meter.measure(queue.stats, options.repeat),
+                           meter.measure(queue.recover, options.repeat),
+                           meter.measure(lambda: old_stats_listings(queue), options.repeat)]
+                have += MESSAGES_PER_SIZE
+                done = queue.stats()["done/"]["count"]
+                print(f"{done:>8} {filled:>11.1f}" + "".join(
+                    f" {requests:>9.1f} {cpu:>7.1f}" for requests, cpu in figures))
+            queue.close()
+
+
+if __name__ == "__main__":
+    main()
