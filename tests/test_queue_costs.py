@@ -11,7 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import swiftclient
 
-from tests.test_queue import ini, names_under, queue_for, store  # noqa: F401 (ini: a fixture)
+from tests import test_queue
+from tests.test_queue import names_under, queue_for, store
+
+# The fixture: a fresh container per test, its queue settings from the test's marker.
+ini = test_queue.ini
 
 
 def record_requests(monkeypatch):
