@@ -33,6 +33,7 @@ class Claiming:
         due = self.connection.get_container(
             self.container, prefix=retry_index.RETRY_AT, limit=CLAIM_PAGE,
             end_marker=retry_index.due_before(self.clock()))[1]
+        self._retry_entries = {}
         for item in due:
             entry = retry_index.parse(item["name"])
             if entry is None:
