@@ -25,7 +25,9 @@ and read-back, copy, delete, GET; copy, delete, lock DELETE), 5 with Redis
 (plus a GET at Redis at finish); a worker lists ``cur/`` a page at a time,
 not once per claim. A worker waits for 7 round trips of those 8: the delete
 that completes the claim's move runs on a second connection beside the GET
-of the message, which does not depend on it.
+of the message, which does not depend on it. A retry costs one request
+more at each end (its entry in the retry index, swiftdrop.queue.retry_index);
+``stats`` and ``recover`` never list ``done/`` (docs/queue.md, What it costs).
 """
 
 import os
