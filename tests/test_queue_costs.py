@@ -123,3 +123,17 @@ def test_recover_indexes_a_retry_from_an_older_version_and_drops_stale_entries(i
     assert queue.claim() is None
     assert names_under(queue, "retry-at/") == []  # the claim's 404 removed the stale one
     assert sorted(names_under(queue, "done/")) == sorted([old, stale])
+
+
+@pytest.mark.queue(retry_delay=100)
+def test_recover_drops_an_earlier_retry_s_entry_that_would_claim_too_soon(ini):
+    now = [1_800_000_000.0]
+    queue = queue_for(ini, clock=lambda: now[0])
+    [name] = store(queue, 1)
+    queue.finish(queue.claim(), "retry")  # due at now + 100
+    # left by an earlier round whose claim died before deleting its entry
+    queue.connection.put_object(queue.container, f"retry-at/{now[0] - 50:015.3f}/{name}", b"")
+    assert queue.recover() == [("removed superseded retry-at/ entry", name)]
+    assert queue.claim() is None  # not due before its own Not-Before
+    now[0] += 101
+    assert queue.claim().name == name

@@ -99,31 +99,38 @@ class Recovery:
         return actions
 
     def _mend_retry_index(self):
-        """An entry for each message in retry/ that has none; none for a message not there.
+        """One entry for each message in retry/, and none for a message not there.
 
         A message without an entry was put in retry/ by an older version (or
-        by hand): its Not-Before is read once, here, not at every claim. An
-        entry without a message is removed only when it is older than a
-        lease and its grace and a HEAD confirms the message is gone: a
-        younger one may be a finish's, written just before its copy.
+        by hand): its Not-Before is read once, here, not at every claim. Of
+        two entries of one name the earlier is a crash's leftover of an
+        earlier retry (the later is always the newer finish's): it goes, or
+        it would let the message be claimed before its time. An entry
+        without a message is removed only when it is older than a lease and
+        its grace and a HEAD confirms the message is gone: a younger one may
+        be a finish's, written just before its copy.
         """
         actions = []
         waiting = {item["name"][len(RETRY):] for item in self.listing(RETRY)}
-        indexed = set()
-        now = time.time()  # the entries' listed times are Swift's, not our (test) clock's
+        latest = {}  # name: its listed entry with the latest Not-Before
         for item in self.listing(retry_index.RETRY_AT):
             entry = retry_index.parse(item["name"])
             if entry is None:
                 continue
             name = entry[1]
-            indexed.add(name)
+            if name in latest:  # listed oldest first: the one before is superseded
+                self._delete(latest[name]["name"])
+                actions.append((f"removed superseded {retry_index.RETRY_AT} entry", name))
+            latest[name] = item
+        now = time.time()  # the entries' listed times are Swift's, not our (test) clock's
+        for name, item in latest.items():
             if name in waiting:
                 continue
             age = now - listed_time(item["last_modified"])
             if age > self.settings.lease + self.grace and not self._exists(RETRY + name):
                 self._delete(item["name"])
                 actions.append((f"removed stale {retry_index.RETRY_AT} entry", name))
-        for name in sorted(waiting - indexed):
+        for name in sorted(waiting - latest.keys()):
             try:
                 headers = self.connection.head_object(self.container, RETRY + name)
             except ClientException as error:
@@ -135,4 +142,3 @@ class Recovery:
                 self.container, retry_index.entry_path(name, not_before), "")
             actions.append((f"added {retry_index.RETRY_AT} entry", name))
         return actions
-
