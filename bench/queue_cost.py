@@ -69,9 +69,10 @@ def fill_done(swift, wanted, have):
 
     def put(number):
         if not hasattr(local, "connection"):
-            local.connection = swift.connection()
-        local.connection.put_object(
-            CONTAINER, f"done/{1_600_000_000 + number}.M000000P1Q{number}.bench,S=1", b"x")
+            # a loaded test Swift times out now and then: try again, longer
+            local.connection = swift.connection(retries=10, timeout=60)
+        local.connection.put_object(  # a str, which swiftclient can send again
+            CONTAINER, f"done/{1_600_000_000 + number}.M000000P1Q{number}.bench,S=1", "x")
 
     started = time.monotonic()
     with ThreadPoolExecutor(FILL_THREADS) as pool:
