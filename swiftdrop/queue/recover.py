@@ -37,7 +37,10 @@ class Recovery:
                 # Its holder's lease has run out; what that holder sent in
                 # time may still be on its way: give it the grace to land.
                 time.sleep(max(0.0, since + self.grace - time.monotonic()))
-                actions.extend(self._recover_one(name, token))
+                try:
+                    actions.extend(self._recover_one(name, token))
+                except LostLock:
+                    continue  # our lease ran out meanwhile: whoever took it settles it
                 if self.heartbeat.holds(name, token):
                     self._let_go(name, token)
         finally:
