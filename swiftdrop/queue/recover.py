@@ -81,14 +81,15 @@ class Recovery:
             if error.http_status == 404:
                 return []
             raise
-        # A claim that crashed between copy and delete left its source.
-        actions = [(f"removed leftover {prefix}", name) for prefix in (CUR, RETRY)
-                   if self._remove(name, token, prefix)]
+        # A claim from cur/ that crashed between copy and delete left its source.
+        actions = [(f"removed leftover {CUR}", name)] if self._remove(name, token, CUR) else []
         if self._exists(DONE + name) or self._exists(FAILED + name):
             # A finish that crashed between copy and delete.
-            self._remove(name, token, PROCESSING)
-            actions.append((f"removed leftover {PROCESSING}", name))
+            actions += [(f"removed leftover {prefix}", name) for prefix in (RETRY, PROCESSING)
+                        if self._remove(name, token, prefix)]
             return actions
+        # A leftover in retry/ (of a claim from there, or of a finish to
+        # there) needs no request of its own: the move below replaces it.
         attempts = int(headers.get(META + "attempts", 0))
         # Its worker may have handed it over before it died: count that.
         claimed = Claimed(name, b"", {}, token, attempts=attempts,
