@@ -25,7 +25,9 @@ and read-back, copy, delete, GET; copy, delete, lock DELETE), 5 with Redis
 (plus a GET at Redis at finish); a worker lists ``cur/`` a page at a time,
 not once per claim. A worker waits for 7 round trips of those 8: the delete
 that completes the claim's move runs on a second connection beside the GET
-of the message, which does not depend on it.
+of the message, which does not depend on it. A retry costs one request
+more at each end (its entry in the retry index, swiftdrop.queue.retry_index);
+``stats`` and ``recover`` never list ``done/`` (docs/queue.md, What it costs).
 """
 
 import os
@@ -80,6 +82,7 @@ class MailQueue(Claiming, Finishing, Recovery, Counting, Dedup, Holding, Moves):
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self._waiting = []  # names of the cur/ page listed last, to claim in order
         self._page_outdated = False
+        self._retry_entries = {}  # name: its retry index entry, of the due retries offered
         self._beside = None  # (executor, connection) for a delete beside the next request
 
     def close(self):

@@ -4,6 +4,7 @@ from functools import partial
 import logging
 import random
 
+from . import retry_index
 from .states import CUR, META, PROCESSING, RETRY, Claimed, LostLock
 
 log = logging.getLogger(__name__)
@@ -20,15 +21,26 @@ class Claiming:
     """The worker's side of cur/ and retry/: find a waiting message and take it."""
 
     def candidates(self):
-        """Oldest first: cur/ (names begin with the delivery time), then due retries."""
+        """Oldest first: cur/ (names begin with the delivery time), then due retries.
+
+        The due retries come from one listing of the retry index that ends
+        at now (swiftdrop.queue.retry_index), not from a HEAD of each
+        message in retry/. `_retry_entries` keeps the index entry of each
+        retry offered, for the claim to delete once the message is taken.
+        """
         for name in self._waiting_names():
             yield CUR, name
-        now = self.clock()
-        for item in self.listing(RETRY):
-            name = item["name"][len(RETRY):]
-            headers = self.connection.head_object(self.container, RETRY + name)
-            if float(headers.get(META + "not-before", 0)) <= now:
-                yield RETRY, name
+        due = self.connection.get_container(
+            self.container, prefix=retry_index.RETRY_AT, limit=CLAIM_PAGE,
+            end_marker=retry_index.due_before(self.clock()))[1]
+        self._retry_entries = {}
+        for item in due:
+            entry = retry_index.parse(item["name"])
+            if entry is None:
+                continue
+            name = entry[1]
+            self._retry_entries[name] = item["name"]
+            yield RETRY, name
 
     def _waiting_names(self):
         """Names from this worker's page of cur/, and from a new page once it is used up.
@@ -92,6 +104,7 @@ class Claiming:
         The Claimed's `delivery` counts the hand-overs before this one.
         """
         self._keep(name, token)
+        entry = self._retry_entries.pop(name, None) if source == RETRY else None
         now = self.clock()
         # The token is recorded on the claimed object: a claim that finds
         # another's there knows it was not alone, and `swiftdrop queue finish`
@@ -99,6 +112,8 @@ class Claiming:
         copied = self.copy(name, source, PROCESSING, {
             "Claimed-By": self.worker, "Claimed-At": f"{now:.3f}", "Lock-Token": token})
         if not copied:
+            if entry is not None:
+                self._delete(entry)  # a crash's leftover: no retry/ object behind it
             self._release(name, token)
             if source == CUR:
                 self._waiting.clear()
@@ -107,6 +122,8 @@ class Claiming:
         self._keep(name, token)
         headers, body = self._delete_beside(source + name, partial(
             self.connection.get_object, self.container, PROCESSING + name))
+        if entry is not None:
+            self._delete(entry)  # after the move: a retry/ object always has one
         metadata = {key[len(META):]: value for key, value in headers.items()
                     if key.startswith(META)}
         if metadata.get("lock-token") != token:

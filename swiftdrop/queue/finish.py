@@ -3,6 +3,7 @@
 from functools import partial
 
 from ..retries import retry_delay
+from .retry_index import entry_path
 from .states import DONE, FAILED, PROCESSING, RETRY, LostLock
 
 
@@ -46,6 +47,12 @@ class Finishing:
         name, token = claimed.name, claimed.token
         if claimed.moved_to is None:
             self._keep(name, token)
+            if target == RETRY:
+                # Before the copy: a retry/ object is never left without its
+                # entry, which is how a claim finds it due (retry_index).
+                self.connection.put_object(
+                    self.container, entry_path(name, float(metadata["Not-Before"])), "")
+                self._keep(name, token)
             if not self.copy(name, PROCESSING, target, metadata, fence=claimed.fence):
                 self._forget(name, token)
                 raise LostLock(name)  # moved on, or claimed again, by a later holder
