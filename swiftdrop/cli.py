@@ -354,9 +354,19 @@ def rights_needed(options):
             "(X-Container-Read, X-Container-Write) or Swift's operator role")
 
 
+def envelope_fields(claimed):
+    """claim's JSON keys for the envelope (docs/queue.md, "What a consumer gets")."""
+    metadata = claimed.metadata
+    return {"mail_from": metadata.get("mail-from", ""), "rcpt_to": claimed.recipients,
+            "rcpt_count": len(claimed.recipients),
+            "message_id": metadata.get("message-id", ""),
+            "dedup_md5": metadata.get("dedup-md5", "")}
+
+
 def queue_action(queue, options):
     """One claim, finish, recover, purge or stats; its exit status."""
     from .queue import Claimed, LostLock  # noqa: PLC0415 - see the module docstring
+    from .queue.envelope import read_recipients  # noqa: PLC0415
     from .queue_report import format_stats, write_output  # noqa: PLC0415
 
     action = options.action
@@ -372,7 +382,8 @@ def queue_action(queue, options):
                           "size": len(claimed.body), "attempts": claimed.attempts,
                           "delivery": claimed.delivery, "redelivered": claimed.redelivered,
                           "metadata": claimed.metadata,
-                          "skipped_duplicates": claimed.skipped_duplicates}))
+                          "skipped_duplicates": claimed.skipped_duplicates,
+                          **envelope_fields(claimed)}))
     elif action == "finish":
         if not options.token:
             print("swiftdrop: queue finish needs --token, the token its claim printed: "
@@ -381,9 +392,15 @@ def queue_action(queue, options):
         headers = queue.connection.head_object(queue.container, f"processing/{options.name}")
         # The claim records its token on the object: another token there is another claim.
         mine = headers.get("x-object-meta-lock-token") == options.token
-        claimed = Claimed(options.name, b"", {}, options.token,
+        metadata = {key[len("x-object-meta-"):]: value for key, value in headers.items()
+                    if key.startswith("x-object-meta-")}
+        dedup = metadata.get("dedup") == "1"  # its claim's --dedup: leave a marker
+        claimed = Claimed(options.name, b"", metadata, options.token,
                           attempts=int(headers.get("x-object-meta-attempts", 0)),
-                          delivery=int(headers.get("x-object-meta-deliveries", 0)) + 1)
+                          delivery=int(headers.get("x-object-meta-deliveries", 0)) + 1,
+                          dedup=dedup,
+                          recipients=read_recipients(queue.connection, queue.container,
+                                                     metadata) if dedup and mine else [])
         try:
             if not mine:
                 raise LostLock(options.name)

@@ -1,10 +1,12 @@
 """Where a stored message's recipients are kept, so that every consumer gets all of them.
 
 Swift limits one metadata value to 256 bytes and all of an object's
-metadata to 4096 (its default constraints), and the filter's other keys,
-the verdicts and the queue's keys need most of that. So the recipients of
-a copy are kept in RCPT_KEYS numbered keys (``Rcpt-To``, ``Rcpt-To-2`` ...,
-whole addresses joined by ", "), which is enough for ordinary mail, and
+metadata to 4096 (its default constraints; an object server on ext4 keeps
+all xattrs in one 4 KiB block, key prefixes and pickling included), and
+the filter's other keys, the verdicts and the queue's keys need most of
+that. So the recipients of a copy are kept in RCPT_KEYS numbered keys
+(``Rcpt-To``, ``Rcpt-To-2``, whole addresses joined by ", "), which is
+enough for ordinary mail, and
 ``Rcpt-Count`` says how many there are. When they do not fit, or one of
 them holds ", " itself (a quoted local part), the whole list is stored
 beside the message, one address a line, in ``envelopes/<base name>``,
@@ -13,7 +15,7 @@ and ``Rcpt-List`` names that object: nothing is ever cut.
 
 from .storage import MAX_META_VALUE
 
-RCPT_KEYS = 4  # at most 4 x 266 bytes of the 4096 all metadata may take
+RCPT_KEYS = 2  # measured: a third leaves the queue's keys too little room on ext4
 SEPARATOR = ", "
 ENVELOPES = "envelopes/"
 

@@ -28,6 +28,8 @@ class Claimed:
     attempts: int = 0
     skipped_duplicates: list = field(default_factory=list)
     delivery: int = 1
+    recipients: list = field(default_factory=list)  # all of them (swiftdrop.envelope)
+    dedup: bool = False  # claimed with --dedup: its finish leaves a dedup marker
     moved_to: str | None = field(default=None, repr=False)  # a finish's copy is done
 
     @property
