@@ -201,7 +201,9 @@ def add_queue_commands(commands):
     purge.add_argument("--older-than", required=True, type=duration, metavar="AGE",
                        help="e.g. 30d, 12h, 90m, 3600")
     purge.add_argument("--prefix", default="done/", choices=("done/", "failed/", "cur/",
-                                                              "retry/"))
+                                                              "retry/", "envelopes/"),
+                       help="envelopes/: the recipient lists kept beside long envelopes; "
+                       "purge them with the age failed/ is purged with")
     purge.add_argument("--execute", action="store_true", help="really delete")
     stats = actions.add_parser("stats", help="count and bytes per prefix, oldest waiting")
     stats.add_argument("--format", choices=("text", "json", "prometheus"), default="text",
