@@ -54,6 +54,12 @@ check before a write; more so across replicas) and neither claim sees the
 other's token; with either lock when a holder is frozen (a stopped process,
 a paused VM) past its lease between checking it and its next request.
 
+The envelope comes whole: claim's "rcpt_to" lists every recipient of the
+copy (with "rcpt_count", "mail_from", "message_id", "dedup_md5"); run's
+COMMAND gets SWIFTDROP_RCPT_TO (one address a line), SWIFTDROP_RCPT_COUNT,
+SWIFTDROP_RCPT_FILE (the same list in a file) and SWIFTDROP_DEDUP_MD5.
+--dedup's key is Message-ID, Dedup-Md5 and the sorted recipients.
+
 See docs/queue.md for the details.
 """
 

@@ -4,7 +4,7 @@ Swift limits one metadata value to 256 bytes and all of an object's
 metadata to 4096 (its default constraints; an object server on ext4 keeps
 all xattrs in one 4 KiB block, key prefixes and pickling included), and
 the filter's other keys, the verdicts and the queue's keys need most of
-that. So the recipients of a copy are kept in RCPT_KEYS numbered keys
+that. So the recipients of a copy are kept in the RCPT_TO_KEYS
 (``Rcpt-To``, ``Rcpt-To-2``, whole addresses joined by ", "), which is
 enough for ordinary mail, and
 ``Rcpt-Count`` says how many there are. When they do not fit, or one of
@@ -15,14 +15,10 @@ and ``Rcpt-List`` names that object: nothing is ever cut.
 
 from .storage import MAX_META_VALUE
 
-RCPT_KEYS = 2  # leaves the queue room for its keys in 4 KiB (measured on ext4)
+# Two leave the queue room for its keys in 4 KiB (measured on ext4).
+RCPT_TO_KEYS = ("Rcpt-To", "Rcpt-To-2")
 SEPARATOR = ", "
 ENVELOPES = "envelopes/"
-
-
-def rcpt_key(index):
-    """``Rcpt-To``, ``Rcpt-To-2``, ...: the metadata key of the index'th value (from 1)."""
-    return "Rcpt-To" if index == 1 else f"Rcpt-To-{index}"
 
 
 def envelope_path(object_name):
@@ -48,10 +44,9 @@ def recipient_metadata(recipients, object_name):
         current = address if len(address.encode()) <= MAX_META_VALUE else ""
     if current:
         values.append(current)
-    metadata = {rcpt_key(index): value
-                for index, value in enumerate(values[:RCPT_KEYS], start=1)}
+    metadata = dict(zip(RCPT_TO_KEYS, values, strict=False))
     metadata["Rcpt-Count"] = str(len(recipients))
-    complete = (len(values) <= RCPT_KEYS
+    complete = (len(values) <= len(RCPT_TO_KEYS)
                 and sum(len(v.split(SEPARATOR)) for v in values) == len(recipients)
                 and not any(SEPARATOR in address for address in recipients))
     if complete:
@@ -71,8 +66,8 @@ def recipients(metadata, read_object):
     side_object = metadata.get("rcpt-list")
     if side_object:
         return read_object(side_object).decode("utf-8").splitlines()
-    found, index = [], 1
-    while metadata.get(rcpt_key(index).lower()):
-        found.extend(metadata[rcpt_key(index).lower()].split(SEPARATOR))
-        index += 1
+    found = []
+    for key in RCPT_TO_KEYS:
+        if metadata.get(key.lower()):
+            found.extend(metadata[key.lower()].split(SEPARATOR))
     return found
