@@ -99,9 +99,9 @@ CHECKED_PAGES = ("README.md", "docs/*.md")
 # The modules that make up the object metadata; storage.py and the queue put
 # it on the objects as X-Object-Meta-<key>. tests/test_docs.py checks the
 # keys found in them against what reaches a real Swift.
-METADATA_WRITERS = ("delivery.py", "verdicts.py", "queue/*.py", "worker.py")
+METADATA_WRITERS = ("delivery.py", "envelope.py", "verdicts.py", "queue/*.py", "worker.py")
 # How the code and the docs write metadata keys: Mail-From, Spf.
-HEADER_CASE = r"[A-Z][a-z0-9]+(?:-[A-Z][a-z0-9]+)*"
+HEADER_CASE = r"[A-Z][a-z0-9]+(?:-(?:[A-Z][a-z0-9]+|[0-9]+))*"
 # A `key = value` in backticks that is another program's setting. Postfix's
 # parameters and ansible.cfg's keys are read from the repository; these not.
 OTHER_PROGRAMS_SETTINGS = {"storage_url_scheme": "Swift tempauth's, in proxy-server.conf",
@@ -237,7 +237,8 @@ def ansible_cfg_keys(root):
 def metadata_keys(package):
     """Header-case keys of the metadata writers' dict displays and item assignments.
 
-    That is how they spell the keys: {"Mail-From": ...}, metadata["Attempts"] = ...
+    That is how they spell the keys: {"Mail-From": ...}, metadata["Attempts"] = ...,
+    or a tuple of them named ..._KEYS (RCPT_TO_KEYS = ("Rcpt-To", "Rcpt-To-2")).
     """
     keys = set()
     for module in (path for pattern in METADATA_WRITERS for path in sorted(package.glob(pattern))):
@@ -246,6 +247,10 @@ def metadata_keys(package):
                 candidates = node.keys
             elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store):
                 candidates = [node.slice]
+            elif (isinstance(node, ast.Assign) and isinstance(node.value, ast.Tuple)
+                  and any(isinstance(target, ast.Name) and target.id.endswith("_KEYS")
+                          for target in node.targets)):
+                candidates = node.value.elts
             else:
                 continue
             keys.update(candidate.value for candidate in candidates

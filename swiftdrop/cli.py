@@ -60,6 +60,12 @@ carry If-Unmodified-Since of its claim's copy, Swift refuses them once the
 message was claimed again, and that later claim has the higher number. So
 queue_lock = redis is strict while its one Redis server keeps its data.
 
+The envelope comes whole: claim's "rcpt_to" lists every recipient of the
+copy (with "rcpt_count", "mail_from", "message_id", "dedup_md5"); run's
+COMMAND gets SWIFTDROP_RCPT_TO (one address a line), SWIFTDROP_RCPT_COUNT,
+SWIFTDROP_RCPT_FILE (the same list in a file) and SWIFTDROP_DEDUP_MD5.
+--dedup's key is Message-ID, Dedup-Md5 and the sorted recipients.
+
 See docs/queue.md for the details.
 """
 RUN_CONTRACT = """\
@@ -240,7 +246,9 @@ def add_queue_commands(commands):
     purge.add_argument("--older-than", required=True, type=duration, metavar="AGE",
                        help="e.g. 30d, 12h, 90m, 3600")
     purge.add_argument("--prefix", default="done/", choices=("done/", "failed/", "cur/",
-                                                              "retry/"))
+                                                              "retry/", "envelopes/"),
+                       help="envelopes/: the recipient lists kept beside long envelopes; "
+                       "purge them with the age failed/ is purged with")
     purge.add_argument("--execute", action="store_true", help="really delete")
     stats = actions.add_parser("stats", help="count and bytes per prefix, oldest waiting")
     stats.add_argument("--format", choices=("text", "json", "prometheus"), default="text",
@@ -399,10 +407,20 @@ def rights_needed(options):
             "(X-Container-Read, X-Container-Write) or Swift's operator role")
 
 
+def envelope_fields(claimed):
+    """claim's JSON keys for the envelope (docs/queue.md, "What a consumer gets")."""
+    metadata = claimed.metadata
+    return {"mail_from": metadata.get("mail-from", ""), "rcpt_to": claimed.recipients,
+            "rcpt_count": len(claimed.recipients),
+            "message_id": metadata.get("message-id", ""),
+            "dedup_md5": metadata.get("dedup-md5", "")}
+
+
 def queue_action(queue, options):
     """One claim, finish, recover, purge or stats; its exit status."""
     from .libraries import ClientException  # noqa: PLC0415 - see the module docstring
     from .queue import Claimed, LostLock  # noqa: PLC0415
+    from .queue.envelope import read_recipients  # noqa: PLC0415
     from .queue.states import CUR, DONE, FAILED, PROCESSING, RETRY  # noqa: PLC0415
     from .queue_report import format_stats, write_output  # noqa: PLC0415
 
@@ -419,7 +437,8 @@ def queue_action(queue, options):
                           "size": len(claimed.body), "attempts": claimed.attempts,
                           "delivery": claimed.delivery, "redelivered": claimed.redelivered,
                           "metadata": claimed.metadata,
-                          "skipped_duplicates": claimed.skipped_duplicates}))
+                          "skipped_duplicates": claimed.skipped_duplicates,
+                          **envelope_fields(claimed)}))
     elif action == "finish":
         if not options.token:
             print("swiftdrop: queue finish needs --token, the token its claim printed: "
@@ -439,10 +458,16 @@ def queue_action(queue, options):
         # The claim records its token on the object: another token there is another
         # claim. The copy's Last-Modified fences the move, as the claim's own would.
         mine = headers.get("x-object-meta-lock-token") == options.token
-        claimed = Claimed(options.name, b"", {}, options.token,
+        metadata = {key[len("x-object-meta-"):]: value for key, value in headers.items()
+                    if key.startswith("x-object-meta-")}
+        dedup = metadata.get("dedup") == "1"  # its claim's --dedup: leave a marker
+        claimed = Claimed(options.name, b"", metadata, options.token,
                           attempts=int(headers.get("x-object-meta-attempts", 0)),
                           delivery=int(headers.get("x-object-meta-deliveries", 0)) + 1,
-                          fence=headers.get("last-modified"))
+                          fence=headers.get("last-modified"),
+                          dedup=dedup,
+                          recipients=read_recipients(queue.connection, queue.container,
+                                                     metadata) if dedup and mine else [])
         try:
             if not mine:
                 raise LostLock(options.name)

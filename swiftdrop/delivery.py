@@ -1,6 +1,7 @@
 """Turn one received message into stored copies and the single SMTP reply for it."""
 
 import hashlib
+import io
 import logging
 import threading
 import time
@@ -8,16 +9,19 @@ import time
 from . import metrics
 from .admin_relay import RelayError
 from .deadline import Deadline
+from .envelope import envelope_path, recipient_metadata
 from .failures import StoreError
+from .reception import Message
 from .routing import Router
 from .smtp import QUEUE_WRITE_ERROR
-from .storage import MAX_META_VALUE, metadata_value
+from .storage import metadata_value
 
 log = logging.getLogger(__name__)
 
 MAX_REPLY_TEXT = 400  # keep the 250 line well under SMTP's 512-octet reply limit
 REFUSED = "550 5.7.1 Error: message refused by the recipient's policy"
 CLEANUP_ATTEMPTS = 3
+RECIPIENT_LIST_TYPE = "text/plain; charset=utf-8"
 
 
 def opaque_id(name):
@@ -93,15 +97,16 @@ class Deliverer:
             refusals = refusing(verdicts, deliveries)
             if refusals:
                 return self.refuse(name, refusals, fields, deadline)
-        stored = self.store_copies(envelope, message, name, deliveries, fields=fields,
+        copies = self.store_copies(envelope, message, name, deliveries, fields=fields,
                                    deadline=deadline, verdicts=verdicts)
-        if stored is None:
+        if copies is None:
             return QUEUE_WRITE_ERROR
+        stored, lists = copies
         if for_admin:
             relayed = self.forward_to_admin(envelope, message, name, for_admin, fields,
                                             deadline=deadline)
             if relayed is None:
-                self.remove(stored, name, deadline, fields)
+                self.remove(stored + lists, name, deadline, fields)
                 return QUEUE_WRITE_ERROR
             if not stored:
                 if self.reply_detail == "full":
@@ -135,13 +140,23 @@ class Deliverer:
 
     def store_copies(self, envelope, message, name, deliveries, *, fields, deadline,
                      verdicts=None):
-        """All copies stored, or None after logging why and removing the partial ones."""
-        stored = []
+        """(copies, recipient lists beside them) all stored, or None after logging why.
+
+        What was stored of a message that fails is removed again, its
+        recipient lists included.
+        """
+        stored, lists = [], []
         try:
             for delivery in deliveries:
-                metadata = self.metadata(envelope, message, delivery)
+                metadata, recipient_list = self.metadata(envelope, message, delivery, name)
                 if verdicts is not None:
                     metadata.update(verdicts.metadata())
+                if recipient_list is not None:
+                    # before the message: no consumer may see it without all its recipients
+                    listed = self.store.put(delivery.destination, envelope_path(name),
+                                            text_object(recipient_list), {},
+                                            deadline=deadline, content_type=RECIPIENT_LIST_TYPE)
+                    lists.append((delivery, listed))
                 copy = self.store.put(delivery.destination, name, message, metadata,
                                       deadline=deadline)
                 stored.append((delivery, copy))
@@ -159,12 +174,12 @@ class Deliverer:
                         f"not stored {name} in [{destination.section}] container "
                         f"{destination.container}", status=error.status,
                         transaction_id=error.transaction_id)
-            self.remove(stored, name, deadline, fields)
+            self.remove(stored + lists, name, deadline, fields)
             return None
         except Exception:
-            self.remove(stored, name, deadline, fields)
+            self.remove(stored + lists, name, deadline, fields)
             raise
-        return stored
+        return stored, lists
 
     def failed(self, fields, deadline, reason, what, *, status=None, transaction_id=None):
         """The err journal entry with every SWIFTDROP_* field, and the failure notice."""
@@ -200,15 +215,17 @@ class Deliverer:
         The reply must not wait for the cleanup once the deadline has passed,
         so the rest is removed by a background thread, and logged.
         """
-        leftover = [delivery.destination for delivery, _ in stored
+        leftover = [(delivery.destination, copy.name) for delivery, copy in stored
                     if deadline.remaining() <= 0
-                    or not self.store.delete(delivery.destination, name, deadline=deadline)]
+                    or not self.store.delete(delivery.destination, copy.name,
+                                             deadline=deadline)]
         if leftover:
-            threading.Thread(target=self.remove_later, args=(leftover, name, fields),
+            threading.Thread(target=self.remove_later, args=(leftover, fields),
                              daemon=True, name="swiftdrop-cleanup").start()
 
-    def remove_later(self, destinations, name, fields):
-        for destination in destinations:
+    def remove_later(self, leftover, fields):
+        """Remove each (destination, object name) the reply did not wait for."""
+        for destination, name in leftover:
             where = dict(fields, SWIFTDROP_SECTION=destination.section,
                          SWIFTDROP_CONTAINER=destination.container)
             for attempt in range(CLEANUP_ATTEMPTS):
@@ -230,12 +247,17 @@ class Deliverer:
         return [recipient for recipient in recipients
                 if self.admin_relay.takes(recipient) and not self.router.routes(recipient)]
 
-    def metadata(self, envelope, message, delivery):
-        """The X-Object-Meta-* values a consumer needs without parsing the message."""
+    def metadata(self, envelope, message, delivery, name):
+        """(X-Object-Meta-* values, recipient list text or None): what a consumer needs.
+
+        A copy lists the recipients of its destination only (swiftdrop.envelope
+        says where): a consumer of one container learns nothing of the
+        recipients another destination got.
+        """
+        recipient_keys, recipient_list = recipient_metadata(delivery.recipients, name)
         values = {
             "Mail-From": envelope.mail_from or "<>",
-            "Rcpt-To": join_within(delivery.recipients, MAX_META_VALUE),
-            "Rcpt-Count": str(len(delivery.recipients)),
+            **recipient_keys,
             "Received-By": self.namer.hostname,
             "Client-Address": envelope.xforward.get("ADDR"),
             "Client-Name": envelope.xforward.get("NAME"),
@@ -243,7 +265,8 @@ class Deliverer:
             "Message-Id": message.message_id,
             "Dedup-Md5": message.dedup_md5,
         }
-        return {key: metadata_value(value) for key, value in values.items() if value}
+        return ({key: metadata_value(value) for key, value in values.items() if value},
+                recipient_list)
 
 
 def refusing(verdicts, deliveries):
@@ -256,15 +279,11 @@ def refusing(verdicts, deliveries):
     return refusals
 
 
-def join_within(items, limit):
-    """Join whole items with ", " up to `limit` UTF-8 bytes; Rcpt-Count tells the full count."""
-    text = ""
-    for item in items:
-        candidate = f"{text}, {item}" if text else item
-        if len(candidate.encode()) > limit:
-            break
-        text = candidate
-    return text
+def text_object(text):
+    """A Message of `text`, for Store.put: the recipient list stored beside a message."""
+    data = text.encode("utf-8")
+    return Message(io.BytesIO(data), len(data), hashlib.md5(data, usedforsecurity=False)
+                   .hexdigest(), None)
 
 
 def stored_reply(locations):

@@ -187,7 +187,8 @@ class SwiftStore:
         with self._lock:
             return sum(session.auth_requests for session in self._sessions.values())
 
-    def put(self, destination, name, message, metadata, *, deadline):
+    def put(self, destination, name, message, metadata, *, deadline,
+            content_type=CONTENT_TYPE):
         """Store one copy or raise StoreError; never overwrites, never leaves a partial object.
 
         `deadline` (a Deadline) bounds every attempt, the wait for a token
@@ -204,7 +205,8 @@ class SwiftStore:
                 metrics.SWIFT_RETRIES.inc()
             try:
                 return self._put_once(session, destination, name, message, headers,
-                                      deadline=deadline, attempt=attempt)
+                                      deadline=deadline, attempt=attempt,
+                                      content_type=content_type)
             except StoreError as error:
                 last_error = error
                 error.attempts = attempt  # for the journal entry's SWIFTDROP_ATTEMPTS
@@ -219,7 +221,8 @@ class SwiftStore:
                                max(0.0, deadline.remaining() - MIN_ATTEMPT_SECONDS)))
         raise last_error
 
-    def _put_once(self, session, destination, name, message, headers, *, deadline, attempt):
+    def _put_once(self, session, destination, name, message, headers, *, deadline, attempt,
+                  content_type):
         response = {}
         message.spool.seek(0)
         contents = message.spool.read() if message.size <= WHOLE_BODY_MAX else message.spool
@@ -227,7 +230,7 @@ class SwiftStore:
             etag = session.call(
                 swift.put_object, destination.container, name, deadline=deadline,
                 contents=contents, content_length=message.size, etag=message.md5,
-                content_type=CONTENT_TYPE, headers=headers, response_dict=response)
+                content_type=content_type, headers=headers, response_dict=response)
         except StoreError as error:
             if error.status == 412:
                 return self._confirm_existing(session, destination, name, message.md5,

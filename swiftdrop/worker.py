@@ -16,6 +16,7 @@ import os
 import random
 import signal
 import subprocess
+import tempfile
 import time
 
 from .failures import service_errors
@@ -37,6 +38,8 @@ TERM_GRACE = 5.0
 POLL_JITTER = 0.2
 # How often a worker looks up from a running command: SIGTERM's grace, a lost lock.
 WATCH = 1.0
+# Under the 128 KiB one environment string may have (MAX_ARG_STRLEN), with room to spare.
+MAX_RCPT_ENV = 100_000
 
 
 def environmental_errors(queue):
@@ -188,14 +191,38 @@ def _run_command(queue, claimed, command, *, stop, grace, timeout):
     LostLock when the heartbeat finds the lock gone meanwhile.
     """
     metadata = claimed.metadata
-    env = dict(os.environ, SWIFTDROP_NAME=claimed.name, SWIFTDROP_CONTAINER=queue.container,
-               SWIFTDROP_ATTEMPTS=str(claimed.attempts),
-               SWIFTDROP_DELIVERY=str(claimed.delivery),
-               SWIFTDROP_REDELIVERED="1" if claimed.redelivered else "0",
-               SWIFTDROP_MAIL_FROM=metadata.get("mail-from", ""),
-               SWIFTDROP_RCPT_TO=metadata.get("rcpt-to", ""),
-               SWIFTDROP_MESSAGE_ID=metadata.get("message-id", ""),
-               **verdict_environment(metadata))
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", prefix="swiftdrop-rcpt-",
+                                     suffix=".txt") as rcpt_file:
+        rcpt_file.write("".join(f"{address}\n" for address in claimed.recipients))
+        rcpt_file.flush()
+        env = dict(os.environ, SWIFTDROP_NAME=claimed.name,
+                   SWIFTDROP_CONTAINER=queue.container,
+                   SWIFTDROP_ATTEMPTS=str(claimed.attempts),
+                   SWIFTDROP_DELIVERY=str(claimed.delivery),
+                   SWIFTDROP_REDELIVERED="1" if claimed.redelivered else "0",
+                   SWIFTDROP_MAIL_FROM=metadata.get("mail-from", ""),
+                   **recipient_environment(claimed.recipients, rcpt_file.name),
+                   SWIFTDROP_MESSAGE_ID=metadata.get("message-id", ""),
+                   SWIFTDROP_DEDUP_MD5=metadata.get("dedup-md5", ""),
+                   **verdict_environment(metadata))
+        return _watch(queue, claimed, command, env, stop=stop, grace=grace,
+                      timeout=timeout)
+
+
+def recipient_environment(recipients, path):
+    """SWIFTDROP_RCPT_TO (one address a line), _RCPT_COUNT and _RCPT_FILE.
+
+    An environment string may not exceed 128 KiB (Linux's MAX_ARG_STRLEN):
+    a list longer than MAX_RCPT_ENV leaves SWIFTDROP_RCPT_TO empty, and
+    SWIFTDROP_RCPT_FILE, the same list in a file, always holds all of them.
+    """
+    listed = "\n".join(recipients)
+    return {"SWIFTDROP_RCPT_TO": listed if len(listed.encode()) <= MAX_RCPT_ENV else "",
+            "SWIFTDROP_RCPT_COUNT": str(len(recipients)), "SWIFTDROP_RCPT_FILE": path}
+
+
+def _watch(queue, claimed, command, env, *, stop, grace, timeout):
+    """Run `command` to its end, checking the lock: (exit status, why we killed it or None)."""
     process = subprocess.Popen(command, stdin=subprocess.PIPE, env=env, start_new_session=True)
     started = time.monotonic()
     stdin, stopping_since, killed_because, kill_at = claimed.body, None, None, None

@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from swiftdrop import envelope
 from tests.support.filterproc import FULL_REPLY, FilterProcess
 from tests.support.leaks import ResourceProbe
 from tests.support.rawsmtp import RawSmtp, dot_stuff
@@ -161,6 +162,34 @@ def test_a_thousand_recipients_across_three_destinations_one_copy_each(swift, fi
     assert rcpt_to.startswith("user0@example.org, user1@example.org")
     assert len(rcpt_to.encode()) <= 256  # whole addresses within Swift's value limit
     assert all(stored == b"Subject: many\r\n\r\nx\r\n" for _, stored in copies)
+    # each copy's envelope lists exactly its destination's recipients, none cut
+    assert [envelope_of(swift, text, index) for index in range(3)] == [
+        catch_all, ["prod@example.com", "ops@example.com"], ["billing@example.com"]]
+
+
+def envelope_of(swift, reply_text, index):
+    """All recipients of the index'th copy a 250 reply names, as a consumer reads them."""
+    location = STORED.match(reply_text).group(1).split(", ")[index]
+    container, name = location.split("/", 1)
+    connection = swift.connection(ACCOUNT_OF[container])
+    headers = connection.head_object(container, name)
+    metadata = {key[len("x-object-meta-"):]: value for key, value in headers.items()
+                if key.startswith("x-object-meta-")}
+    return envelope.recipients(metadata, lambda path: connection.get_object(container, path)[1])
+
+
+def test_long_recipients_all_reach_the_envelope_none_cut(swift, filt):
+    """200 recipients of 60 bytes: 12 KB, three times what all of an object's metadata
+    may hold. The first ones are in numbered keys, the whole list beside the message."""
+    recipients = [f"{index:03d}-{'r' * 44}@example.org" for index in range(200)]
+    assert {len(address) for address in recipients} == {60}
+    code, text = send_one(filt, b"Subject: long\r\n\r\nx\r\n", recipients=recipients)
+    assert code == 250, text
+    [(headers, _)] = stored_objects(swift, text)
+    assert headers["x-object-meta-rcpt-count"] == "200"
+    assert headers["x-object-meta-rcpt-to-2"].startswith("004-")  # 4 a key, in order
+    assert headers["x-object-meta-rcpt-list"].startswith("envelopes/")
+    assert envelope_of(swift, text, 0) == recipients
 
 
 # --- commands out of order or not commands at all -----------------------------------------

@@ -15,7 +15,7 @@ from tests.support.filterproc import FULL_REPLY, FilterProcess
 from tests.support.leaks import ResourceProbe
 from tests.support.postfix import postfix_instance
 from tests.support.rawsmtp import RawSmtp, dot_stuff
-from tests.test_bad_input import object_counts, stored_objects, transaction
+from tests.test_bad_input import envelope_of, object_counts, stored_objects, transaction
 from tests.test_postfix import split_received
 
 # Runs a private Postfix: left out of the quick loop.
@@ -142,6 +142,24 @@ def test_a_thousand_recipients_then_postfix_says_452(swift, mx):
     assert [c[0]["x-object-meta-rcpt-count"] for c in copies] == ["997", "2", "1"]
     assert all(split_received(stored)[1] == b"Subject: many\r\n\r\nx\r\n"
                for _, stored in copies)
+    assert [envelope_of(swift, text, index) for index in range(3)] == [
+        recipients[:997], ["prod@example.com", "ops@example.com"], ["billing@example.com"]]
+
+
+def test_200_long_recipients_through_postfix_all_reach_the_envelope(swift, mx):
+    """200 recipients of 60 bytes, 12 KB of addresses, through the real Postfix: one
+    transaction, one 250, every recipient in the stored copy's envelope."""
+    recipients = [f"{index:03d}-{'r' * 44}@example.net" for index in range(200)]
+    with RawSmtp(mx) as client:
+        assert client.command("EHLO client.origin.test")[0] == 250
+        assert client.command("MAIL FROM:<s@origin.test>")[0] == 250
+        client.send(b"".join(f"RCPT TO:<{r}>\r\n".encode() for r in recipients))
+        assert [client.reply()[0] for _ in recipients] == [250] * 200
+        assert client.command("DATA")[0] == 354
+        client.send(dot_stuff(b"Subject: long\r\n\r\nx\r\n"))
+        code, text = client.reply()
+    assert code == 250, text
+    assert envelope_of(swift, text, 0) == recipients
 
 
 def test_out_of_order_commands_are_answered_by_postfix(swift, mx):

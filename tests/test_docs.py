@@ -251,13 +251,13 @@ def test_metadata_keys_are_what_the_code_writes():
         ```
         """) == [
         "page.md:1: object metadata key Client-Nam is not one that swiftdrop writes "
-        "(delivery.py, verdicts.py, queue/*.py, worker.py)",
+        "(delivery.py, envelope.py, verdicts.py, queue/*.py, worker.py)",
         "page.md:1: object metadata key Failed-Reasons is not one that swiftdrop writes "
-        "(delivery.py, verdicts.py, queue/*.py, worker.py)",
+        "(delivery.py, envelope.py, verdicts.py, queue/*.py, worker.py)",
         "page.md:2: object metadata key Failed-Reasn is not one that swiftdrop writes "
-        "(delivery.py, verdicts.py, queue/*.py, worker.py)",
+        "(delivery.py, envelope.py, verdicts.py, queue/*.py, worker.py)",
         "page.md:11: object metadata key Atempts is not one that swiftdrop writes "
-        "(delivery.py, verdicts.py, queue/*.py, worker.py)",
+        "(delivery.py, envelope.py, verdicts.py, queue/*.py, worker.py)",
     ]
 
 
@@ -323,8 +323,8 @@ def test_the_metadata_keys_the_docs_may_name_are_what_swiftdrop_writes(swift, tm
     deliver = Deliverer(config, SwiftStore(), MaildirNamer("mx.test"), 20,
                         verdicts=GivenVerdicts())
 
-    def receive(body, message_id):
-        envelope = Envelope("sender@example.org", ["someone@example.com"], xforward={
+    def receive(body, message_id, recipients=("someone@example.com",)):
+        envelope = Envelope("sender@example.org", list(recipients), xforward={
             "ADDR": "192.0.2.1", "NAME": "mail.example.org", "HELO": "mail.example.org"})
         digest = hashlib.md5(body).hexdigest()
         reply = deliver(envelope, Message(io.BytesIO(body), len(body), digest, message_id,
@@ -337,7 +337,8 @@ def test_the_metadata_keys_the_docs_may_name_are_what_swiftdrop_writes(swift, tm
     receive(same, "<same@example.org>")
     queue.finish(queue.claim(dedup=True), "done")  # remembered for dedup
     receive(same, "<same@example.org>")  # the duplicate: Duplicate-Of
-    receive(b"Subject: fails\r\n\r\nexit 65\r\n", "<fails@example.org>")  # Exit-Status, Last-Error
+    receive(b"Subject: fails\r\n\r\nexit 65\r\n", "<fails@example.org>",  # Exit-Status, Last-Error
+            [f"user{index}@example.com" for index in range(100)])  # Rcpt-To-2, Rcpt-List
     assert work(queue, ["sh", "-c", "cat >/dev/null; exit 65"], threading.Event(),
                 dedup=True, once=True) == {"failed": 1}
     receive(b"Subject: lost\r\n\r\nits worker died\r\n", "<lost@example.org>")

@@ -315,7 +315,7 @@ def test_dedup_skips_a_message_already_done(ini):
     queue = queue_for(ini)
     body = b"Message-ID: <same@x>\r\n\r\nsame\r\n"
     first, second = store(queue, 2, message_id="<same@x>", body=body)
-    claimed = queue.claim()
+    claimed = queue.claim(dedup=True)
     queue.finish(claimed, "done")
     assert queue.claim(dedup=True) is None
     done = {name: queue.connection.head_object(queue.container, "done/" + name)

@@ -5,6 +5,7 @@ import logging
 import random
 
 from . import retry_index
+from .envelope import read_recipients
 from .states import CUR, META, PROCESSING, RETRY, Claimed, LostLock
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class Claiming:
             if token is None:
                 continue
             try:
-                claimed = self._take(source, name, token, skipped)
+                claimed = self._take(source, name, token, skipped, dedup)
                 if claimed is not None and dedup:
                     original = self.duplicate_of(claimed)
                     if original:
@@ -98,7 +99,7 @@ class Claiming:
             return claimed
         return None
 
-    def _take(self, source, name, token, skipped):
+    def _take(self, source, name, token, skipped, dedup=False):
         """Move `name` from `source` to processing/ under our lock; None if it is not ours to take.
 
         The Claimed's `delivery` counts the hand-overs before this one.
@@ -110,7 +111,9 @@ class Claiming:
         # another's there knows it was not alone, and `swiftdrop queue finish`
         # acts only with the token of the claim.
         copied = self.copy(name, source, PROCESSING, {
-            "Claimed-By": self.worker, "Claimed-At": f"{now:.3f}", "Lock-Token": token})
+            "Claimed-By": self.worker, "Claimed-At": f"{now:.3f}", "Lock-Token": token,
+            # so that a `queue finish` in another process knows to leave a dedup marker
+            "Dedup": "1" if dedup else "0"})
         if not copied:
             if entry is not None:
                 self._delete(entry)  # a crash's leftover: no retry/ object behind it
@@ -138,4 +141,6 @@ class Claiming:
         return Claimed(name, body, metadata, token, attempts=int(metadata.get("attempts", 0)),
                        skipped_duplicates=skipped,
                        delivery=int(metadata.get("deliveries", 0)),
-                       fence=headers.get("last-modified"))
+                       fence=headers.get("last-modified"),
+                       recipients=read_recipients(self.connection, self.container, metadata),
+                       dedup=dedup)

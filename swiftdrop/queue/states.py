@@ -35,6 +35,8 @@ class Claimed:
     skipped_duplicates: list = field(default_factory=list)
     delivery: int = 1
     fence: str | None = None
+    recipients: list = field(default_factory=list)  # all of them (swiftdrop.envelope)
+    dedup: bool = False  # claimed with --dedup: its finish leaves a dedup marker
     moved_to: str | None = field(default=None, repr=False)  # a finish's copy is done
 
     @property
