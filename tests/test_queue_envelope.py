@@ -126,3 +126,16 @@ def test_only_a_dedup_claim_pays_for_a_dedup_marker(ini):  # noqa: F811
     assert names_under(queue, "dedup/") == []
     queue.finish(queue.claim(dedup=True), "done")
     assert len(names_under(queue, "dedup/")) == 1
+
+
+def test_purge_takes_a_long_envelope_with_its_message(ini):  # noqa: F811
+    queue = queue_for(ini)
+    long_list = store_for(queue, "1700000000.M1P1Q3.mx.test,S=10", MANY)
+    short_list = store_for(queue, "1700000000.M1P1Q4.mx.test,S=10", MANY[:2])
+    for _ in range(2):
+        queue.finish(queue.claim(), "done")
+    told = {item["name"] for item in queue.purge(0, execute=False)}
+    assert told == {f"done/{long_list}", f"done/{short_list}", envelope_path(long_list)}
+    queue.purge(0, execute=True)
+    assert names_under(queue, "envelopes/") == []
+    assert names_under(queue, "done/") == []

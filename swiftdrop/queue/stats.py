@@ -13,6 +13,7 @@ dedup/ for the dedup window).
 
 from datetime import UTC, datetime
 
+from ..envelope import ENVELOPES, envelope_path
 from .states import CUR, DONE, PREFIXES
 
 # "/" sorts before "0": names below DONE come before done/, names from
@@ -26,11 +27,17 @@ class Counting:
     def purge(self, older_than, prefix=DONE, execute=False):
         """Messages under `prefix` that entered it more than `older_than` seconds ago.
 
-        Deletes them only with `execute`; by default it only tells.
+        Deletes them only with `execute`; by default it only tells. The
+        recipient list kept beside a purged message (envelopes/, only for
+        long envelopes) goes with it: nothing reads it once the message is gone.
         """
         cutoff = self.clock() - older_than
         old = [item for item in self.listing(prefix)
                if listed_time(item["last_modified"]) < cutoff]
+        if prefix != ENVELOPES:
+            kept_beside = {item["name"] for item in self.listing(ENVELOPES)}
+            old += [{**item, "name": side} for item in list(old)
+                    if (side := envelope_path(item["name"])) in kept_beside]
         if execute:
             for item in old:
                 self._delete(item["name"])
