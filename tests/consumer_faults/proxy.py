@@ -30,6 +30,7 @@ import json
 import random
 import re
 import socket
+import sys
 import threading
 import time
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -55,8 +56,7 @@ class ConsumerProxy:
         self._created = {}  # "container/object" -> time it was created
         self._deleted = {}  # "container/object" -> (time deleted, its listing entry)
         self._entries = {}  # "container/object" -> its listing entry, last seen
-        self.server = http.server.ThreadingHTTPServer((HOST, 0), _Handler)
-        self.server.daemon_threads = True
+        self.server = _Server((HOST, 0), _Handler)
         self.server.proxy = self
         self.port = self.server.server_address[1]
 
@@ -133,6 +133,15 @@ class ConsumerProxy:
                     names.add(name)
             self.hidden += abs(len(kept) - len(entries))
         return json.dumps(kept).encode()
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        """A worker killed mid-request is one of the faults, not the proxy's error."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -385,18 +385,47 @@ class Result:
                 c["lost"], self.seconds)
 
 
+def _exists(connection, container, path):
+    try:
+        connection.head_object(container, path)
+    except ClientException as error:
+        if error.http_status != 404:
+            raise
+        return False
+    return True
+
+
 def _in_done(connection, container, names):
     """Which of `names` are in done/, asked one by one (a listing can lag a killed Swift)."""
-    found = set()
-    for name in names:
-        try:
-            connection.head_object(container, "done/" + name)
-        except ClientException as error:
-            if error.http_status != 404:
-                raise
-            continue
-        found.add(name)
-    return found
+    return {name for name in names if _exists(connection, container, "done/" + name)}
+
+
+def _nowhere(connection, container, names):
+    """Which of `names` are in none of cur/, retry/, processing/, done/: no worker can get them."""
+    return {name for name in names
+            if not any(_exists(connection, container, prefix + name)
+                       for prefix in ("cur/", "retry/", "processing/", "done/"))}
+
+
+def _wait(connection, container, names, settled, settle):
+    """Wait until `settled()` holds for all `names`, or the ones left exist nowhere twice running.
+
+    Returns the names still not settled: a message that is gone from every
+    state cannot settle, and waiting for it would only burn the settle time.
+    """
+    deadline = time.monotonic() + settle
+    left_before, gone_before = None, set()
+    while time.monotonic() < deadline:
+        left = names - settled()
+        if not left:
+            return left
+        # Only when nothing moved on: HEADs of every waiting name would load Swift.
+        gone = _nowhere(connection, container, left) if left == left_before else set()
+        if gone and gone == left and gone == gone_before:
+            return left
+        left_before, gone_before = left, gone
+        time.sleep(2)
+    return names - settled()
 
 
 def run_class(rig, name, messages, *, seed_value=1, settle=SETTLE, least_hits=0):
@@ -435,19 +464,13 @@ def run_class(rig, name, messages, *, seed_value=1, settle=SETTLE, least_hits=0)
     try:
         seeder.join()
         # The fault lasts until every message was handed over at least once.
-        deadline = time.monotonic() + settle
-        while time.monotonic() < deadline:
-            if set(stored) <= {h.name for h in read_ledger(ledger_path)}:
-                break
-            time.sleep(0.5)
+        _wait(connection, container, set(stored),
+              lambda: {h.name for h in read_ledger(ledger_path)}, settle)
         run.fault_over.set()
         injector.join()
-        waiting = set(stored)
-        deadline = time.monotonic() + settle
-        while waiting and time.monotonic() < deadline:
-            waiting -= _in_done(connection, container, waiting)
-            if waiting:
-                time.sleep(1)
+        in_done = set()
+        waiting = _wait(connection, container, set(stored), lambda: in_done.update(
+            _in_done(connection, container, set(stored) - in_done)) or in_done, settle)
     finally:
         seeding_stop.set()
         run.fault_over.set()
