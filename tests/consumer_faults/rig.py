@@ -350,8 +350,10 @@ def _kill_workers_at_finish(run):
 
 LISTING_LAG = 3.0
 CLASSES = {fault.name: fault for fault in [
-    FaultClass("swift-killed", "Swift SIGKILLed and started again every 2-5 s",
-               _every(2, 5, _swift_killed)),
+    # Up 4-8 s between kills: a worker backs off (1 s, doubling) while Swift is
+    # away, and Swift takes seconds to start on a loaded machine.
+    FaultClass("swift-killed", "Swift SIGKILLed and started again, up 4-8 s between kills",
+               _every(4, 8, _swift_killed)),
     FaultClass("swift-slow", "of object answers, a share trickles a byte a second for 1-12 s",
                _trickle, share=0.03),
     FaultClass("short-lease", f"lease {LEASE} s; a share of commands run {LEASE + 1}-"
