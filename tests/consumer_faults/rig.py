@@ -502,7 +502,9 @@ def table(results):
 def details(result):
     """What explains one class's figures: faults injected, restarts, the first bad cases."""
     books = result.books
+    counts = ", ".join(f"{kind} {count}" for kind, count in books.counts.items())
     lines = [f"{result.name}: {CLASSES[result.name].description}",
+             f"  {books.messages} messages: {counts}; {result.seconds} s",
              f"  hand-overs {books.hand_overs}, faults injected {result.injected}, "
              f"worker restarts {result.worker_starts}, recover runs {result.recovers}, "
              f"not in done/ at the end {result.unsettled}, corrupt hand-overs "
