@@ -43,8 +43,10 @@ from tests.support.swiftserver import SwiftServer
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONSUMER = pathlib.Path(__file__).with_name("consumer.py")
 DOMAIN = "consumer-faults.swiftdrop.test"
-# One attempt 2 s, one retry: a request may take 5 s, the shortest lease is 8 s.
-TIMEOUT, RETRIES, LEASE = 2, 1, 8
+# One attempt 4 s, one retry: a request may take 9 s, the shortest lease is 12 s.
+# (2 s per attempt starved every worker on a shared 2-core machine at load 15:
+# the class then measures the machine, not the queue.)
+TIMEOUT, RETRIES, LEASE = 4, 1, 12
 # Quick retries, and enough of them that no fault here can use them all up:
 # failed/ at the end is a lost message.
 RETRY_DELAY, MAX_ATTEMPTS = 0.25, 12
@@ -309,7 +311,7 @@ def _redis_restarted(run):
 def _trickle(run):
     proxy = run.rig.proxy
     before = proxy.trickled
-    proxy.trickle_bytes, proxy.trickle_share = (1, 12), run.share
+    proxy.trickle_bytes, proxy.trickle_share = TRICKLE_SECONDS, run.share
     run.fault_over.wait()
     proxy.clear()
     return proxy.trickled - before
@@ -349,12 +351,14 @@ def _kill_workers_at_finish(run):
 
 
 LISTING_LAG = 3.0
+TRICKLE_SECONDS = (1, LEASE + 4)  # a byte a second: up to past the lease
 CLASSES = {fault.name: fault for fault in [
     # Up 4-8 s between kills: a worker backs off (1 s, doubling) while Swift is
     # away, and Swift takes seconds to start on a loaded machine.
     FaultClass("swift-killed", "Swift SIGKILLed and started again, up 4-8 s between kills",
                _every(4, 8, _swift_killed)),
-    FaultClass("swift-slow", "of object answers, a share trickles a byte a second for 1-12 s",
+    FaultClass("swift-slow", "of object answers, a share trickles a byte a second for "
+               f"{TRICKLE_SECONDS[0]}-{TRICKLE_SECONDS[1]} s",
                _trickle, share=0.03),
     FaultClass("short-lease", f"lease {LEASE} s; a share of commands run {LEASE + 1}-"
                f"{2 * LEASE} s", _consumer_faults, share=0.03,
