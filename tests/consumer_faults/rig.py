@@ -53,7 +53,8 @@ RETRY_DELAY, MAX_ATTEMPTS = 0.25, 12
 WORKER_PROCESSES, LOOPS_PER_WORKER = 3, 2
 RECOVER_EVERY, RECOVERS_AT_ONCE = 1.0, 2
 SEED_RATE = 40  # messages a second into cur/
-SETTLE = 240  # seconds after the fault for every message to reach done/
+SETTLE = 240
+SWIFT_STARTS = 3  # seconds after the fault for every message to reach done/
 
 
 class RedisServer:
@@ -134,10 +135,20 @@ class Rig:
         return path
 
     def kill_swift(self):
-        """SIGKILL Swift (never in the middle of a seeding PUT) and start it again."""
+        """SIGKILL Swift (never in the middle of a seeding PUT) and start it again.
+
+        A loaded machine can take longer than the start's timeout: try again
+        rather than leave Swift down for the rest of the run.
+        """
         with self.swift_lock:
             self.swift.kill()
-            self.swift.start()
+            for _ in range(SWIFT_STARTS):
+                try:
+                    self.swift.start(timeout=60)
+                    return
+                except (RuntimeError, TimeoutError):
+                    self.swift.kill()
+            raise RuntimeError(f"Swift did not start {SWIFT_STARTS} times running")
 
 
 def message_bytes(number, run, rng):
@@ -162,10 +173,15 @@ def seed(rig, container, messages, *, run, rng, stored, stop):
                     "Received-By": f"mx.{DOMAIN}", "Client-Address": "127.0.0.1",
                     "Dedup-Md5": hashlib.md5(data.split(b"\r\n", 1)[1],
                                              usedforsecurity=False).hexdigest()}
+        headers = {"If-None-Match": "*",
+                   **{f"X-Object-Meta-{key}": value for key, value in metadata.items()}}
         with rig.swift_lock:
-            connection.put_object(container, name, data, content_type="message/rfc822",
-                                  headers={"If-None-Match": "*", **{
-                                      f"X-Object-Meta-{k}": v for k, v in metadata.items()}})
+            try:
+                connection.put_object(container, name, data, content_type="message/rfc822",
+                                      headers=headers)
+            except ClientException as error:
+                if error.http_status != 412:  # 412: an attempt that timed out had stored it
+                    raise
         rig.proxy.note_created(container, name)
         stored[name[len("cur/"):]] = hashlib.sha256(data).hexdigest()
         time.sleep(1 / SEED_RATE)
