@@ -23,6 +23,7 @@ from collections.abc import Callable
 import contextlib
 from dataclasses import dataclass, field
 import hashlib
+import io
 import os
 import pathlib
 import random
@@ -177,8 +178,10 @@ def seed(rig, container, messages, *, run, rng, stored, stop):
                    **{f"X-Object-Meta-{key}": value for key, value in metadata.items()}}
         with rig.swift_lock:
             try:
-                connection.put_object(container, name, data, content_type="message/rfc822",
-                                      headers=headers)
+                # A file, not bytes: swiftclient resends only what it can seek back on.
+                connection.put_object(container, name, io.BytesIO(data),
+                                      content_length=len(data),
+                                      content_type="message/rfc822", headers=headers)
             except ClientException as error:
                 if error.http_status != 412:  # 412: an attempt that timed out had stored it
                     raise
