@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import swiftclient
 
+from swiftdrop.retries import RETRY_JITTER
 from tests import test_queue
 from tests.test_queue import names_under, queue_for, store
 
@@ -96,7 +97,7 @@ def test_a_claim_finds_due_retries_without_a_head_of_each_waiting_one(ini, monke
     requests, _ = record_requests(monkeypatch)
     assert queue.claim() is None  # none due yet
     assert requests == {"get_container": 2}  # cur/ (empty), the index up to now
-    now[0] += 101
+    now[0] += 100 * (1 + RETRY_JITTER) + 1  # past the latest a jittered delay can end
     claimed = queue.claim()
     assert claimed.name == names[0] and requests["head_object"] == 0
     queue.finish(claimed, "done")
@@ -135,5 +136,5 @@ def test_recover_drops_an_earlier_retry_s_entry_that_would_claim_too_soon(ini):
     queue.connection.put_object(queue.container, f"retry-at/{now[0] - 50:015.3f}/{name}", b"")
     assert queue.recover() == [("removed superseded retry-at/ entry", name)]
     assert queue.claim() is None  # not due before its own Not-Before
-    now[0] += 101
+    now[0] += 100 * (1 + RETRY_JITTER) + 1  # past the latest a jittered delay can end
     assert queue.claim().name == name
