@@ -4,9 +4,9 @@ A message has just moved from processing/ to retry/ (by a worker's finish
 with exit 75, or by another recover); the container listing still shows
 the deleted processing/ entry, as a lagging listing, or one taken during
 that move, does. recover then keeps the copy "furthest along" by the
-listing and deletes retry/NAME, the only copy, before it looks at
-processing/NAME. Strict xfail: once recover checks what it keeps, this
-passes and the mark must go.
+listing and deleted retry/NAME, the only copy, before it looked at
+processing/NAME. recover now looks at processing/NAME first, under the
+lock, and settles nothing on a listing's word alone.
 """
 
 import subprocess
