@@ -22,15 +22,13 @@ not assertions; they vary with the machine's load.
 import argparse
 import collections
 import pathlib
-import subprocess
 import tempfile
 import threading
 
 from swiftdrop import config as config_module
 from swiftdrop.locks import SwiftLock
 from swiftdrop.queue import LostLock, MailQueue
-from tests.support.filterproc import wait_for_port
-from tests.support.ports import reserve_port
+from tests.support.redisserver import RedisServer
 from tests.support.swiftserver import SwiftServer
 
 
@@ -111,30 +109,21 @@ def main():
     options = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="swiftdrop-lock-race-") as scratch:
         workdir = pathlib.Path(scratch)
-        redis_port = reserve_port()
-        redis = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port",
-                                  str(redis_port), "--save", "", "--dir", scratch],
-                                 stdout=subprocess.DEVNULL)
-        try:
-            wait_for_port(redis_port, process=redis)
-            with SwiftServer(workdir / "swift") as swift:
-                doubles = lock_wins(swift, options.claimers, options.lock_rounds)
-                print(f"swift lock PUTs: {options.claimers} at once, {options.lock_rounds} rounds: "
-                      f"{doubles} rounds with two or more winners")
-                for lock in ("swift", "redis"):
-                    ini = {"dir": scratch, "text": (
-                        "[DEFAULT]\ncontainer = {container}\n"
-                        f"authurl = {swift.auth_url}\nuser = test:tester\nkey = testing\n"
-                        f"queue_lock = {lock}\n"
-                        f"queue_redis_url = redis://127.0.0.1:{redis_port}/0\n")}
-                    doubles, silent, total = hand_overs(swift, ini, options.claimers,
-                                                        options.rounds, options.messages)
-                    print(f"{lock} lock claims: {options.claimers} claimers, {total} messages: "
-                          f"{doubles} handed over twice, {silent} of them with the same "
-                          "delivery (silent)")
-        finally:
-            redis.terminate()
-            redis.wait()
+        with RedisServer(workdir / "redis") as redis, SwiftServer(workdir / "swift") as swift:
+            doubles = lock_wins(swift, options.claimers, options.lock_rounds)
+            print(f"swift lock PUTs: {options.claimers} at once, {options.lock_rounds} rounds: "
+                  f"{doubles} rounds with two or more winners")
+            for lock in ("swift", "redis"):
+                ini = {"dir": scratch, "text": (
+                    "[DEFAULT]\ncontainer = {container}\n"
+                    f"authurl = {swift.auth_url}\nuser = test:tester\nkey = testing\n"
+                    f"queue_lock = {lock}\n"
+                    f"queue_redis_url = {redis.url}\n")}
+                doubles, silent, total = hand_overs(swift, ini, options.claimers,
+                                                    options.rounds, options.messages)
+                print(f"{lock} lock claims: {options.claimers} claimers, {total} messages: "
+                      f"{doubles} handed over twice, {silent} of them with the same "
+                      "delivery (silent)")
 
 
 if __name__ == "__main__":

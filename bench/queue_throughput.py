@@ -14,7 +14,6 @@ import argparse
 import collections
 import os
 import pathlib
-import subprocess
 import tempfile
 import threading
 import time
@@ -23,8 +22,7 @@ import swiftclient
 
 from swiftdrop import config as config_module
 from swiftdrop.queue import MailQueue
-from tests.support.filterproc import wait_for_port
-from tests.support.ports import reserve_port
+from tests.support.redisserver import RedisServer
 from tests.support.swiftserver import SwiftServer
 
 
@@ -68,43 +66,34 @@ def main():
     options = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="swiftdrop-queue-bench-") as scratch:
         workdir = pathlib.Path(scratch)
-        redis_port = reserve_port()
-        redis = subprocess.Popen(["redis-server", "--bind", "127.0.0.1", "--port",
-                                  str(redis_port), "--save", "", "--dir", scratch],
-                                 stdout=subprocess.DEVNULL)
-        try:
-            wait_for_port(redis_port, process=redis)
-            with SwiftServer(workdir / "swift") as swift:
-                requests = count_requests()
-                print(f"{'lock':>6} {'workers':>8} {'messages':>9} {'claim+finish/s':>15} "
-                      f"{'requests each':>14} {'Swift CPU ms each':>18}")
-                for lock in ("swift", "redis"):
-                    for workers in (1, 8):
-                        container = f"bench-{lock}-{workers}"
-                        ini = workdir / f"{container}.ini"
-                        ini.write_text(
-                            f"[DEFAULT]\ncontainer = {container}\nauthurl = {swift.auth_url}\n"
-                            "user = test:tester\nkey = testing\n"
-                            f"queue_lock = {lock}\n"
-                            f"queue_redis_url = redis://127.0.0.1:{redis_port}/0\n")
-                        destination = config_module.load(str(ini)).catch_all
-                        connection = swift.connection()
-                        connection.put_container(container)
-                        for number in range(options.messages):
-                            connection.put_object(
-                                container, f"cur/{1_700_000_000 + number}.M000000P1Q{number}"
-                                f".bench,S=64", b"Subject: bench\r\n\r\n" + b"x" * 46 + b"\r\n")
-                        requests.clear()
-                        cpu_before = cpu_seconds(swift.process.pid)
-                        elapsed = drain(destination, workers)
-                        swift_cpu = cpu_seconds(swift.process.pid) - cpu_before
-                        print(f"{lock:>6} {workers:>8} {options.messages:>9} "
-                              f"{options.messages / elapsed:>15.1f} "
-                              f"{sum(requests.values()) / options.messages:>14.2f} "
-                              f"{swift_cpu * 1000 / options.messages:>18.1f}")
-        finally:
-            redis.terminate()
-            redis.wait()
+        with RedisServer(workdir / "redis") as redis, SwiftServer(workdir / "swift") as swift:
+            requests = count_requests()
+            print(f"{'lock':>6} {'workers':>8} {'messages':>9} {'claim+finish/s':>15} "
+                  f"{'requests each':>14} {'Swift CPU ms each':>18}")
+            for lock in ("swift", "redis"):
+                for workers in (1, 8):
+                    container = f"bench-{lock}-{workers}"
+                    ini = workdir / f"{container}.ini"
+                    ini.write_text(
+                        f"[DEFAULT]\ncontainer = {container}\nauthurl = {swift.auth_url}\n"
+                        "user = test:tester\nkey = testing\n"
+                        f"queue_lock = {lock}\n"
+                        f"queue_redis_url = {redis.url}\n")
+                    destination = config_module.load(str(ini)).catch_all
+                    connection = swift.connection()
+                    connection.put_container(container)
+                    for number in range(options.messages):
+                        connection.put_object(
+                            container, f"cur/{1_700_000_000 + number}.M000000P1Q{number}"
+                            f".bench,S=64", b"Subject: bench\r\n\r\n" + b"x" * 46 + b"\r\n")
+                    requests.clear()
+                    cpu_before = cpu_seconds(swift.process.pid)
+                    elapsed = drain(destination, workers)
+                    swift_cpu = cpu_seconds(swift.process.pid) - cpu_before
+                    print(f"{lock:>6} {workers:>8} {options.messages:>9} "
+                          f"{options.messages / elapsed:>15.1f} "
+                          f"{sum(requests.values()) / options.messages:>14.2f} "
+                          f"{swift_cpu * 1000 / options.messages:>18.1f}")
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from tests.support.filterproc import run_swiftdrop, wait_for_port
+from tests.support.filterproc import run_swiftdrop
 from tests.support.keystone import KeystoneServer
-from tests.support.ports import reserve_port
+from tests.support.redisserver import RedisServer
 from tests.support.swiftserver import SwiftServer
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
@@ -129,14 +129,5 @@ def journald():
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory):
     """A real redis-server (Debian's) on a loopback port, without persistence."""
-    port = reserve_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    process = subprocess.Popen(
-        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-         "--appendonly", "no", "--dir", str(workdir)], stdout=subprocess.DEVNULL)
-    try:
-        wait_for_port(port, process=process)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        process.terminate()
-        process.wait(10)
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server.url

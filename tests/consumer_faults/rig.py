@@ -37,8 +37,8 @@ from swiftclient.exceptions import ClientException
 from swiftdrop.naming import MaildirNamer
 from tests.consumer_faults.ledger import classify, read_ledger
 from tests.consumer_faults.proxy import ConsumerProxy
-from tests.support.filterproc import swiftdrop_command, wait_for_port
-from tests.support.ports import reserve_port
+from tests.support.filterproc import swiftdrop_command
+from tests.support.redisserver import DEBIAN_SAVE, RedisServer
 from tests.support.swiftserver import SwiftServer
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -56,45 +56,6 @@ RECOVER_EVERY, RECOVERS_AT_ONCE = 1.0, 2
 SEED_RATE = 40  # messages a second into cur/
 SETTLE = 240
 SWIFT_STARTS = 3  # seconds after the fault for every message to reach done/
-
-
-class RedisServer:
-    """Debian's redis-server on one reserved loopback port, for restarts under load.
-
-    Saved as Debian's default configuration saves (an RDB snapshot, written
-    on SIGTERM): a restart is a restart, not a wipe.
-    """
-
-    def __init__(self, workdir):
-        self.workdir = pathlib.Path(workdir)
-        self.workdir.mkdir(exist_ok=True)
-        self.port = reserve_port()
-        self.process = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self):
-        self.process = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
-             "--save", "3600 1 300 100 60 10000", "--appendonly", "no",
-             "--dir", str(self.workdir)], stdout=subprocess.DEVNULL)
-        wait_for_port(self.port, process=self.process)
-
-    def stop(self):
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(30)
-            self.process = None
-
-    def restart(self):
-        self.stop()
-        self.start()
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
 class Rig:
@@ -120,7 +81,8 @@ class Rig:
 
     def use_redis(self):
         if self.redis is None:
-            self.redis = self.stack.enter_context(RedisServer(self.workdir / "redis"))
+            self.redis = self.stack.enter_context(
+                RedisServer(self.workdir / "redis", save=DEBIAN_SAVE))
         return self.redis
 
     def write_ini(self, path, container, lock):
