@@ -122,8 +122,8 @@ def message_bytes(number, run, rng):
     return head + rng.randbytes(rng.randint(300, 6000)).hex().encode() + b"\r\n"
 
 
-def seed(rig, container, messages, *, run, rng, stored, stop):
-    """Put `messages` into cur/ as the filter does, SEED_RATE a second; names -> sha256."""
+def seed(rig, container, messages, *, run, rng, stored, stop, rate=SEED_RATE):
+    """Put `messages` into cur/ as the filter does, `rate` a second; names -> sha256."""
     connection = rig.swift.connection(retries=5, timeout=10)
     namer = MaildirNamer(hostname=f"mx.{DOMAIN}")
     for number in range(1, messages + 1):
@@ -149,7 +149,7 @@ def seed(rig, container, messages, *, run, rng, stored, stop):
                     raise
         rig.proxy.note_created(container, name)
         stored[name[len("cur/"):]] = hashlib.sha256(data).hexdigest()
-        time.sleep(1 / SEED_RATE)
+        time.sleep(1 / rate)
 
 
 class Workers:
@@ -244,6 +244,9 @@ class FaultClass:
     returns how many faults it injected; ``consumer_args(share)`` are the
     consumer's. `share` is how many of the requests or hand-overs a fault
     hits (a short run raises it, so that the fault surely happens).
+    `seeding_seconds` is how long seeding lasts at least: a fault on a timer
+    must land while messages are still arriving, or a short run is handed
+    over before the first fault and tests nothing.
     """
 
     name: str
@@ -252,6 +255,7 @@ class FaultClass:
     lock: str = "swift"
     consumer_args: Callable = lambda share: ()
     share: float = 0.0
+    seeding_seconds: float = 0.0
 
 
 @dataclass
@@ -337,7 +341,7 @@ CLASSES = {fault.name: fault for fault in [
     # Up 4-8 s between kills: a worker backs off (1 s, doubling) while Swift is
     # away, and Swift takes seconds to start on a loaded machine.
     FaultClass("swift-killed", "Swift SIGKILLed and started again, up 4-8 s between kills",
-               _every(4, 8, _swift_killed)),
+               _every(4, 8, _swift_killed), seeding_seconds=10),
     FaultClass("swift-slow", "of object answers, a share trickles a byte a second for "
                f"{TRICKLE_SECONDS[0]}-{TRICKLE_SECONDS[1]} s",
                _trickle, share=0.03),
@@ -352,7 +356,7 @@ CLASSES = {fault.name: fault for fault in [
     FaultClass("listing-lag", f"container listings {LISTING_LAG:g} s behind object "
                "creations and deletions", _listing_lag),
     FaultClass("redis-restarted", "queue_lock = redis; redis-server restarted every 3-6 s",
-               _every(3, 6, _redis_restarted), lock="redis"),
+               _every(3, 6, _redis_restarted), lock="redis", seeding_seconds=8),
 ]}
 
 
@@ -440,7 +444,9 @@ def run_class(rig, name, messages, *, seed_value=1, settle=SETTLE, least_hits=0)
     seeding_stop, recover_stop = threading.Event(), threading.Event()
     seeder = threading.Thread(target=seed, args=(rig, container, messages), kwargs={
         "run": run_id, "rng": random.Random(seed_value), "stored": stored,
-        "stop": seeding_stop})
+        "stop": seeding_stop,
+        "rate": min(SEED_RATE, messages / fault.seeding_seconds) if fault.seeding_seconds
+        else SEED_RATE})
     injector = threading.Thread(target=lambda: outcome.update(injected=fault.inject(run)))
     recoverer = threading.Thread(target=lambda: outcome.update(recovers=recover_every_second(
         ini, workdir / "recover.log", recover_stop)))
