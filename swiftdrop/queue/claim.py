@@ -143,4 +143,4 @@ class Claiming:
                        delivery=int(metadata.get("deliveries", 0)),
                        fence=headers.get("last-modified"),
                        recipients=read_recipients(self.connection, self.container, metadata),
-                       dedup=dedup)
+                       dedup=dedup, replayed=int(metadata.get("replayed", 0)))

@@ -25,6 +25,8 @@ class Claimed:
     ran out once someone else has claimed the message again (a later claim's
     copy is a lease later, so its Last-Modified, in whole seconds, is later).
     None moves without that check (a leftover nobody claimed).
+    `replayed` counts the times an operator sent it back to cur/
+    (``swiftdrop queue replay``): a replayed message's delivery is above 1.
     """
 
     name: str
@@ -37,6 +39,7 @@ class Claimed:
     fence: str | None = None
     recipients: list = field(default_factory=list)  # all of them (swiftdrop.envelope)
     dedup: bool = False  # claimed with --dedup: its finish leaves a dedup marker
+    replayed: int = 0
     moved_to: str | None = field(default=None, repr=False)  # a finish's copy is done
 
     @property
