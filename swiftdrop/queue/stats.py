@@ -65,7 +65,7 @@ class Counting:
                 result[prefix]["count"] += 1
                 result[prefix]["bytes"] += item["bytes"]
             if prefix == CUR:
-                delivered = _delivery_time(item["name"])
+                delivered = delivery_time(item["name"])
                 if delivered is not None and (oldest is None or delivered < oldest):
                     oldest = delivered
         result[DONE] = {
@@ -81,7 +81,7 @@ def listed_time(last_modified):
     return datetime.fromisoformat(last_modified).replace(tzinfo=UTC).timestamp()
 
 
-def _delivery_time(path):
+def delivery_time(path):
     """The delivery time encoded in a Maildir name: <seconds>.M<microseconds>..."""
     base = path.rsplit("/", 1)[-1]
     seconds, _, rest = base.partition(".M")
