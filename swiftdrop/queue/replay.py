@@ -21,8 +21,8 @@ from . import retry_index
 from .states import CUR, META, PREFIXES, PROCESSING, RETRY
 from .stats import delivery_time
 
-# What replay drops: the last attempt's error and the retry schedule
-# belong to the attempts that failed, not to the ones that come now.
+# What replay drops (as read: lower case): the last attempt's error and the
+# retry schedule belong to the attempts that failed, not to the ones to come.
 DROPPED = ("last-error", "not-before")
 IN_WORK = (CUR, PROCESSING, RETRY)
 
@@ -124,9 +124,12 @@ class Replaying:
         Swift keeps the content type and its own system metadata either way.
         """
         name, source, metadata = letter.name, letter.source, letter.metadata
-        kept = {key: value for key, value in metadata.items() if key not in DROPPED}
-        kept.update({"attempts": "0", "replayed": str(letter.replayed + 1),
-                     "replayed-at": f"{self.clock():.3f}"})
+        new = {"Attempts": "0", "Replayed": str(letter.replayed + 1),
+               "Replayed-At": f"{self.clock():.3f}"}
+        replaced = {key.lower() for key in new}
+        kept = {key: value for key, value in metadata.items()
+                if key not in DROPPED and key not in replaced}
+        kept.update(new)
         headers = {"X-Copy-From": f"/{self.container}/{source}{name}",
                    "X-Fresh-Metadata": "true",
                    **{f"X-Object-Meta-{key}": value for key, value in kept.items()}}
