@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from ..libraries import ClientException
 from . import retry_index
-from .states import CUR, META, PREFIXES, PROCESSING, RETRY
+from .states import CUR, META, PREFIXES, PROCESSING, RETRY, LostLock
 from .stats import delivery_time
 
 # What replay drops (as read: lower case): the last attempt's error and the
@@ -84,9 +84,14 @@ class Replaying:
             letter = self._examine(name, source, named)
             if letter.outcome == WOULD_REPLAY:
                 self._move_back(letter, token)
-            return letter
+        except LostLock:  # Swift or Redis too slow for the lease: nobody else's move undone
+            return DeadLetter(name, source, delivery_time(name), outcome=REFUSED,
+                              reason=f"its lock ran out midway: see whether it is in {CUR}, "
+                                     f"{source} or both")
         finally:
-            self._let_go(name, token)
+            if self.heartbeat.holds(name, token):
+                self._let_go(name, token)
+        return letter
 
     def _examine(self, name, source, named):
         """The DeadLetter of `name` in `source`, and whether it may be replayed."""
