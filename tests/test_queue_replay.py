@@ -158,12 +158,18 @@ def test_a_message_whose_lock_is_held_or_that_is_in_work_is_not_replayed(
     other.close()
 
 
-def test_a_name_not_in_from_is_reported_and_the_rest_is_replayed(ini):  # noqa: F811
-    queue = queue_for(ini)
+def one_done_one_failed(queue):
+    """(name in done/, name in failed/, bounced): the two places replay takes from."""
     [done] = store(queue, 1)
     queue.finish(queue.claim(), "done")
     [failed] = store(queue, 1, start=1_700_000_100)
     queue.finish(queue.claim(), "failed", reason="bounced")
+    return done, failed
+
+
+def test_a_name_not_in_from_is_reported_and_the_rest_is_replayed(ini):  # noqa: F811
+    queue = queue_for(ini)
+    done, failed = one_done_one_failed(queue)
     result = cli(ini, "replay", "--execute", done, "1700009999.M0P1Q0.mx.test,S=1", failed)
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
@@ -205,10 +211,7 @@ def test_replay_says_what_a_time_must_look_like(ini):  # noqa: F811
 
 def test_purge_deletes_the_attachments_a_webhook_stored_beside_its_messages(ini):  # noqa: F811
     queue = queue_for(ini)
-    [purged] = store(queue, 1)
-    queue.finish(queue.claim(), "done")
-    [kept] = store(queue, 1, start=1_700_000_100)
-    queue.finish(queue.claim(), "failed", reason="bounced")
+    purged, kept = one_done_one_failed(queue)
     for name in (purged, kept):
         for part in ("0", "1", "raw"):
             queue.connection.put_object(queue.container, f"attachments/{name}/{part}", b"a")
