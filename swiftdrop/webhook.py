@@ -30,7 +30,6 @@ import urllib.parse
 from . import __version__
 from .config import public_url
 
-OUTCOMES = ("2xx", "3xx", "4xx", "5xx", "timeout", "connection", "tls")
 NEVER_AGAIN = frozenset({406, 410})
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 SIGNATURE_VERSION = "v1"
@@ -138,8 +137,8 @@ def judge(status, phrase, headers, excerpt=b""):
         location = headers.get("Location")
         reason += ": redirects are not followed" + (
             f" (Location: {public_url(location)})" if location else "")
-        return Answer(outcome, "retry", _shortened(reason), status)
-    reason = _shortened(reason + _first_line(excerpt))
+        return Answer(outcome, "retry", shortened(reason), status)
+    reason = shortened(reason + _first_line(excerpt))
     if status in NEVER_AGAIN:
         return Answer(outcome, "failed", reason, status)
     retry_after = retry_after_seconds(headers.get("Retry-After")) \
@@ -168,9 +167,9 @@ def _failure(error, deadline, settings):
     if deadline.passed or isinstance(error, TimeoutError):
         return _timed_out(settings)
     if isinstance(error, ssl.SSLCertVerificationError):
-        return Answer("tls", "retry", _shortened(f"TLS: {error.verify_message}"))
+        return Answer("tls", "retry", shortened(f"TLS: {error.verify_message}"))
     if isinstance(error, ssl.SSLError):
-        return Answer("tls", "retry", _shortened(f"TLS: {error.reason or error}"))
+        return Answer("tls", "retry", shortened(f"TLS: {error.reason or error}"))
     if isinstance(error, ConnectionRefusedError):
         return Answer("connection", "retry", "connection refused")
     if isinstance(error, ConnectionResetError):
@@ -178,9 +177,9 @@ def _failure(error, deadline, settings):
     if isinstance(error, http.client.RemoteDisconnected):
         return Answer("connection", "retry", "connection closed without an answer")
     if isinstance(error, http.client.HTTPException):
-        return Answer("connection", "retry", _shortened(
+        return Answer("connection", "retry", shortened(
             f"not an HTTP answer: {type(error).__name__} {error}".rstrip()))
-    return Answer("connection", "retry", _shortened(
+    return Answer("connection", "retry", shortened(
         f"connection: {error.strerror or error}"))
 
 
@@ -200,7 +199,8 @@ def _first_line(excerpt):
     return f": {' '.join(line.split())}" if line.strip() else ""
 
 
-def _shortened(text):
+def shortened(text):
+    """`text` cut to MAX_REASON characters, to fit a metadata value with room to spare."""
     return text if len(text) <= MAX_REASON else text[:MAX_REASON - 3] + "..."
 
 
