@@ -286,7 +286,7 @@ def add_queue_commands(commands):
     run.add_argument("--timeout", type=float, metavar="SECONDS",
                      help="kill a command running longer (SIGTERM, SIGKILL 5 s later) and "
                           "retry its message; 0: no limit (default: the ini's "
-                          "queue_command_timeout, 900)")
+                          "queue_command_timeout, 900); a webhook has webhook_timeout")
     run.add_argument("--webhook", metavar="URL", help="POST each message to URL instead of "
                      "the ini's webhook_url (the other webhook_* keys apply; the secret is "
                      "webhook_secret, else $SWIFTDROP_WEBHOOK_SECRET); not with a COMMAND")

@@ -186,8 +186,8 @@ class WebhookConsumer:
             return Posted("retry", cause, {"Last-Error": cause})
         answer = post(self.settings, body,
                       request_headers(self.settings, body, content_type, fields))
+        # A lock lost meanwhile shows at the finish, which then refuses (LostLock).
         metrics.webhook_posted(self.section, answer.outcome, answer.seconds)
-        queue.check(claimed)  # the heartbeat kept the lock through the POST, or says it did not
         metadata = {} if answer.state == "done" else {"Last-Error": answer.reason}
         return Posted(answer.state, answer.reason, metadata, answer.retry_after, answer)
 

@@ -14,6 +14,7 @@ import http.server
 import itertools
 import json
 import os
+import pathlib
 import signal
 import socket
 import ssl
@@ -547,3 +548,35 @@ def test_the_config_check_of_run_uses_run_swiftdrop(swift, container, tmp_path):
     result = run_swiftdrop("queue", "--config", str(ini), "run", "--once")
     assert result.returncode == 78
     assert "webhook_timeout: 400 s must be shorter than the lease" in result.stderr
+
+
+def recipe(heading, language):
+    """The code block under `heading` in docs/webhooks.md, as a reader would copy it."""
+    text = (pathlib.Path(__file__).parents[1] / "docs/webhooks.md").read_text()
+    section = text.split(f"\n{heading}\n", 1)[1]
+    return section.split(f"```{language}\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_docs_verification_recipes_accept_a_real_request_and_refuse_a_forged_one(
+        rig, receiver, tmp_path):
+    rig.store()
+    assert rig.run() == {"done": 1}
+    [request] = receiver.requests
+    namespace = {}
+    exec(recipe("### In Python", "python"), namespace)  # the docs' own code, as written
+    assert namespace["verify"](SECRET.encode(), request.headers, request.body)
+    assert not namespace["verify"](SECRET.encode(), request.headers, request.body + b" ")
+    assert not namespace["verify"](b"another secret", request.headers, request.body)
+
+    def shell(body, secret=SECRET):
+        (tmp_path / "body").write_bytes(body)
+        return subprocess.run(["sh", "-c", recipe("### In shell", "sh")], cwd=tmp_path,
+                              env={"PATH": os.environ["PATH"], "SECRET": secret,
+                                   "TIMESTAMP": request.headers["X-SwiftDrop-Timestamp"],
+                                   "SIGNATURE": request.headers["X-SwiftDrop-Signature"]},
+                              capture_output=True, text=True, check=False)
+
+    accepted = shell(request.body)
+    assert (accepted.returncode, accepted.stdout, accepted.stderr) == (0, "valid\n", "")
+    assert shell(request.body.replace(b"hello", b"hullo")).stdout == ""
+    assert shell(request.body, secret="another secret").stdout == ""
