@@ -333,20 +333,30 @@ def test_retry_after_is_the_least_wait_up_to_the_longest(swift, container, tmp_p
     assert before + 60 <= ignored <= after + 66
 
 
-def test_the_lock_is_held_while_a_post_runs(rig, receiver, swift):
+def test_the_heartbeat_keeps_the_lock_while_a_post_runs(swift, container, tmp_path, receiver):
+    # the shortest lease these account settings allow: refreshed after about a second
+    rig = Rig(swift, container, tmp_path, receiver.url, timeout="2", retries="1",
+              queue_lease="8", webhook_timeout="7")
     name = rig.store()
     receiver.script.append(hold)
     worker = threading.Thread(target=rig.run)
     worker.start()
     try:
         assert receiver.server.held.wait(30)
+        lock = f"locks/{name}"
+        first = int(rig.connection.head_object(container, lock)["x-delete-at"])
+        deadline = time.monotonic() + 6
+        while int(rig.connection.head_object(container, lock)["x-delete-at"]) <= first:
+            assert time.monotonic() < deadline, "the lock was not refreshed during the POST"
+            time.sleep(0.1)
         other = MailQueue(rig.destination)
-        assert other.claim() is None  # in processing/, under the worker's lock
+        assert list(other.recover()) == []  # a live lock: nothing to recover
         other.close()
     finally:
         receiver.server.released.set()
         worker.join()
     assert rig.where(name) == "done/"
+    rig.queue.close()
 
 
 def test_a_big_attachment_is_linked_and_a_small_one_inline(swift, container, tmp_path,
