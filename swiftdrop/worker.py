@@ -1,4 +1,8 @@
-"""``swiftdrop queue run``: claim a message, pipe it to a command, finish it, repeat.
+"""``swiftdrop queue run``: claim a message, hand it over, finish it, repeat.
+
+A message is handed to a command (its stdin; :class:`CommandConsumer`) or
+POSTed to a webhook (:class:`WebhookConsumer`, over swiftdrop.webhook and
+swiftdrop.payload); the loop around either is the same (:func:`consume`).
 
 The state machine lives in :mod:`swiftdrop.queue`; this is the process around
 it, and what makes a worker outlast its environment. Swift restarting,
@@ -186,8 +190,8 @@ class WebhookConsumer:
             return Posted("retry", cause, {"Last-Error": cause})
         answer = post(self.settings, body,
                       request_headers(self.settings, body, content_type, fields))
-        # A lock lost meanwhile shows at the finish, which then refuses (LostLock).
         metrics.webhook_posted(self.section, answer.outcome, answer.seconds)
+        # A lock lost during the POST shows at the finish, which refuses (LostLock).
         metadata = {} if answer.state == "done" else {"Last-Error": answer.reason}
         return Posted(answer.state, answer.reason, metadata, answer.retry_after, answer)
 
