@@ -7,14 +7,17 @@ or ``check --config-only`` must not pay for Swift's client libraries, and
 
 import argparse
 import collections
+import datetime
 import json
 import logging
 import os
+import re
 import signal
 import stat
 import sys
 import textwrap
 import threading
+import time
 
 from . import __version__, migrate
 from . import config as config_module
@@ -67,6 +70,19 @@ SWIFTDROP_RCPT_FILE (the same list in a file) and SWIFTDROP_DEDUP_MD5.
 --dedup's key is Message-ID, Dedup-Md5 and the sorted recipients.
 
 See docs/queue.md for the details.
+"""
+REPLAY_CONTRACT = """\
+Without --execute, lists what it would replay, one line each: name,
+delivery time, attempts and Last-Error (Failed-Reason when no attempt
+recorded an error): what failed, and why. With --execute, moves each back
+to cur/: attempts reset to 0, Last-Error and Not-Before dropped, Deliveries
+kept, Replayed counted and Replayed-At set, so the next hand-over is marked
+(delivery 2 or more, "replayed" in claim's JSON, SWIFTDROP_REPLAYED).
+
+Choose by NAME, by delivery time (--since, --until: the time in the name),
+or --all. A message whose lock is held, or that is in cur/, processing/ or
+retry/ already, is not replayed, and the line says why. Exit status 1 when
+a NAME is not in --from, after doing the rest.
 """
 RUN_CONTRACT = """\
 Each message goes to COMMAND's stdin. COMMAND's exit status is the
@@ -261,6 +277,23 @@ def add_queue_commands(commands):
                        help="envelopes/: the recipient lists kept beside long envelopes; "
                        "purge them with the age failed/ is purged with")
     purge.add_argument("--execute", action="store_true", help="really delete")
+    replay = actions.add_parser(
+        "replay", help="list the dead letters in failed/ (name, last error, attempts, "
+                       "delivery time), or with --execute move them back to cur/",
+        description=REPLAY_CONTRACT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    replay.add_argument("names", nargs="*", metavar="NAME",
+                        help="these messages (base names, or with the --from prefix)")
+    replay.add_argument("--from", dest="source", default="failed/",
+                        choices=("failed/", "done/"), help="where to take them from "
+                        "(default: %(default)s)")
+    replay.add_argument("--since", type=point_in_time, metavar="WHEN",
+                        help="those delivered at or after WHEN: an ISO 8601 time "
+                             "(2026-12-01T10:00Z; UTC unless it says) or an age (2h, 30m, 1d)")
+    replay.add_argument("--until", type=point_in_time, metavar="WHEN",
+                        help="those delivered before WHEN")
+    replay.add_argument("--all", action="store_true", help="every message in --from")
+    replay.add_argument("--execute", action="store_true", help="really move them")
+    replay.add_argument("--json", action="store_true", help="one JSON array")
     stats = actions.add_parser("stats", help="count and bytes per prefix, oldest waiting")
     stats.add_argument("--format", choices=("text", "json", "prometheus"), default="text",
                        help="prometheus: the text exposition format, e.g. for node_exporter's "
@@ -305,6 +338,33 @@ def metadata_text(text):
         raise argparse.ArgumentTypeError(
             f"{text!r}: at most {MAX_METADATA_VALUE} bytes of printable text")
     return text
+
+
+def point_in_time(text):
+    """Unix seconds from an ISO 8601 time (UTC unless it says) or an age: 2h is 2 hours ago."""
+    if re.fullmatch(r"[0-9]+(\.[0-9]+)?[dhms]?", text):
+        return time.time() - duration(text)
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither an ISO 8601 time like 2026-12-01T10:00Z nor an age "
+            "like 2h") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
+
+
+def replay_selection_problem(options):
+    """Why replay's NAMEs, window and --all do not choose unambiguously, or None."""
+    window = options.since is not None or options.until is not None
+    if not (options.names or window or options.all):
+        return "queue replay needs NAMEs, a window (--since, --until) or --all"
+    if options.names and (window or options.all):
+        return "queue replay takes NAMEs or a window or --all, not NAMEs with either"
+    if options.all and window:
+        return "queue replay takes a window or --all, not both"
+    return None
 
 
 def loopback_address(text):
@@ -401,6 +461,9 @@ def queue_command(options):
     if options.destination not in sections:
         print(f"swiftdrop: {config.path}: no section [{options.destination}]", file=sys.stderr)
         return EX_CONFIG
+    if options.action == "replay" and (problem := replay_selection_problem(options)):
+        print(f"swiftdrop: {problem}", file=sys.stderr)
+        return EX_USAGE
     from .failures import describe_failure, service_errors  # noqa: PLC0415 - see the module docstring
     from .queue import MailQueue  # noqa: PLC0415
 
@@ -424,7 +487,8 @@ def queue_command(options):
 
 def rights_needed(options):
     """Which rights on the container a queue action needs (docs/deployment.md)."""
-    if options.action == "stats" or (options.action == "purge" and not options.execute):
+    if options.action == "stats" or (options.action in ("purge", "replay")
+                                      and not options.execute):
         return (f"queue {options.action} needs the container's read ACL (X-Container-Read) "
                 "or Swift's operator role")
     return (f"queue {options.action} needs the container's read and write ACLs "
@@ -460,6 +524,7 @@ def queue_action(queue, options):
         print(json.dumps({"name": claimed.name, "token": claimed.token,
                           "size": len(claimed.body), "attempts": claimed.attempts,
                           "delivery": claimed.delivery, "redelivered": claimed.redelivered,
+                          "replayed": claimed.replayed,
                           "metadata": claimed.metadata,
                           "skipped_duplicates": claimed.skipped_duplicates,
                           **envelope_fields(claimed)}))
@@ -510,10 +575,54 @@ def queue_action(queue, options):
         for item in old:
             print(f"{verb} {item['name']} ({item['bytes']} bytes, {item['last_modified']})")
         print(f"{verb} {len(old)} object(s)" + ("" if options.execute else "; add --execute"))
+    elif action == "replay":
+        return replay_command(queue, options)
     elif action == "stats":
         write_output(format_stats(queue.stats(), queue.destination, options.format),
                      options.output)
     return 0
+
+
+def replay_command(queue, options):
+    """``queue replay``: a line per message (or one JSON array); 1 if a NAME was not there."""
+    from .queue.replay import NOT_FOUND, REPLAYED, WOULD_REPLAY  # noqa: PLC0415 - see the module docstring
+
+    source = options.source
+    names = [name.removeprefix(source) for name in options.names]
+    letters = queue.replay(source, names, since=options.since, until=options.until,
+                           execute=options.execute)
+    if options.json:
+        print(json.dumps([{"name": letter.name, "from": source,
+                           "received_at": iso_time(letter.received_at),
+                           "attempts": letter.attempts, "deliveries": letter.deliveries,
+                           "replayed": letter.replayed, "last_error": letter.last_error,
+                           "failed_reason": letter.failed_reason, "result": letter.outcome,
+                           "reason": letter.reason} for letter in letters]))
+    else:
+        for letter in letters:
+            if letter.outcome == NOT_FOUND:
+                print(f"swiftdrop: queue replay: {letter.name} is {letter.reason}",
+                      file=sys.stderr)
+            elif letter.outcome in (WOULD_REPLAY, REPLAYED):
+                print(f"{letter.outcome} {letter.name} (delivered "
+                      f"{iso_time(letter.received_at, 'seconds') or 'at an unknown time'}, "
+                      f"{letter.attempts} attempts): {letter.cause}")
+            else:
+                verb = "would not replay" if not options.execute else "not replayed"
+                print(f"{verb} {letter.name}: {letter.reason}")
+        moved = sum(letter.outcome in (WOULD_REPLAY, REPLAYED) for letter in letters)
+        verb = "replayed" if options.execute else "would replay"
+        print(f"{verb} {moved} message(s) from {source}"
+              + ("" if options.execute else "; add --execute"))
+    return 1 if any(letter.outcome == NOT_FOUND for letter in letters) else 0
+
+
+def iso_time(seconds, timespec="auto"):
+    """2026-12-01T10:00:00.123456Z (to the second with timespec="seconds"), or None for None."""
+    if seconds is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+    return moment.isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 def run_worker(queue, options):

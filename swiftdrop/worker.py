@@ -330,6 +330,7 @@ def _run_command(queue, claimed, command, *, stop, grace, timeout):
                    SWIFTDROP_ATTEMPTS=str(claimed.attempts),
                    SWIFTDROP_DELIVERY=str(claimed.delivery),
                    SWIFTDROP_REDELIVERED="1" if claimed.redelivered else "0",
+                   SWIFTDROP_REPLAYED=str(claimed.replayed),
                    SWIFTDROP_MAIL_FROM=metadata.get("mail-from", ""),
                    **recipient_environment(claimed.recipients, rcpt_file.name),
                    SWIFTDROP_MESSAGE_ID=metadata.get("message-id", ""),

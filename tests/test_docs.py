@@ -341,6 +341,11 @@ def test_the_metadata_keys_the_docs_may_name_are_what_swiftdrop_writes(swift, tm
             [f"user{index}@example.com" for index in range(100)])  # Rcpt-To-2, Rcpt-List
     assert work(queue, ["sh", "-c", "cat >/dev/null; exit 65"], threading.Event(),
                 dedup=True, once=True) == {"failed": 1}
+    [failed] = [item["name"].removeprefix("failed/") for item in queue.listing("failed/")]
+    [replayed] = queue.replay("failed/", [failed], execute=True)  # Replayed, Replayed-At
+    assert replayed.outcome == "replayed"
+    assert work(queue, ["sh", "-c", "cat >/dev/null; exit 65"], threading.Event(),
+                once=True) == {"failed": 1}  # its Last-Error again, which replay dropped
     receive(b"Subject: lost\r\n\r\nits worker died\r\n", "<lost@example.org>")
     claimed = queue.claim()
     queue.lock.release(claimed.name, claimed.token)  # as if its lease had run out

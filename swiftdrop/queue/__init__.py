@@ -44,17 +44,18 @@ from .finish import Finishing
 from .holding import Holding
 from .moves import Moves
 from .recover import Recovery
+from .replay import Replaying
 from .states import PREFIXES, Claimed, LostLock
 from .stats import Counting
 
 __all__ = ["PREFIXES", "Claimed", "LostLock", "MailQueue", "connect"]
 
 
-class MailQueue(Claiming, Finishing, Recovery, Counting, Dedup, Holding, Moves):
-    """Claim, finish, recover, purge and count messages of one destination's container.
+class MailQueue(Claiming, Finishing, Recovery, Replaying, Counting, Dedup, Holding, Moves):
+    """Claim, finish, recover, replay, purge and count messages of one destination's container.
 
-    Each concern is a module of this package (claim, finish, recover, stats,
-    dedup, holding, moves); this class gives them one connection, one lock
+    Each concern is a module of this package (claim, finish, recover, replay,
+    stats, dedup, holding, moves); this class gives them one connection, one lock
     and one heartbeat.
     """
 

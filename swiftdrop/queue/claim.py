@@ -83,7 +83,7 @@ class Claiming:
                 claimed = self._take(source, name, token, skipped, dedup)
                 if claimed is not None and dedup:
                     original = self.duplicate_of(claimed)
-                    if original:
+                    if original and original != name:  # its own marker: a replay from done/
                         self.finish(claimed, "done", {"Duplicate-Of": original})
                         skipped.append(name)
                         continue

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from ..envelope import ENVELOPES, envelope_path
 from .states import CUR, DONE, PREFIXES
 
+ATTACHMENTS = "attachments/"  # attachments/<name>/<index>, the webhook's (docs/webhooks.md)
 # "/" sorts before "0": names below DONE come before done/, names from
 # AFTER_DONE on come after it.
 AFTER_DONE = DONE[:-1] + "0"
@@ -27,17 +28,22 @@ class Counting:
     def purge(self, older_than, prefix=DONE, execute=False):
         """Messages under `prefix` that entered it more than `older_than` seconds ago.
 
-        Deletes them only with `execute`; by default it only tells. The
-        recipient list kept beside a purged message (envelopes/, only for
-        long envelopes) goes with it: nothing reads it once the message is gone.
+        Deletes them only with `execute`; by default it only tells. What is
+        kept beside a purged message goes with it, as nothing reads it once
+        the message is gone: its recipient list (envelopes/, only for long
+        envelopes) and the attachments a webhook stored for it to be
+        fetched by link (attachments/<name>/, one object each).
         """
         cutoff = self.clock() - older_than
         old = [item for item in self.listing(prefix)
                if listed_time(item["last_modified"]) < cutoff]
         if prefix != ENVELOPES:
             kept_beside = {item["name"] for item in self.listing(ENVELOPES)}
+            purged = {item["name"].rpartition("/")[2] for item in old}
             old += [{**item, "name": side} for item in list(old)
                     if (side := envelope_path(item["name"])) in kept_beside]
+            old += [item for item in self.listing(ATTACHMENTS)
+                    if item["name"][len(ATTACHMENTS):].partition("/")[0] in purged]
         if execute:
             for item in old:
                 self._delete(item["name"])
@@ -65,7 +71,7 @@ class Counting:
                 result[prefix]["count"] += 1
                 result[prefix]["bytes"] += item["bytes"]
             if prefix == CUR:
-                delivered = _delivery_time(item["name"])
+                delivered = delivery_time(item["name"])
                 if delivered is not None and (oldest is None or delivered < oldest):
                     oldest = delivered
         result[DONE] = {
@@ -81,7 +87,7 @@ def listed_time(last_modified):
     return datetime.fromisoformat(last_modified).replace(tzinfo=UTC).timestamp()
 
 
-def _delivery_time(path):
+def delivery_time(path):
     """The delivery time encoded in a Maildir name: <seconds>.M<microseconds>..."""
     base = path.rsplit("/", 1)[-1]
     seconds, _, rest = base.partition(".M")
