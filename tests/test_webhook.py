@@ -590,3 +590,18 @@ def test_the_docs_verification_recipes_accept_a_real_request_and_refuse_a_forged
     assert (accepted.returncode, accepted.stdout, accepted.stderr) == (0, "valid\n", "")
     assert shell(request.body.replace(b"hello", b"hullo")).stdout == ""
     assert shell(request.body, secret="another secret").stdout == ""
+
+
+def test_a_replayed_dead_letter_comes_again_marked_as_replayed(rig, receiver):
+    name = rig.store()
+    receiver.script.append(respond(410))
+    assert rig.run() == {"failed": 1}
+    result = run_swiftdrop("queue", "--config", str(rig.ini), "replay", name, "--execute")
+    assert result.returncode == 0, result.stderr
+    assert rig.run() == {"done": 1}
+    first, again = receiver.requests
+    assert first.headers["X-SwiftDrop-Replayed"] == "0"
+    assert (again.headers["X-SwiftDrop-Replayed"], again.headers["X-SwiftDrop-Delivery"],
+            again.headers["X-SwiftDrop-Redelivered"]) == ("1", "2", "1")
+    assert (again.json["replayed"], again.json["attempts"]) == (1, 0)
+    verify(again)
