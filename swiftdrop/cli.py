@@ -93,6 +93,17 @@ exception), a signal (the OOM killer's SIGKILL), or running past
 cause ("gave up after 30 attempts; last: killed by SIGKILL").
 
 """
+WEBHOOK_CONTRACT = """\
+Without COMMAND, each message is POSTed to the destination's webhook_url
+(or --webhook URL), signed with HMAC-SHA256 (X-SwiftDrop-Signature: v1=...
+over "<X-SwiftDrop-Timestamp>.<body>"). The answer is the contract: 2xx
+done; 406 and 410 failed for good; anything else is a retry: 429, 5xx,
+other 4xx, 3xx (redirects are not followed), a timeout (webhook_timeout,
+30 s, for the whole POST), a refused or reset connection, a TLS failure. A
+Retry-After on 429 or 503 is waited for if longer than the back-off. See
+docs/webhooks.md.
+
+"""
 
 
 def retry_schedule_text():
@@ -291,9 +302,11 @@ def add_queue_commands(commands):
                        help="the same as --format json")
     stats.add_argument("--output", metavar="FILE",
                        help="write to FILE, replacing it atomically (default: stdout)")
-    run = actions.add_parser("run", help="worker loop: pipe each message to COMMAND; exit 0 "
-                             "done, 65 failed, anything else retry",
-                             description=RUN_CONTRACT + retry_schedule_text(),
+    run = actions.add_parser("run", help="worker loop: pipe each message to COMMAND (exit 0 "
+                             "done, 65 failed, anything else retry), or POST it to the "
+                             "destination's webhook",
+                             description=RUN_CONTRACT + WEBHOOK_CONTRACT
+                             + retry_schedule_text(),
                              formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--dedup", action="store_true")
     run.add_argument("--poll", type=float, default=5.0, metavar="SECONDS",
@@ -306,7 +319,16 @@ def add_queue_commands(commands):
     run.add_argument("--timeout", type=float, metavar="SECONDS",
                      help="kill a command running longer (SIGTERM, SIGKILL 5 s later) and "
                           "retry its message; 0: no limit (default: the ini's "
-                          "queue_command_timeout, 900)")
+                          "queue_command_timeout, 900); a webhook has webhook_timeout")
+    run.add_argument("--webhook", metavar="URL", help="POST each message to URL instead of "
+                     "the ini's webhook_url (the other webhook_* keys apply; the secret is "
+                     "webhook_secret, else $SWIFTDROP_WEBHOOK_SECRET); not with a COMMAND")
+    run.add_argument("--webhook-format", choices=config_module.WEBHOOK_FORMATS,
+                     help="json: the parsed message; raw: its bytes as message/rfc822 "
+                          "(default: the ini's webhook_format, json)")
+    run.add_argument("--metrics-listen", type=host_and_port, metavar="ADDRESS",
+                     help="serve the worker's Prometheus metrics on http://ADDRESS/metrics "
+                          "(127.0.0.1:PORT or [::1]:PORT)")
     run.add_argument("worker_command", nargs=argparse.REMAINDER, metavar="-- COMMAND")
 
 
@@ -424,7 +446,9 @@ def check(options):
 
 def queue_command(options):
     """``swiftdrop queue ...``: one destination's container as a work queue."""
-    configure_logging("stderr")
+    # A worker under systemd logs to the journal with its fields (a webhook's
+    # SWIFTDROP_WEBHOOK_*, for swiftdrop status); the one-shot commands to stderr.
+    configure_logging("auto" if options.action == "run" else "stderr")
     # Under systemd stdout is the journal: what recover or purge did is
     # there as soon as it says so, not when the process exits.
     sys.stdout.reconfigure(line_buffering=True)
@@ -602,27 +626,28 @@ def iso_time(seconds, timespec="auto"):
 
 
 def run_worker(queue, options):
-    from .queue import MailQueue  # noqa: PLC0415 - see the module docstring
-    from .worker import work  # noqa: PLC0415
+    from .metrics import serve_metrics  # noqa: PLC0415 - see the module docstring
+    from .queue import MailQueue  # noqa: PLC0415
+    from .worker import consume  # noqa: PLC0415
 
-    command = options.worker_command[1:] if options.worker_command[:1] == ["--"] \
-        else options.worker_command
-    if not command:
-        print("swiftdrop: queue run needs a command after --", file=sys.stderr)
-        return 2
+    consumer = worker_consumer(queue.destination, options)
+    if isinstance(consumer, str):
+        print(f"swiftdrop: {consumer}", file=sys.stderr)
+        return EX_USAGE
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     if options.concurrency < 1:
         print("swiftdrop: --concurrency must be at least 1", file=sys.stderr)
         return 2
+    if options.metrics_listen:
+        serve_metrics(options.metrics_listen)
     queues = [queue] + [MailQueue(queue.destination) for _ in range(options.concurrency - 1)]
     results = [None] * len(queues)
 
     def loop(index):
-        results[index] = work(queues[index], command, stop, poll=options.poll,
-                              dedup=options.dedup, once=options.once, grace=options.grace,
-                              timeout=options.timeout)
+        results[index] = consume(queues[index], consumer, stop, poll=options.poll,
+                                 dedup=options.dedup, once=options.once)
 
     threads = [threading.Thread(target=loop, args=(index,), name=f"worker-{index + 1}")
                for index in range(len(queues))]
@@ -636,6 +661,35 @@ def run_worker(queue, options):
         return 1
     print(json.dumps(dict(sum(results, collections.Counter()))))
     return 0
+
+
+def worker_consumer(destination, options):
+    """What ``queue run`` hands messages to: the COMMAND, the webhook, or why neither.
+
+    A string is the usage error to print: a command and --webhook together,
+    or neither a command nor a webhook to POST to.
+    """
+    from .worker import CommandConsumer, WebhookConsumer  # noqa: PLC0415 - see the module docstring
+
+    command = options.worker_command[1:] if options.worker_command[:1] == ["--"] \
+        else options.worker_command
+    if command:
+        if options.webhook or options.webhook_format:
+            return "queue run takes a COMMAND or a webhook (--webhook, --webhook-format), " \
+                   "not both"
+        timeout = destination.queue.command_timeout if options.timeout is None \
+            else options.timeout
+        return CommandConsumer(command, grace=options.grace, timeout=timeout)
+    if options.webhook is None and destination.webhook is None:
+        return (f"queue run needs a command after --, or a webhook: webhook_url in "
+                f"[{destination.section}] or --webhook URL")
+    try:
+        settings = config_module.webhook_override(
+            destination, options.webhook, secret=os.environ.get("SWIFTDROP_WEBHOOK_SECRET"),
+            webhook_format=options.webhook_format)
+    except ValueError as error:
+        return f"queue run --webhook: {error}"
+    return WebhookConsumer(destination, settings)
 
 
 def main(argv=None):

@@ -10,9 +10,12 @@ Everything is checked up front so that a typo stops the service at start with
 the file, section and key named, instead of turning into 451s at 3 a.m.
 """
 
+import dataclasses
 from dataclasses import dataclass, field
+import ipaddress
 import os
 import re
+import urllib.parse
 
 from configobj import ConfigObj, ConfigObjError
 
@@ -38,10 +41,14 @@ SCALAR_KEYS = frozenset({
     # read by the queue tools only (swiftdrop queue)
     "queue_lock", "queue_redis_url", "queue_lease", "queue_max_attempts",
     "queue_retry_delay", "queue_retry_longest", "queue_command_timeout", "queue_dedup_window",
+    # read by the webhook worker only (swiftdrop queue run without a command)
+    "webhook_url", "webhook_secret", "webhook_format", "webhook_timeout", "webhook_insecure",
+    "webhook_cacert", "webhook_inline_limit", "webhook_link_lifetime", "webhook_tempurl_key",
 })
 # Keys whose value is a comma-separated list.
 LIST_KEYS = frozenset({"recipient", "reject_verdicts"})
 QUEUE_LOCKS = ("swift", "redis")
+WEBHOOK_FORMATS = ("json", "raw")
 AUTH_VERSIONS = {"1": "1.0", "1.0": "1.0", "2": "2.0", "2.0": "2.0", "3": "3"}
 BOOLEANS = {"true": True, "yes": True, "on": True, "1": True,
             "false": False, "no": False, "off": False, "0": False}
@@ -109,6 +116,26 @@ class QueueSettings:
 
 
 @dataclass(frozen=True)
+class WebhookSettings:
+    """Where and how the webhook worker POSTs this destination's messages (docs/webhooks.md).
+
+    The secret signs every request and the TempURL key signs every link:
+    neither is ever logged, nor shown by ``repr``.
+    """
+
+    url: str
+    secret: str = field(repr=False)
+    format: str = "json"
+    timeout: float = 30.0
+    insecure: bool = False
+    cacert: str | None = None
+    # Attachments larger than this are stored as objects of their own and linked.
+    inline_limit: int = 262144
+    link_lifetime: float = 604800.0  # 7 days
+    tempurl_key: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
 class Destination:
     """One routing section: where the mail for its recipients goes."""
 
@@ -120,6 +147,11 @@ class Destination:
     queue: QueueSettings = QueueSettings()
     # Verdicts that get a message refused (550) instead of stored; () tags only.
     reject_verdicts: tuple = ()
+    # What the webhook worker POSTs to; None without webhook_url.
+    webhook: WebhookSettings | None = None
+    # The other webhook_* keys, validated, for ``queue run --webhook URL``
+    # (url empty; secret empty unless webhook_secret is set).
+    webhook_keys: WebhookSettings = WebhookSettings(url="", secret="")
 
     @property
     def target(self):
@@ -178,14 +210,18 @@ def _validate(path, parsed):
                                   f"{address} is already routed by [{owners[address]}]")
             owners[address] = name
         account = _account(section)
+        queue = _queue(section, account)
+        webhook_keys = _webhook(section, queue)
         destinations.append(Destination(
             section=name,
             recipients=recipients,
             container=_container(section),
             account=account,
             create_container=section.boolean("create_container", False),
-            queue=_queue(section, account),
+            queue=queue,
             reject_verdicts=_reject_verdicts(section),
+            webhook=webhook_keys if webhook_keys.url else None,
+            webhook_keys=webhook_keys,
         ))
     return Config(path=path, destinations=tuple(destinations))
 
@@ -319,6 +355,116 @@ def _queue(section, account):
                                        defaults.command_timeout, 0),
         dedup_window=section.number("queue_dedup_window", float, defaults.dedup_window, 0),
     )
+
+
+def _webhook(section, queue):
+    """The webhook_* keys; a webhook_url needs its webhook_secret: no unsigned POSTs."""
+    defaults = WebhookSettings(url="", secret="")
+    url, secret = section.raw("webhook_url") or "", section.raw("webhook_secret") or ""
+    insecure = section.boolean("webhook_insecure", defaults.insecure)
+    if url:
+        problem = webhook_url_problem(url, insecure)
+        if problem:
+            raise section.error("webhook_url", problem)
+        if not secret:
+            raise section.error("webhook_secret", "is required with webhook_url: every POST "
+                                "is signed with it")
+    webhook_format = section.raw("webhook_format") or defaults.format
+    if webhook_format not in WEBHOOK_FORMATS:
+        raise section.error("webhook_format", f"{webhook_format!r} is not one of "
+                            + ", ".join(WEBHOOK_FORMATS))
+    timeout = section.number("webhook_timeout", float, defaults.timeout, 0.1)
+    if url or section.raw("webhook_timeout") is not None:
+        problem = webhook_timeout_problem(timeout, queue.lease)
+        if problem:
+            raise section.error("webhook_timeout", problem)
+    cacert = section.raw("webhook_cacert")
+    if cacert is not None and not os.path.isfile(cacert):
+        raise section.error("webhook_cacert", f"{cacert!r} is not a file")
+    return WebhookSettings(
+        url=url, secret=secret, format=webhook_format, timeout=timeout, insecure=insecure,
+        cacert=cacert,
+        inline_limit=section.number("webhook_inline_limit", int, defaults.inline_limit, 0),
+        link_lifetime=section.number("webhook_link_lifetime", float, defaults.link_lifetime, 1),
+        tempurl_key=section.raw("webhook_tempurl_key"))
+
+
+def webhook_timeout_problem(timeout, lease):
+    """Why a POST may not take `timeout` seconds under a `lease` (None: it may).
+
+    The heartbeat keeps the lock while a POST runs; a POST longer than a
+    lease would outlast the lock whenever one refresh fails.
+    """
+    if timeout >= lease:
+        return f"{timeout:g} s must be shorter than the lease (queue_lease, {lease:g} s here)"
+    return None
+
+
+def webhook_override(destination, url, secret=None, webhook_format=None):
+    """The destination's webhook with ``queue run``'s --webhook URL and --webhook-format.
+
+    The ini's other webhook_* keys apply; the secret is webhook_secret, else
+    `secret` (the environment's SWIFTDROP_WEBHOOK_SECRET). Raises ValueError
+    saying what is missing or wrong.
+    """
+    keys = destination.webhook if url is None else destination.webhook_keys
+    if keys is None:
+        raise ValueError(f"[{destination.section}] has no webhook_url")
+    changes = {"format": webhook_format or keys.format}
+    if url is not None:
+        problem = webhook_url_problem(url, keys.insecure)
+        if problem:
+            raise ValueError(problem)
+        if not (keys.secret or secret):
+            raise ValueError(f"--webhook needs a secret to sign with: webhook_secret in "
+                             f"[{destination.section}], or SWIFTDROP_WEBHOOK_SECRET in the "
+                             "environment")
+        problem = webhook_timeout_problem(keys.timeout, destination.queue.lease)
+        if problem:
+            raise ValueError(f"webhook_timeout: {problem}")
+        changes.update(url=url, secret=keys.secret or secret)
+    return dataclasses.replace(keys, **changes)
+
+
+def webhook_url_problem(url, insecure=False):
+    """What is wrong with a webhook URL (None: nothing), for the ini and ``--webhook``.
+
+    http:// is for a receiver on this host (loopback): anywhere else the
+    mail would cross the network unencrypted and to a host nobody verified,
+    unless webhook_insecure says that is meant.
+    """
+    parsed, shown = urllib.parse.urlsplit(url), repr(public_url(url))
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        return f"{shown} is not an http:// or https:// URL"
+    try:
+        parsed.port  # noqa: B018 - it raises for a port that is not a number
+    except ValueError:
+        return f"{shown} has no valid port"
+    if parsed.scheme == "http" and not insecure and not is_loopback(parsed.hostname):
+        return (f"{shown} is plain http to another host: use https://, or set "
+                "webhook_insecure = true if the network is yours")
+    return None
+
+
+def public_url(url):
+    """`url` without user:password and query: what logs and errors may show of it.
+
+    A receiver's URL often carries a credential (``https://user:pass@host/``,
+    ``?token=``) that must not end up in a journal.
+    """
+    parsed = urllib.parse.urlsplit(url)
+    host = parsed.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parsed.scheme, host, parsed.path, "", ""))
+
+
+def is_loopback(host):
+    """127.0.0.0/8, ::1 or localhost: traffic that never leaves the machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _lease(section, account, default):

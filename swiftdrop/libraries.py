@@ -64,3 +64,5 @@ def keystone():
 
 swift = _swiftclient()
 ClientException = swift.ClientException
+# Imported after swiftclient.client above, so its package's optional imports are refused.
+generate_temp_url = importlib.import_module("swiftclient.utils").generate_temp_url

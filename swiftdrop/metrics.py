@@ -58,6 +58,19 @@ VERDICT_CHECKS = Counter("swiftdrop_verdict_checks", "Messages sent to rspamd by
 VERDICT_REFUSALS = Counter("swiftdrop_verdict_refusals", "Messages refused (550) for a "
                            "verdict, by the reject_verdicts name that refused them",
                            ["verdict"], registry=REGISTRY)
+WEBHOOK_OUTCOMES = ("2xx", "3xx", "4xx", "5xx", "timeout", "connection", "tls")
+# A POST takes milliseconds on a LAN; webhook_timeout is 30 s by default.
+WEBHOOK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+WEBHOOK_REQUESTS = Counter("swiftdrop_webhook_requests", "Webhook POSTs by destination and "
+                           "outcome: the answer's status class, or timeout, connection, tls "
+                           "for none", ["destination", "outcome"], registry=REGISTRY)
+WEBHOOK_DURATION = Histogram("swiftdrop_webhook_duration_seconds", "One webhook POST, "
+                             "connect to answer", ["destination"], buckets=WEBHOOK_BUCKETS,
+                             registry=REGISTRY)
+WEBHOOK_DEAD_LETTERS = Counter("swiftdrop_webhook_dead_letters", "Messages the webhook moved "
+                               "to failed/", ["destination"], registry=REGISTRY)
+WEBHOOK_DELIVERED = Counter("swiftdrop_webhook_delivered", "Messages the webhook moved to "
+                            "done/", ["destination"], registry=REGISTRY)
 BUILD_INFO = Gauge("swiftdrop_build_info", "Always 1; the version as a label", ["version"],
                    registry=REGISTRY)
 BUILD_INFO.labels(__version__).set(1)
@@ -80,6 +93,29 @@ def known_destinations(sections):
     for section in sections:
         for result in ("stored", "failed"):
             COPIES.labels(section, result)
+
+
+def known_webhook(section):
+    """Create a webhook destination's series at 0, every outcome: Prometheus sees 0, not absence."""
+    for outcome in WEBHOOK_OUTCOMES:
+        WEBHOOK_REQUESTS.labels(section, outcome)
+    WEBHOOK_DURATION.labels(section)
+    WEBHOOK_DEAD_LETTERS.labels(section)
+    WEBHOOK_DELIVERED.labels(section)
+
+
+def webhook_posted(section, outcome, seconds):
+    """One POST of the webhook worker for `section`: its outcome and how long it took."""
+    WEBHOOK_REQUESTS.labels(section, outcome).inc()
+    WEBHOOK_DURATION.labels(section).observe(seconds)
+
+
+def webhook_finished(section, target):
+    """A message the webhook moved on: done/ is delivered, failed/ a dead letter."""
+    if target == "done/":
+        WEBHOOK_DELIVERED.labels(section).inc()
+    elif target == "failed/":
+        WEBHOOK_DEAD_LETTERS.labels(section).inc()
 
 
 # Also told of every final reply (the status line's last hour), so that it

@@ -1,4 +1,8 @@
-"""``swiftdrop queue run``: claim a message, pipe it to a command, finish it, repeat.
+"""``swiftdrop queue run``: claim a message, hand it over, finish it, repeat.
+
+A message is handed to a command (its stdin; :class:`CommandConsumer`) or
+POSTed to a webhook (:class:`WebhookConsumer`, over swiftdrop.webhook and
+swiftdrop.payload); the loop around either is the same (:func:`consume`).
 
 The state machine lives in :mod:`swiftdrop.queue`; this is the process around
 it, and what makes a worker outlast its environment. Swift restarting,
@@ -11,6 +15,7 @@ code ends the worker (and systemd starts it again).
 """
 
 import collections
+from dataclasses import dataclass, field
 import logging
 import os
 import random
@@ -19,9 +24,14 @@ import subprocess
 import tempfile
 import time
 
-from .failures import service_errors
+from . import metrics
+from .config import public_url
+from .failures import describe_failure, service_errors
+from .links import Links, tempurl_key
+from .payload import identity_headers, json_body, raw_headers
 from .queue import LostLock
 from .verdicts import VERDICT_KEYS
+from .webhook import Answer, post, request_headers, shortened
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +63,45 @@ def environmental_errors(queue):
 
 def work(queue, command, stop, *, poll=5.0, dedup=False, once=False, grace=30.0,
          timeout=None):
-    """The worker loop: claim, pipe to `command`, finish; returns a Counter of outcomes.
+    """The command worker loop: claim, pipe to `command`, finish; returns a Counter of outcomes.
 
     The message goes to the command's stdin; exit 0 means done, 65
     (EX_DATAERR) failed, anything else (75, 1, a signal, running past
     `timeout` seconds) a retry, until the attempts run out (:func:`judge`).
-    `timeout` None is the queue's ``queue_command_timeout``; 0 is none. The
-    queue's heartbeat keeps the lock from claim to finish. When `stop` is
-    set the loop ends after the current message; a command still running
-    `grace` seconds later is killed and its message goes back to retry/.
+    `timeout` None is the queue's ``queue_command_timeout``; 0 is none. When
+    `stop` is set the loop ends after the current message; a command still
+    running `grace` seconds later is killed and its message goes back to retry/.
     """
     timeout = queue.settings.command_timeout if timeout is None else timeout
+    return consume(queue, CommandConsumer(command, grace=grace, timeout=timeout), stop,
+                   poll=poll, dedup=dedup, once=once)
+
+
+@dataclass(frozen=True)
+class Handed:
+    """How one hand-over went: the state it asks for, why, and what to record on the message.
+
+    `wait_at_least` is the least delay a retry asks for (a webhook's
+    Retry-After), None for the queue's back-off alone.
+    """
+
+    state: str
+    cause: str
+    metadata: dict = field(default_factory=dict)
+    wait_at_least: float | None = None
+
+
+def consume(queue, consumer, stop, *, poll=5.0, dedup=False, once=False):
+    """The worker loop: claim, hand over to `consumer`, finish; returns a Counter of outcomes.
+
+    The command and the webhook differ only in `consumer`: its
+    ``hand_over(queue, claimed, stop)`` gives the message to the consumer
+    and returns a Handed, its ``finished(queue, claimed, handed, target)``
+    says what became of it (target None: not finished). The queue's
+    heartbeat keeps the lock from claim to finish, through the hand-over
+    however long it takes. When `stop` is set the loop ends after the
+    current message.
+    """
     outcomes = collections.Counter()
     failing = environmental_errors(queue)
     backoff = FIRST_BACKOFF
@@ -86,28 +124,117 @@ def work(queue, command, stop, *, poll=5.0, dedup=False, once=False, grace=30.0,
                 break
             stop.wait(poll * (1 + POLL_JITTER * (2 * random.random() - 1)))
             continue
+        handed = None
         try:
-            status, killed_because = _run_command(queue, claimed, command, stop=stop,
-                                                  grace=grace, timeout=timeout)
-            state, cause = judge(status, killed_because)
-            # Exit-Status only for a command that ended by itself.
-            metadata = {} if killed_because else {"Exit-Status": status}
-            if state != "done":
-                metadata["Last-Error"] = cause
-            target = _finish(queue, claimed, state, metadata,
-                             reason=None if state == "done" else cause,
-                             stop=stop, failing=failing)
+            handed = consumer.hand_over(queue, claimed, stop)
+            target = _finish(queue, claimed, handed, stop=stop, failing=failing)
         except LostLock:
             queue.abandon(claimed)
             log.error("lost the lock on %s while working on it; leaving it", claimed.name)
             outcomes["lost"] += 1
+            if handed is not None:
+                consumer.finished(queue, claimed, handed, None)
             continue
-        if target is None:
-            outcomes["unfinished"] += 1
-            continue
-        outcomes[target.rstrip("/")] += 1
-        _log_outcome(queue, claimed, target, cause)
+        consumer.finished(queue, claimed, handed, target)
+        outcomes["unfinished" if target is None else target.rstrip("/")] += 1
     return outcomes
+
+
+class CommandConsumer:
+    """Hands a message to a command's stdin, its envelope to its environment; judges its exit."""
+
+    def __init__(self, command, *, grace, timeout):
+        self.command, self.grace, self.timeout = command, grace, timeout
+
+    def hand_over(self, queue, claimed, stop):
+        status, killed_because = _run_command(queue, claimed, self.command, stop=stop,
+                                              grace=self.grace, timeout=self.timeout)
+        state, cause = judge(status, killed_because)
+        # Exit-Status only for a command that ended by itself.
+        metadata = {} if killed_because else {"Exit-Status": status}
+        if state != "done":
+            metadata["Last-Error"] = cause
+        return Handed(state, cause, metadata)
+
+    def finished(self, queue, claimed, handed, target):
+        if target is not None:
+            _log_outcome(queue, claimed, target, handed.cause)
+
+
+@dataclass(frozen=True)
+class Posted(Handed):
+    """A webhook's hand-over: a Handed with the POST's Answer (None: nothing was POSTed)."""
+
+    answer: Answer | None = None
+
+
+class WebhookConsumer:
+    """Hands a message over as one signed POST (swiftdrop.webhook) and judges the answer.
+
+    One per process, shared by its worker loops; each loop's queue brings
+    its own Swift connection, for the objects a JSON payload links to.
+    """
+
+    def __init__(self, destination, settings):
+        self.settings, self.section = settings, destination.section
+        self.url = public_url(settings.url)
+        self._key = None  # the container's TempURL key, looked up before the first link
+        metrics.known_webhook(self.section)
+
+    def hand_over(self, queue, claimed, stop):
+        try:
+            body, content_type, fields = self._request(queue, claimed)
+        except environmental_errors(queue) as error:
+            cause = shortened(f"cannot store the objects the payload links to: "
+                               f"{describe_failure(error)}")
+            return Posted("retry", cause, {"Last-Error": cause})
+        answer = post(self.settings, body,
+                      request_headers(self.settings, body, content_type, fields))
+        metrics.webhook_posted(self.section, answer.outcome, answer.seconds)
+        # A lock lost during the POST shows at the finish, which refuses (LostLock).
+        metadata = {} if answer.state == "done" else {"Last-Error": answer.reason}
+        return Posted(answer.state, answer.reason, metadata, answer.retry_after, answer)
+
+    def _request(self, queue, claimed):
+        """(body, Content-Type, X-SwiftDrop-* headers) of the POST, as the format says."""
+        fields = identity_headers(queue.container, claimed)
+        if self.settings.format == "raw":
+            return claimed.body, "message/rfc822", {**fields, **raw_headers(claimed)}
+        if self._key is None:
+            self._key = tempurl_key(queue.connection, queue.container,
+                                    self.settings.tempurl_key)
+        links = Links(queue.connection, queue.container, self._key,
+                      self.settings.link_lifetime)
+        body = json_body(queue.container, claimed, links, self.settings.inline_limit)
+        return body, "application/json", fields
+
+    def finished(self, queue, claimed, handed, target):
+        """One journal entry per POST, for ``swiftdrop status``; the delivered and dead counts."""
+        metrics.webhook_finished(self.section, target)
+        answer = handed.answer
+        if answer is None:
+            log.warning("%s -> %s (%s; attempt %d of %d)", claimed.name, target or "recover",
+                        handed.cause, claimed.attempts + 1, queue.settings.max_attempts)
+            return
+        result = "retry" if target in (None, "retry/") else target.rstrip("/")
+        shown = str(answer.status) if answer.status else answer.reason
+        if result == "done" or answer.state == "failed":
+            summary = result  # done, or refused for good (406, 410)
+        elif target is None:
+            summary = "retry: not finished, recover returns it"
+        else:
+            summary = f"{result}, attempt {claimed.attempts + 1} of " \
+                      f"{queue.settings.max_attempts}"
+        fields = {"SWIFTDROP_WEBHOOK_RESULT": result, "SWIFTDROP_WEBHOOK_OUTCOME": answer.outcome,
+                  "SWIFTDROP_WEBHOOK_STATUS": str(answer.status or ""),
+                  "SWIFTDROP_WEBHOOK_MS": round(answer.seconds * 1000),
+                  "SWIFTDROP_WEBHOOK_URL": self.url, "SWIFTDROP_OBJECT": claimed.name,
+                  "SWIFTDROP_CONTAINER": queue.container, "SWIFTDROP_SECTION": self.section}
+        if result != "done":
+            fields["SWIFTDROP_REASON"] = answer.reason
+        level = {"done": logging.INFO, "retry": logging.WARNING}.get(result, logging.ERROR)
+        log.log(level, "POST %s to %s: %s (%s)", claimed.name, self.url, shown, summary,
+                extra=fields)
 
 
 def judge(status, killed_because=None):
@@ -152,19 +279,22 @@ def _log_outcome(queue, claimed, target, cause):
         log.error("%s -> %s (%s)", claimed.name, target, cause)
 
 
-def _finish(queue, claimed, state, metadata, *, reason, stop, failing):
-    """queue.finish, tried again for a lease's time; None if it never went through.
+def _finish(queue, claimed, handed, *, stop, failing):
+    """queue.finish as `handed` asks, tried again for a lease's time; None if it never went through.
 
     Each try goes on with the lock the claim took, which the heartbeat keeps.
     Giving up leaves the message in processing/ under a lock left to run
-    out: recover then moves it to retry/, so the command may see it once
-    more (SWIFTDROP_REDELIVERED), but it is never lost.
+    out: recover then moves it to retry/, so the consumer may see it once
+    more (redelivered), but it is never lost.
     """
+    state = handed.state
     give_up = time.monotonic() + queue.settings.lease
     backoff = FIRST_BACKOFF
     while True:
         try:
-            return queue.finish(claimed, state, metadata, reason=reason)
+            return queue.finish(claimed, state, handed.metadata,
+                                reason=None if state == "done" else handed.cause,
+                                wait_at_least=handed.wait_at_least)
         except failing as error:
             if time.monotonic() + backoff > give_up:
                 log.error("cannot finish %s as %s: %s; recover will return it to retry/",

@@ -2,7 +2,7 @@ import textwrap
 
 import pytest
 
-from swiftdrop.config import ConfigError, load
+from swiftdrop.config import ConfigError, load, webhook_override
 
 BASE = """
 [DEFAULT]
@@ -141,3 +141,114 @@ def test_the_retry_schedule_and_command_timeout_keys_are_read_per_destination(tm
             usual.queue.max_attempts) == (3600, 900, 30)
     assert (patient.queue.retry_longest, patient.queue.command_timeout,
             patient.queue.max_attempts) == (7200, 0, 40)
+
+
+WEBHOOK = BASE + "webhook_url = https://hooks.example.com/mail\nwebhook_secret = s3cret\n"
+
+
+def test_webhook_keys_are_parsed_inherited_and_keep_their_secrets_out_of_repr(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("")
+    catch_all, billing, quiet = load(write(tmp_path, WEBHOOK + f"""
+        webhook_format = raw
+        webhook_timeout = 5
+        webhook_cacert = {ca}
+        webhook_inline_limit = 1000
+        webhook_link_lifetime = 3600
+        webhook_tempurl_key = k3y
+        [BILLING]
+        recipient = billing@x.example
+        webhook_url = http://127.0.0.1:9000/hook
+        webhook_format = json
+        [QUIET]
+        recipient = quiet@x.example
+        webhook_url =
+        """)).destinations
+    hook = catch_all.webhook
+    assert (hook.url, hook.secret, hook.format, hook.timeout, hook.cacert, hook.inline_limit,
+            hook.link_lifetime, hook.tempurl_key, hook.insecure) == (
+        "https://hooks.example.com/mail", "s3cret", "raw", 5, str(ca), 1000, 3600, "k3y", False)
+    assert "s3cret" not in repr(catch_all) and "k3y" not in repr(catch_all)
+    assert (billing.webhook.url, billing.webhook.format, billing.webhook.secret,
+            billing.webhook.timeout) == ("http://127.0.0.1:9000/hook", "json", "s3cret", 5)
+    # no URL, no webhook; the other keys still count for `queue run --webhook URL`
+    assert quiet.webhook is None
+    assert (quiet.webhook_keys.format, quiet.webhook_keys.secret) == ("raw", "s3cret")
+
+
+def test_webhook_defaults(tmp_path):
+    [destination] = load(write(tmp_path, WEBHOOK)).destinations
+    hook = destination.webhook
+    assert (hook.format, hook.timeout, hook.insecure, hook.cacert, hook.inline_limit,
+            hook.link_lifetime, hook.tempurl_key) == ("json", 30, False, None, 262144, 604800,
+                                                      None)
+    assert load(write(tmp_path, BASE)).catch_all.webhook is None
+
+
+@pytest.mark.parametrize(("text", "key", "words"), [
+    (BASE + "webhook_url = https://hooks.example.com/mail\n", "webhook_secret",
+     "is required with webhook_url"),
+    (WEBHOOK.replace("https://hooks", "ftp://hooks"), "webhook_url",
+     "'ftp://hooks.example.com/mail' is not an http:// or https:// URL"),
+    (WEBHOOK.replace("https://hooks.example.com/", "https://:80/"), "webhook_url",
+     "not an http:// or https:// URL"),
+    (WEBHOOK.replace("hooks.example.com", "hooks.example.com:https"), "webhook_url",
+     "no valid port"),
+    # plain http leaves the machine only when the operator says so; userinfo and query
+    # (a credential, often) never show
+    (WEBHOOK.replace("https://hooks.example.com/mail",
+                     "http://user:pw@hooks.example.com/mail?token=t0p"), "webhook_url",
+     "'http://hooks.example.com/mail' is plain http to another host"),
+    (WEBHOOK + "webhook_format = xml\n", "webhook_format", "'xml' is not one of json, raw"),
+    (WEBHOOK + "webhook_timeout = soon\n", "webhook_timeout", "not a number"),
+    (WEBHOOK + "webhook_timeout = 0\n", "webhook_timeout", "at least 0.1"),
+    (WEBHOOK + "webhook_timeout = 300\n", "webhook_timeout",
+     "300 s must be shorter than the lease (queue_lease, 300 s here)"),
+    (WEBHOOK + "queue_lease = 40\nwebhook_timeout = 45\n", "webhook_timeout",
+     "shorter than the lease (queue_lease, 40 s here)"),
+    (WEBHOOK + "webhook_insecure = perhaps\n", "webhook_insecure", "not a boolean"),
+    (WEBHOOK + "webhook_cacert = /nonexistent/ca.pem\n", "webhook_cacert", "not a file"),
+    (WEBHOOK + "webhook_inline_limit = -1\n", "webhook_inline_limit", "at least 0"),
+    (WEBHOOK + "webhook_link_lifetime = 0\n", "webhook_link_lifetime", "at least 1"),
+    (WEBHOOK + "webhook_link = 1\n", "webhook_link", "unknown key"),
+])
+def test_bad_webhook_keys_name_file_section_and_key(tmp_path, text, key, words):
+    error = error_for(tmp_path, text)
+    assert (error.section, error.key) == ("DEFAULT", key)
+    assert f"[DEFAULT] {key}: " in str(error)
+    assert words in str(error)
+    assert "s3cret" not in str(error) and "t0p" not in str(error) and "pw" not in str(error)
+
+
+def test_plain_http_is_taken_for_loopback_and_when_insecure_is_said(tmp_path):
+    for url, extra in [("http://127.0.0.1:8000/h", ""), ("http://[::1]:8000/h", ""),
+                       ("http://localhost/h", ""), ("http://127.8.9.1/h", ""),
+                       ("http://hooks.example.com/h", "webhook_insecure = true\n")]:
+        text = WEBHOOK.replace("https://hooks.example.com/mail", url) + extra
+        assert load(write(tmp_path, text)).catch_all.webhook.url == url
+
+
+def test_a_short_lease_is_fine_until_a_webhook_would_outlast_it(tmp_path):
+    short = BASE + "timeout = 3\nretries = 1\nqueue_lease = 10\n"
+    [destination] = load(write(tmp_path, short)).destinations
+    with pytest.raises(ValueError, match="webhook_timeout: 30 s must be shorter than the lease"):
+        webhook_override(destination, "http://127.0.0.1:9/h", secret="s")
+    error = error_for(tmp_path, short + "webhook_timeout = 12\n")
+    assert error.key == "webhook_timeout"
+
+
+def test_run_s_webhook_override_takes_the_ini_s_keys_and_the_environment_s_secret(tmp_path):
+    [bare] = load(write(tmp_path, BASE + "webhook_format = raw\n")).destinations
+    with pytest.raises(ValueError, match="no webhook_url"):
+        webhook_override(bare, None)
+    with pytest.raises(ValueError, match=r"--webhook needs a secret.*SWIFTDROP_WEBHOOK_SECRET"):
+        webhook_override(bare, "http://127.0.0.1:9/h")
+    with pytest.raises(ValueError, match="is plain http to another host"):
+        webhook_override(bare, "http://hooks.example.com/h", secret="env")
+    hook = webhook_override(bare, "http://127.0.0.1:9/h", secret="env")
+    assert (hook.url, hook.secret, hook.format) == ("http://127.0.0.1:9/h", "env", "raw")
+    [configured] = load(write(tmp_path, WEBHOOK)).destinations
+    hook = webhook_override(configured, "https://other.example.com/", secret="env",
+                            webhook_format="raw")
+    assert (hook.url, hook.secret, hook.format) == ("https://other.example.com/", "s3cret", "raw")
+    assert webhook_override(configured, None) == configured.webhook

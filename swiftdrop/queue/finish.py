@@ -10,7 +10,7 @@ from .states import DONE, FAILED, PROCESSING, RETRY, LostLock
 class Finishing:
     """The end of a claim: the move, the retry schedule, the release."""
 
-    def finish(self, claimed, state, metadata=None, *, reason=None):
+    def finish(self, claimed, state, metadata=None, *, reason=None, wait_at_least=None):
         """Move a claimed message to done/, failed/ or retry/ and release its lock.
 
         ``retry`` counts an attempt and sets a not-before time with
@@ -19,7 +19,9 @@ class Finishing:
         a person replaying failed/ looks at: `reason` for a message failed
         outright (``exit status 65``; required then), ``gave up after N
         attempts`` for one whose attempts ran out, followed by ``; last:
-        `reason``` when a retry gives one (``killed by SIGKILL``).
+        `reason``` when a retry gives one (``killed by SIGKILL``). A retry
+        waits at least `wait_at_least` seconds if given (a webhook's
+        Retry-After), but no longer than ``queue_retry_longest``.
         The lock is released once the move is complete. An error of Swift's
         or Redis's leaves it held (the heartbeat goes on): a finish tried
         again with the same Claimed goes on from where this one stopped.
@@ -41,7 +43,10 @@ class Finishing:
                 metadata["Failed-Reason"] = f"gave up after {attempts} attempts" + (
                     f"; last: {reason}" if reason else "")
             else:
-                metadata["Not-Before"] = f"{now + retry_delay(self.settings, attempts):.3f}"
+                delay = retry_delay(self.settings, attempts)
+                if wait_at_least:
+                    delay = max(delay, min(wait_at_least, self.settings.retry_longest))
+                metadata["Not-Before"] = f"{now + delay:.3f}"
         metadata["Finished-At"] = f"{now:.3f}"
         metadata["Deliveries"] = claimed.delivery
         name, token = claimed.name, claimed.token

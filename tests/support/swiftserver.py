@@ -94,7 +94,7 @@ use = egg:swift#{server}
 PROXY_CONF = """\
 [pipeline:main]
 pipeline = catch_errors gatekeeper healthcheck proxy-logging cache
-    listing_formats bulk {auth} copy slo dlo versioned_writes
+    listing_formats bulk tempurl {auth} copy slo dlo versioned_writes
     proxy-logging proxy-server
 
 [app:proxy-server]
@@ -124,6 +124,8 @@ use = egg:swift#proxy_logging
 use = egg:swift#listing_formats
 [filter:bulk]
 use = egg:swift#bulk
+[filter:tempurl]
+use = egg:swift#tempurl
 [filter:copy]
 use = egg:swift#copy
 [filter:slo]
