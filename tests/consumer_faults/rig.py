@@ -162,17 +162,19 @@ class Workers:
     or nothing for the ini's webhook (tests/webhook_faults).
     """
 
-    def __init__(self, ini, consumer, log_path):
+    def __init__(self, ini, consumer, log_path, *, processes=WORKER_PROCESSES,
+                 loops=LOOPS_PER_WORKER, poll=0.5):
         self.command = [*swiftdrop_command("queue", "--config", str(ini), "run",
-                                           "--concurrency", str(LOOPS_PER_WORKER),
-                                           "--poll", "0.5", "--grace", "5"), *consumer]
+                                           "--concurrency", str(loops),
+                                           "--poll", str(poll), "--grace", "5"), *consumer]
+        self.processes = processes
         self.log_path = log_path
         self.lock = threading.Lock()
         self.running = {}  # pid -> Popen
         self.starts = 0
         self.stopping = False
         self.threads = [threading.Thread(target=self._keep_one, daemon=True)
-                        for _ in range(WORKER_PROCESSES)]
+                        for _ in range(processes)]
 
     def start(self):
         for thread in self.threads:
@@ -225,12 +227,12 @@ class Workers:
             thread.join(30)
 
 
-def recover_every_second(ini, log_path, stop):
-    """``swiftdrop queue recover`` once a second, at most RECOVERS_AT_ONCE at a time."""
+def recover_every_second(ini, log_path, stop, every=RECOVER_EVERY):
+    """``swiftdrop queue recover`` every `every` seconds, at most RECOVERS_AT_ONCE at a time."""
     running = []
     runs = 0
     with open(log_path, "ab") as log:
-        while not stop.wait(RECOVER_EVERY):
+        while not stop.wait(every):
             running = [process for process in running if process.poll() is None]
             if len(running) < RECOVERS_AT_ONCE:
                 running.append(subprocess.Popen(
@@ -404,7 +406,7 @@ def _nowhere(connection, container, names):
                        for prefix in ("cur/", "retry/", "processing/", "done/"))}
 
 
-def _wait(connection, container, names, settled, settle):
+def wait_until(connection, container, names, settled, settle):
     """Wait until `settled()` holds for all `names`, or the ones left exist nowhere twice running.
 
     Returns the names still not settled: a message that is gone from every
@@ -463,12 +465,12 @@ def run_class(rig, name, messages, *, seed_value=1, settle=SETTLE, least_hits=0)
     try:
         seeder.join()
         # The fault lasts until every message was handed over at least once.
-        _wait(connection, container, set(stored),
+        wait_until(connection, container, set(stored),
               lambda: {h.name for h in read_ledger(ledger_path)}, settle)
         run.fault_over.set()
         injector.join()
         in_done = set()
-        waiting = _wait(connection, container, set(stored), lambda: in_done.update(
+        waiting = wait_until(connection, container, set(stored), lambda: in_done.update(
             _in_done(connection, container, set(stored) - in_done)) or in_done, settle)
     finally:
         seeding_stop.set()
