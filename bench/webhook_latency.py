@@ -1,6 +1,6 @@
 """Benchmark: from the filter's 250 to the receiver's POST, and the Swift requests it costs.
 
-    .venv/bin/python -m bench.webhook_latency [--messages 100] [--gap 1.0]
+    .venv/bin/python -m bench.webhook_latency [--messages 40] [--gap 4.0]
 
 Starts a real Swift, the filter (``swiftdrop serve``, as
 bench/filter_throughput.py starts it), one ``swiftdrop queue run`` webhook
@@ -9,7 +9,8 @@ receiver on loopback (tests/support/webhook_receiver.py, answering 2xx
 always) that the worker trusts through ``webhook_cacert``. Sends
 `--messages` messages over SMTP straight to the filter, one at a time at
 random gaps (mean `--gap` s, so that the sends fall anywhere in the
-worker's poll cycle), and prints:
+worker's poll cycle; a gap shorter than the worker's time per message
+measures its queue instead of its latency), and prints:
 
 - the seconds from the filter's 250 (when smtplib's sendmail returns) to
   the POST arriving at the receiver: p50, p90, p99 and the largest;
@@ -32,7 +33,7 @@ import sys
 import tempfile
 import time
 
-from bench.filter_throughput import write_ini
+from bench.filter_throughput import load_average, write_ini
 from tests.consumer_faults.proxy import ConsumerProxy
 from tests.support.filterproc import FilterProcess, swiftdrop_command
 from tests.support.swiftserver import SwiftServer
@@ -76,9 +77,9 @@ def per_message(counter, messages):
 def main():
     parser = argparse.ArgumentParser(prog="python -m bench.webhook_latency",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=100)
-    parser.add_argument("--gap", type=float, default=1.0,
-                        help="mean seconds between two sends (default 1)")
+    parser.add_argument("--messages", type=int, default=40)
+    parser.add_argument("--gap", type=float, default=4.0,
+                        help="mean seconds between two sends (default 4)")
     args = parser.parse_args()
     rng = random.Random(1)
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="swiftdrop-bench-webhook-"))
@@ -106,7 +107,7 @@ def main():
                 idle = sum(worker_swift.requests.values()) * 60 / IDLE_SECONDS
                 filter_swift.requests.clear()
                 worker_swift.requests.clear()
-                sent = {}
+                sent, loads = {}, [load_average()]
                 with smtplib.SMTP(*filter_process.address, timeout=120) as client:
                     for number in range(1, args.messages + 1):
                         time.sleep(rng.uniform(0, 2 * args.gap))
@@ -114,6 +115,7 @@ def main():
                         sent[number] = time.time()  # the 250 to the end of DATA is in
                 wait_for(lambda: {post.number for post in read_posts(ledger)} >= set(sent),
                          300 + 10 * args.messages, "every message's POST")
+                loads.append(load_average())
                 filter_requests = collections.Counter(filter_swift.requests)
                 worker_requests = collections.Counter(worker_swift.requests)
             finally:
@@ -124,7 +126,7 @@ def main():
         first.setdefault(post.number, post.time)
     latencies = [first[number] - sent[number] for number in sent]
     print(f"{args.messages} messages, one worker (default --poll 5, --concurrency 1), "
-          f"mean gap {args.gap:g} s")
+          f"mean gap {args.gap:g} s, load average {min(loads):.1f}-{max(loads):.1f}")
     print("seconds from the filter's 250 to the receiver's POST: "
           f"p50 {percentile(latencies, 0.5):.2f}, p90 {percentile(latencies, 0.9):.2f}, "
           f"p99 {percentile(latencies, 0.99):.2f}, max {max(latencies):.2f}, "
