@@ -28,6 +28,7 @@ def test_misbehaving_receiver_loses_nothing_and_sees_every_repeat_marked(tmp_pat
     assert (books.bad_signatures, books.corrupt, books.strays) == (0, 0, 0)
     assert books.counts["refused"] >= 1
     assert books.counts["once"] + books.counts["marked"] + books.counts["refused"] == MESSAGES
+    assert result.worker_starts == 0, "a worker exited: it must ride out any receiver"
     # Each misbehaviour happened, or the run tested less than it says.
     assert result.refused_handshakes >= 1, "the wrong certificate never met a POST"
     kinds = {label.split()[0] for label in books.behaviours}
