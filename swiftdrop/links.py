@@ -45,11 +45,23 @@ def tempurl_key(connection, container, configured=None):
     (the ini is the truth). Otherwise the container's key is used, then the
     account's; with neither, a random key is set on the container and read
     back, so that workers starting together agree on the last one written.
+
+    Only the account's owner may read or write the key (Swift's tempurl
+    middleware hides it from everyone else): a worker whose user reaches the
+    container through its ACLs only needs webhook_tempurl_key, with the same
+    key set on the container by its owner.
     """
-    if configured:
-        connection.post_container(container, {CONTAINER_KEY: configured})
-        return configured
     key = connection.head_container(container).get(CONTAINER_KEY)
+    if configured:
+        if key != configured:
+            try:
+                connection.post_container(container, {CONTAINER_KEY: configured})
+            except ClientException as error:
+                if error.http_status != 403:
+                    raise
+                log.info("may not write container %s's TempURL key: signing with "
+                         "webhook_tempurl_key, which its owner must have set", container)
+        return configured
     if key:
         return key
     try:
@@ -60,7 +72,14 @@ def tempurl_key(connection, container, configured=None):
         key = None
     if key:
         return key
-    connection.post_container(container, {CONTAINER_KEY: secrets.token_hex(32)})
+    try:
+        connection.post_container(container, {CONTAINER_KEY: secrets.token_hex(32)})
+    except ClientException as error:
+        if error.http_status == 403:
+            log.error("may not set a TempURL key on container %s: set webhook_tempurl_key, "
+                      "and the same X-Container-Meta-Temp-URL-Key on the container as its "
+                      "owner", container)
+        raise
     log.info("set a new random TempURL key on container %s (X-Container-Meta-Temp-URL-Key) "
              "for the webhook's links", container)
     return connection.head_container(container)[CONTAINER_KEY]

@@ -2,9 +2,10 @@
 
 The journal is the record of every message (one entry each, with
 SWIFTDROP_RESULT, SWIFTDROP_SECTION, SWIFTDROP_DURATION_MS and the reason of
-a failure), so the figures come from it and cover any --since; the metrics
-endpoint, when given, adds what only the running process knows (sessions
-now, bytes held, counts since it started).
+a failure) and of every webhook POST (SWIFTDROP_WEBHOOK_*, one entry each,
+written by ``queue run`` under systemd), so the figures come from it and
+cover any --since; the metrics endpoint, when given, adds what only the
+running process knows (sessions now, bytes held, counts since it started).
 """
 
 import datetime
@@ -21,13 +22,22 @@ SOCKET_UNIT = "swiftdrop.socket"
 METRICS_TIMEOUT = 5
 
 
+LAST_WEBHOOK_FAILURES = 3
+
+
 def read_entries(since, matches):
-    """The filter's per-message journal entries newer than `since` (a datetime)."""
+    """(the filter's per-message entries, the webhook's per-POST entries) newer than `since`."""
     reader = journal.Reader()
     for match in (IDENTIFIER_MATCH, *matches):
         reader.add_match(match)
     reader.seek_realtime(since)
-    return [entry for entry in reader if entry.get("SWIFTDROP_RESULT")]
+    ingest, webhook = [], []
+    for entry in reader:
+        if entry.get("SWIFTDROP_RESULT"):
+            ingest.append(entry)
+        elif entry.get("SWIFTDROP_WEBHOOK_RESULT"):
+            webhook.append(entry)
+    return ingest, webhook
 
 
 def percentile(values, fraction):
@@ -71,6 +81,39 @@ def summarize(entries):
             "destinations": destinations, "last_failure": last_failure}
 
 
+def summarize_webhooks(entries):
+    """Per destination: what became of the POSTs, their times, the last failures.
+
+    A retry is a POST that did not deliver, not a message lost: the message
+    is counted again when a later POST delivers it (done) or gives up on it
+    (failed, a dead letter).
+    """
+    destinations = {}
+    for entry in entries:
+        section = entry.get("SWIFTDROP_SECTION", "")
+        per = destinations.setdefault(section, {
+            "url": "", "done": 0, "retry": 0, "failed": 0, "outcomes": {}, "ms": [],
+            "last_failures": []})
+        per["url"] = entry.get("SWIFTDROP_WEBHOOK_URL", per["url"])
+        result = entry["SWIFTDROP_WEBHOOK_RESULT"]
+        if result in ("done", "retry", "failed"):
+            per[result] += 1
+        outcome = entry.get("SWIFTDROP_WEBHOOK_OUTCOME", "")
+        per["outcomes"][outcome] = per["outcomes"].get(outcome, 0) + 1
+        if entry.get("SWIFTDROP_WEBHOOK_MS", "") != "":
+            per["ms"].append(int(entry["SWIFTDROP_WEBHOOK_MS"]))
+        if result != "done":
+            per["last_failures"] = [*per["last_failures"], {
+                "time": entry["__REALTIME_TIMESTAMP"].astimezone(datetime.UTC).isoformat(),
+                "object": entry.get("SWIFTDROP_OBJECT", ""), "result": result,
+                "status": entry.get("SWIFTDROP_WEBHOOK_STATUS", ""),
+                "reason": entry.get("SWIFTDROP_REASON", "")}][-LAST_WEBHOOK_FAILURES:]
+    for per in destinations.values():
+        durations = per.pop("ms")
+        per["post_ms"] = {"p50": percentile(durations, 0.5), "p99": percentile(durations, 0.99)}
+    return destinations
+
+
 def socket_state():
     """systemctl's word for the socket unit, or "unknown" without systemd."""
     try:
@@ -107,8 +150,9 @@ def report(since_seconds, matches=(), metrics_address=None, now=None):
     """Everything ``swiftdrop status`` shows, as one dict (what --json prints)."""
     now = now or datetime.datetime.now(datetime.UTC)
     since = now - datetime.timedelta(seconds=since_seconds)
-    status = {"since": since.isoformat(), "until": now.isoformat(),
-              **summarize(read_entries(since, matches)), "socket": socket_state()}
+    ingest, webhook = read_entries(since, matches)
+    status = {"since": since.isoformat(), "until": now.isoformat(), **summarize(ingest),
+              "socket": socket_state(), "webhooks": summarize_webhooks(webhook)}
     if metrics_address:
         status["metrics"] = read_metrics(metrics_address)
     return status
@@ -129,6 +173,7 @@ def render(status):
                  f"  last failure: {failure['time'][:19]}Z [{failure['section']}] "
                  f"{failure['container']}: {failure['reason']} (id {failure['id']})")
     lines.append(f"  socket {SOCKET_UNIT}: {status['socket']}")
+    lines.extend(render_webhooks(status["webhooks"]))
     metrics = status.get("metrics")
     if metrics is not None:
         lines.append(f"  metrics: {metrics['error']}" if "error" in metrics else
@@ -138,6 +183,21 @@ def render(status):
                      f"{metrics.get('messages_failed', '?')}, rejected "
                      f"{metrics.get('messages_rejected', '?')}")
     return "\n".join(lines)
+
+
+def render_webhooks(webhooks):
+    """A destination's webhook in three lines and its last failures; nothing without POSTs."""
+    lines = []
+    for section, per in sorted(webhooks.items()):
+        outcomes = ", ".join(f"{outcome} {count:,}"
+                             for outcome, count in sorted(per["outcomes"].items()))
+        lines += [f"  webhook [{section}] {per['url']}",
+                  f"    done {per['done']:,}, retry {per['retry']:,}, failed {per['failed']:,}"
+                  f"; POSTs: {outcomes}",
+                  f"    POST time p50 {per['post_ms']['p50']} ms, p99 {per['post_ms']['p99']} ms"]
+        lines += [f"    {failure['time'][:19]}Z {failure['object']}: {failure['reason']} "
+                  f"({failure['result']})" for failure in per["last_failures"]]
+    return lines
 
 
 def status_command(options):

@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from swiftclient import ClientException
 
 from swiftdrop.links import Links, attachment_path, iso_time, raw_path, tempurl_key
 from swiftdrop.payload import json_body, raw_headers
@@ -191,3 +192,22 @@ def test_an_account_key_is_used_when_the_container_has_none(swift):
         assert download(url) == b"via the account"
     finally:
         connection.post_account({"X-Account-Meta-Temp-URL-Key": ""})
+
+
+def test_a_worker_with_the_container_s_acls_only_signs_with_the_configured_key(swift, caplog):
+    """Only the owner sees or writes the key; a member signs with webhook_tempurl_key."""
+    owner = swift.connection()
+    owner.put_container("keys-shared", headers={"X-Container-Read": "test:worker",
+                                                "X-Container-Write": "test:worker",
+                                                "X-Container-Meta-Temp-URL-Key": "owner-set"})
+    member = swift.connection("worker")
+    assert "x-container-meta-temp-url-key" not in member.head_container("keys-shared")
+    with pytest.raises(ClientException) as refused:
+        tempurl_key(member, "keys-shared")
+    assert refused.value.http_status == 403
+    assert "set webhook_tempurl_key" in caplog.text
+    assert tempurl_key(member, "keys-shared", "owner-set") == "owner-set"
+    assert owner.head_container("keys-shared")["x-container-meta-temp-url-key"] == "owner-set"
+    member.put_object("keys-shared", "attachments/y/0", b"signed by a member")
+    url = Links(member, "keys-shared", "owner-set", 60).link("attachments/y/0")[0]
+    assert download(url) == b"signed by a member"

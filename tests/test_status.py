@@ -2,17 +2,20 @@
 
 from datetime import datetime
 import json
+import os
 import pathlib
+import subprocess
 import time
 
 import pytest
 
 from swiftdrop.status import percentile, summarize
 from tests.conftest import create_containers, write_ini
-from tests.support.filterproc import FilterProcess, run_swiftdrop
+from tests.support.filterproc import FilterProcess, run_swiftdrop, swiftdrop_command
 from tests.support.ports import reserve_port
 from tests.test_metrics import BROKEN_SECTION
 from tests.test_service import send
+from tests.test_webhook import Receiver, Rig, respond
 
 
 def wait_for(condition, timeout=15):
@@ -89,3 +92,45 @@ def test_summary_splits_multi_copy_sections_and_ranks_store_times():
     assert summary["store_ms"] == {"p50": 10, "p99": 30}
     assert percentile(list(range(1, 101)), 0.99) == 99
     assert percentile([], 0.5) is None
+
+
+@pytest.mark.usefixtures("journald")
+def test_status_shows_each_webhook_s_posts_times_and_last_failures(swift, tmp_path):
+    """Three messages, three answers: one delivered, one to retry, one refused for good."""
+    container = f"status-webhook-{os.urandom(4).hex()}"
+    swift.connection().put_container(container)
+    with Receiver() as receiver:
+        rig = Rig(swift, container, tmp_path, receiver.url)
+        check_status_of_webhook(rig, receiver)
+
+
+def check_status_of_webhook(rig, receiver):
+    container = rig.container
+    for _ in range(3):
+        rig.store()
+    receiver.script.extend([respond(204), respond(503), respond(406, b"no such user")])
+    run = subprocess.run(swiftdrop_command("queue", "--config", str(rig.ini), "run", "--once"),
+                         env={**os.environ, "JOURNAL_STREAM": "8:8"}, capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert run.returncode == 0, run.stderr
+    rig.queue.close()
+    own = f"SWIFTDROP_CONTAINER={container}"
+
+    def webhook():
+        return json.loads(status("--since", "10m", "--match", own, "--json"))["webhooks"]
+
+    assert wait_for(lambda: sum(webhook().get("DEFAULT", {}).get("outcomes", {}).values()) == 3)
+    [(section, per)] = webhook().items()
+    assert section == "DEFAULT" and per["url"] == receiver.url
+    assert (per["done"], per["retry"], per["failed"]) == (1, 1, 1)
+    assert per["outcomes"] == {"2xx": 1, "5xx": 1, "4xx": 1}
+    assert 0 <= per["post_ms"]["p50"] <= per["post_ms"]["p99"]
+    reasons = [(failure["result"], failure["reason"]) for failure in per["last_failures"]]
+    assert sorted(reasons) == [("failed", "HTTP 406 Not Acceptable: no such user"),
+                               ("retry", "HTTP 503 Service Unavailable")]
+    text = status("--since", "10m", "--match", own)
+    assert f"webhook [DEFAULT] {receiver.url}" in text
+    assert "done 1, retry 1, failed 1; POSTs: 2xx 1, 4xx 1, 5xx 1" in text
+    assert "HTTP 406 Not Acceptable: no such user (failed)" in text
+    # The filter's own figures are untouched by the worker's entries.
+    assert json.loads(status("--since", "10m", "--match", own, "--json"))["stored"] == 0

@@ -14,9 +14,9 @@ dedup/ for the dedup window).
 from datetime import UTC, datetime
 
 from ..envelope import ENVELOPES, envelope_path
+from ..links import ATTACHMENTS
 from .states import CUR, DONE, PREFIXES
 
-ATTACHMENTS = "attachments/"  # attachments/<name>/<index>, the webhook's (docs/webhooks.md)
 # "/" sorts before "0": names below DONE come before done/, names from
 # AFTER_DONE on come after it.
 AFTER_DONE = DONE[:-1] + "0"

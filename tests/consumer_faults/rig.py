@@ -254,7 +254,9 @@ class FaultClass:
     hits (a short run raises it, so that the fault surely happens).
     `seeding_seconds` is how long seeding lasts at least: a fault on a timer
     must land while messages are still arriving, or a short run is handed
-    over before the first fault and tests nothing.
+    over before the first fault and tests nothing. `kills_workers` says the
+    fault itself kills workers; under any other fault a worker must ride it
+    out, never exit.
     """
 
     name: str
@@ -264,6 +266,7 @@ class FaultClass:
     consumer_args: Callable = lambda share: ()
     share: float = 0.0
     seeding_seconds: float = 0.0
+    kills_workers: bool = False
 
 
 @dataclass
@@ -359,7 +362,7 @@ CLASSES = {fault.name: fault for fault in [
                                             str(LEASE + 1), str(2 * LEASE))),
     FaultClass("workers-killed", "a share of commands SIGKILL their worker; a share of "
                "finish requests: the worker SIGKILLed before, or after Swift answered",
-               _kill_workers_at_finish, share=0.02,
+               _kill_workers_at_finish, share=0.02, kills_workers=True,
                consumer_args=lambda share: ("--kill-worker-share", str(share))),
     FaultClass("listing-lag", f"container listings {LISTING_LAG:g} s behind object "
                "creations and deletions", _listing_lag),

@@ -35,3 +35,6 @@ def test_fault_class_loses_nothing_and_marks_every_repeat(rig, fault):
     assert (books.corrupt_hand_overs, books.strays) == (0, 0)
     assert books.counts["once"] + books.counts["marked"] == MESSAGES
     assert result.injected >= 1, "the fault never happened: the class tested nothing"
+    if not CLASSES[fault].kills_workers:  # a worker rides out Swift, Redis, slow answers
+        # worker_starts counts the starts after the first: a worker that exited
+        assert result.worker_starts == 0, "a worker exited under the fault"

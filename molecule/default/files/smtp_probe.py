@@ -7,12 +7,18 @@ library only, so it runs with whatever Python the controller has.
   smtp_probe.py send  --server H --to RCPT --file MSG      -> {"code", "text"}
   smtp_probe.py rcpt  --server H --to RCPT                 -> {"code", "text"}
   smtp_probe.py flood --server H --to RCPT --count N --seconds S
-                                                           -> {"sent", "replies": {code: n}}
+                    [--progress FILE] [--stop-file FILE]   -> {"sent", "replies": {code: n}}
+
+A flood with --progress writes how many messages it has sent to FILE after
+each one, and stops once --stop-file exists: a playbook can wait for the
+stream to be under way, do its faults, wait for a message after them, and
+then end it, whatever the machine's speed.
 """
 
 import argparse
 import collections
 import json
+import os
 import smtplib
 import sys
 import time
@@ -56,6 +62,22 @@ def rcpt(options):
         return code, text.decode(errors="replace")
 
 
+def flood(options):
+    replies = collections.Counter()
+    deadline = time.monotonic() + options.seconds
+    for number in range(options.count):
+        if time.monotonic() > deadline or (
+                options.stop_file and os.path.exists(options.stop_file)):
+            break
+        body = f"Subject: flood {number}\r\n\r\nmessage {number}\r\n".encode()
+        replies[send(options, body)[0]] += 1
+        if options.progress:
+            with open(options.progress + ".new", "w") as handle:
+                handle.write(str(number + 1))
+            os.replace(options.progress + ".new", options.progress)
+    return {"sent": sum(replies.values()), "replies": dict(replies)}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=["send", "rcpt", "flood"])
@@ -66,6 +88,8 @@ def main():
     parser.add_argument("--file")
     parser.add_argument("--count", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--progress")
+    parser.add_argument("--stop-file")
     options = parser.parse_args()
 
     if options.mode == "send":
@@ -76,14 +100,7 @@ def main():
         code, text = rcpt(options)
         result = {"code": code, "text": text}
     else:
-        replies = collections.Counter()
-        deadline = time.monotonic() + options.seconds
-        for number in range(options.count):
-            if time.monotonic() > deadline:
-                break
-            body = f"Subject: flood {number}\r\n\r\nmessage {number}\r\n".encode()
-            replies[send(options, body)[0]] += 1
-        result = {"sent": sum(replies.values()), "replies": dict(replies)}
+        result = flood(options)
     json.dump(result, sys.stdout)
     return 0
 
