@@ -24,6 +24,7 @@ answer comes back as given. Its faults, each off until set:
 from __future__ import annotations
 
 import bisect
+import collections
 import http.client
 import http.server
 import json
@@ -52,6 +53,7 @@ class ConsumerProxy:
         self.rng = random.Random(seed)
         self.trickled = 0
         self.hidden = 0  # listing entries left out or kept beyond their object's life
+        self.requests = collections.Counter()  # method -> requests relayed (bench/webhook_latency)
         self._lock = threading.Lock()
         self._created = {}  # "container/object" -> time it was created
         self._deleted = {}  # "container/object" -> (time deleted, its listing entry)
@@ -171,6 +173,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         path = self.path
         is_object = bool(OBJECT_PATH.match(urlsplit(path).path))
         body = self.read_body()
+        with proxy._lock:
+            proxy.requests[self.command] += 1
         hook = proxy.hook if is_object else None
         if hook and hook(self.command, unquote(urlsplit(path).path), "before") == "drop":
             self.hang_up()  # as if the client died before its request got out

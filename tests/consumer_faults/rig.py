@@ -85,15 +85,18 @@ class Rig:
                 RedisServer(self.workdir / "redis", save=DEBIAN_SAVE))
         return self.redis
 
-    def write_ini(self, path, container, lock):
-        lock_lines = f"queue_lock = redis\nqueue_redis_url = {self.use_redis().url}\n" \
-            if lock == "redis" else "queue_lock = swift\n"
-        path.write_text(
-            f"[DEFAULT]\nrecipient = DEFAULT\ncontainer = {container}\nauth_version = 1\n"
-            f"authurl = {self.proxy.auth_url}\nuser = test:tester\nkey = testing\n"
-            f"timeout = {TIMEOUT}\nretries = {RETRIES}\nqueue_lease = {LEASE}\n"
-            f"queue_retry_delay = {RETRY_DELAY}\nqueue_max_attempts = {MAX_ATTEMPTS}\n"
-            + lock_lines)
+    def write_ini(self, path, container, lock, **keys):
+        """The run's ini; `keys` are more [DEFAULT] keys, or ones to put in place of ours."""
+        settings = {"recipient": "DEFAULT", "container": container, "auth_version": 1,
+                    "authurl": self.proxy.auth_url, "user": "test:tester", "key": "testing",
+                    "timeout": TIMEOUT, "retries": RETRIES, "queue_lease": LEASE,
+                    "queue_retry_delay": RETRY_DELAY, "queue_max_attempts": MAX_ATTEMPTS,
+                    "queue_lock": lock}
+        if lock == "redis":
+            settings["queue_redis_url"] = self.use_redis().url
+        settings.update(keys)
+        path.write_text("[DEFAULT]\n" + "".join(f"{key} = {value}\n"
+                                                for key, value in settings.items()))
         path.chmod(0o640)
         return path
 
@@ -153,20 +156,25 @@ def seed(rig, container, messages, *, run, rng, stored, stop, rate=SEED_RATE):
 
 
 class Workers:
-    """``swiftdrop queue run`` processes, each started again when it dies (Restart=always)."""
+    """``swiftdrop queue run`` processes, each started again when it dies (Restart=always).
 
-    def __init__(self, ini, consumer_args, log_path):
+    `consumer` is what follows ``run``'s options: ``("--", COMMAND, ...)``,
+    or nothing for the ini's webhook (tests/webhook_faults).
+    """
+
+    def __init__(self, ini, consumer, log_path, *, processes=WORKER_PROCESSES,
+                 loops=LOOPS_PER_WORKER, poll=0.5):
         self.command = [*swiftdrop_command("queue", "--config", str(ini), "run",
-                                           "--concurrency", str(LOOPS_PER_WORKER),
-                                           "--poll", "0.5", "--grace", "5", "--"),
-                        sys.executable, str(CONSUMER), *consumer_args]
+                                           "--concurrency", str(loops),
+                                           "--poll", str(poll), "--grace", "5"), *consumer]
+        self.processes = processes
         self.log_path = log_path
         self.lock = threading.Lock()
         self.running = {}  # pid -> Popen
         self.starts = 0
         self.stopping = False
         self.threads = [threading.Thread(target=self._keep_one, daemon=True)
-                        for _ in range(WORKER_PROCESSES)]
+                        for _ in range(processes)]
 
     def start(self):
         for thread in self.threads:
@@ -219,12 +227,12 @@ class Workers:
             thread.join(30)
 
 
-def recover_every_second(ini, log_path, stop):
-    """``swiftdrop queue recover`` once a second, at most RECOVERS_AT_ONCE at a time."""
+def recover_every_second(ini, log_path, stop, every=RECOVER_EVERY):
+    """``swiftdrop queue recover`` every `every` seconds, at most RECOVERS_AT_ONCE at a time."""
     running = []
     runs = 0
     with open(log_path, "ab") as log:
-        while not stop.wait(RECOVER_EVERY):
+        while not stop.wait(every):
             running = [process for process in running if process.poll() is None]
             if len(running) < RECOVERS_AT_ONCE:
                 running.append(subprocess.Popen(
@@ -401,7 +409,7 @@ def _nowhere(connection, container, names):
                        for prefix in ("cur/", "retry/", "processing/", "done/"))}
 
 
-def _wait(connection, container, names, settled, settle):
+def wait_until(connection, container, names, settled, settle):
     """Wait until `settled()` holds for all `names`, or the ones left exist nowhere twice running.
 
     Returns the names still not settled: a message that is gone from every
@@ -438,8 +446,8 @@ def run_class(rig, name, messages, *, seed_value=1, settle=SETTLE, least_hits=0)
     ini = rig.write_ini(workdir / "swiftdrop.ini", container, fault.lock)
     ledger_path = workdir / "ledger.jsonl"
     ledger_path.touch()
-    workers = Workers(ini, (str(ledger_path), *fault.consumer_args(share)),
-                      workdir / "workers.log")
+    workers = Workers(ini, ("--", sys.executable, str(CONSUMER), str(ledger_path),
+                            *fault.consumer_args(share)), workdir / "workers.log")
     run = Run(rig, container, ledger_path, workers, rng, share)
     stored = {}
     started = time.monotonic()
@@ -460,12 +468,12 @@ def run_class(rig, name, messages, *, seed_value=1, settle=SETTLE, least_hits=0)
     try:
         seeder.join()
         # The fault lasts until every message was handed over at least once.
-        _wait(connection, container, set(stored),
+        wait_until(connection, container, set(stored),
               lambda: {h.name for h in read_ledger(ledger_path)}, settle)
         run.fault_over.set()
         injector.join()
         in_done = set()
-        waiting = _wait(connection, container, set(stored), lambda: in_done.update(
+        waiting = wait_until(connection, container, set(stored), lambda: in_done.update(
             _in_done(connection, container, set(stored) - in_done)) or in_done, settle)
     finally:
         seeding_stop.set()

@@ -1,0 +1,1 @@
+"""The webhook under a receiver that misbehaves on purpose (``python -m tests.webhook_faults``)."""
