@@ -79,10 +79,18 @@ def render_section(specs):
     options = main["options"]
     lines = [BEGIN, "", *render_table(options)]
     for name, option in options.items():
-        if "options" in option:
-            lines += ["", f"Keys of each entry of `{name}`:", "",
-                      *render_table(option["options"], "key")]
+        lines += render_key_tables(option, f"each entry of `{name}`")
     return "\n".join([*lines, "", END])
+
+
+def render_key_tables(option, whose):
+    """The table of an option's keys, then those of its keys' keys (a destination's webhook)."""
+    if "options" not in option:
+        return []
+    lines = ["", f"Keys of {whose}:", "", *render_table(option["options"], "key")]
+    for name, sub in option["options"].items():
+        lines += render_key_tables(sub, f"`{name}` in {whose}")
+    return lines
 
 
 def updated_page(page_text, section):

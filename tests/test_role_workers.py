@@ -1,14 +1,17 @@
-"""The role's worker units as Ansible renders them, and validate.yml's checks of workers.
+"""The role's worker and webhook units as Ansible renders them, and validate.yml's checks.
 
 Run by Ansible itself on the controller (tests/support/role.py): nothing on
 this machine is changed. The deployed units are verified in Molecule
 (molecule/consumer/verify.yml): a vaulted variable reaching the command, its
-cache directory writable, a crash retried.
+cache directory writable, a crash retried, a webhook's POST signed and verified.
 """
 
 import re
 
-from tests.support.role import ROLE, rendered, validate
+import yaml
+
+from swiftdrop import config
+from tests.support.role import ROLE, VARIABLES, rendered, validate
 
 WORKER = {"name": "import", "command": ["node", "/srv/import.js"]}
 SECRET = 'tok "1" $HOME `x` \\n'
@@ -71,3 +74,98 @@ def test_validation_refuses_a_bad_environment_name_or_a_negative_timeout(tmp_pat
                 {"timeout": -1}):
         ok, output = validate(tmp_path, swiftdrop_queue_workers=[{**WORKER, **bad}])
         assert not ok and "environment names of letters, digits and '_'" in output, bad
+
+
+# -- webhooks ---------------------------------------------------------------------------
+
+[SWIFT] = VARIABLES["swiftdrop_destinations"]
+WEBHOOK_SECRET = 'hm"ac\'s $ecret'
+HOOKS = {"name": "hooks", "recipients": ["hooks@example.com"], "container": "hooks",
+         "webhook": {"url": "https://crm.example.test/inbound", "secret": WEBHOOK_SECRET}}
+
+
+def webhook_destinations(**webhook):
+    return [SWIFT, {**HOOKS, "webhook": {**HOOKS["webhook"], **webhook}}]
+
+
+def test_a_destination_s_webhook_reaches_the_ini_as_the_filter_reads_it(tmp_path):
+    ini = tmp_path / "swiftdrop.ini"
+    ini.write_text(rendered(tmp_path, "swiftdrop.ini", swiftdrop_destinations=webhook_destinations(
+        format="raw", timeout=12.5, insecure=False, inline_limit=1024, link_lifetime=3600,
+        tempurl_key="tempurl-key", workers=3, metrics_listen="127.0.0.1:9911")))
+    hooks = next(d for d in config.load(str(ini)).destinations if d.section == "hooks")
+    assert hooks.webhook == config.WebhookSettings(
+        url="https://crm.example.test/inbound", secret=WEBHOOK_SECRET, format="raw",
+        timeout=12.5, insecure=False, inline_limit=1024, link_lifetime=3600.0,
+        tempurl_key="tempurl-key")
+    assert "workers" not in ini.read_text() and "metrics" not in ini.read_text()  # the unit's
+    default = next(d for d in config.load(str(ini)).destinations if d.section == "DEFAULT")
+    assert default.webhook is None
+
+
+def test_a_webhook_s_ca_is_installed_as_a_file_the_ini_names(tmp_path):
+    destinations = webhook_destinations(cacert="-----BEGIN CERTIFICATE-----")
+    ini = rendered(tmp_path, "swiftdrop.ini", swiftdrop_destinations=destinations)
+    assert 'webhook_cacert = "/etc/swiftdrop/ca/webhook/hooks.pem"' in ini
+    tasks = (ROLE / "tasks/config.yml").read_text()
+    [task] = [block for block in tasks.split("\n- name: ") if "webhook.cacert | trim" in block]
+    assert "dest: \"{{ _swiftdrop_webhook_ca_dir }}/{{ item }}.pem\"" in task
+
+
+def test_a_webhook_unit_runs_queue_run_without_a_command_for_its_destination(tmp_path):
+    unit = "swiftdrop-webhook.conf"
+    [exec_start] = directives(rendered(tmp_path, unit, item="hooks", _webhook={}), "ExecStart")
+    assert exec_start.endswith(" --destination %i run --concurrency 1")
+    dropin = rendered(tmp_path, unit, item="hooks", _webhook={
+        **HOOKS["webhook"], "workers": 4, "metrics_listen": "127.0.0.1:9911"})
+    [exec_start] = directives(dropin, "ExecStart")
+    assert exec_start.endswith(" run --concurrency 4 --metrics-listen 127.0.0.1:9911")
+    assert directives(dropin, "User") == ["swiftdrop-worker"]
+    assert WEBHOOK_SECRET not in dropin and "crm.example.test" not in dropin
+
+
+def hardening(unit):
+    """The directives of the unit from its hardening on (LimitCORE= to UMask=)."""
+    lines = [line for line in unit.splitlines() if line and not line.startswith("#")]
+    start = lines.index("LimitCORE=0")
+    return lines[start:lines.index("UMask=0027", start) + 1]
+
+
+def test_a_webhook_unit_is_hardened_exactly_like_a_worker(tmp_path):
+    worker = rendered(tmp_path, "swiftdrop-worker@.service")
+    webhook = rendered(tmp_path, "swiftdrop-webhook@.service")
+    assert len(hardening(worker)) > 20 and hardening(webhook) == hardening(worker)
+    for key in ("Group", "SupplementaryGroups", "Restart", "KillMode"):
+        assert directives(webhook, key) == directives(worker, key), key
+    assert directives(webhook, "ExecStart") == [] and directives(webhook, "User") == []
+
+
+def test_validation_names_the_destination_and_the_webhook_key(tmp_path):
+    ok, output = validate(tmp_path, swiftdrop_destinations=webhook_destinations(
+        workers=2, metrics_listen="127.0.0.1:9911"))
+    assert ok, output
+    for bad, message in (
+            ({"url": "ftp://crm.example.test/"}, "swiftdrop_destinations[hooks].webhook.url:"),
+            ({"secret": ""}, "swiftdrop_destinations[hooks].webhook.secret: is required"),
+            ({"workers": 0}, "swiftdrop_destinations[hooks].webhook.workers: must be 1"),
+            ({"metrics_listen": "9911"}, "swiftdrop_destinations[hooks].webhook.metrics_listen:"),
+            ({"cacert": "not a PEM"}, "swiftdrop_destinations[hooks].webhook.cacert: needs PEM")):
+        ok, output = validate(tmp_path, swiftdrop_destinations=webhook_destinations(**bad))
+        assert not ok and message in output, (bad, output)
+        assert WEBHOOK_SECRET not in output
+
+
+def test_a_named_destination_s_webhook_may_inherit_default_s_url_and_secret(tmp_path):
+    default = {**SWIFT, "webhook": {"url": "https://crm.example.test/", "secret": "s"}}
+    hooks = {**HOOKS, "webhook": {"format": "raw"}}
+    ok, output = validate(tmp_path, swiftdrop_destinations=[default, hooks])
+    assert ok, output
+    ok, output = validate(tmp_path, swiftdrop_destinations=[SWIFT, hooks])
+    assert not ok and "swiftdrop_destinations[hooks].webhook.url:" in output
+
+
+def test_the_webhook_s_secrets_are_no_log_in_the_argument_specs():
+    specs = yaml.safe_load((ROLE / "meta/argument_specs.yml").read_text())
+    destinations = specs["argument_specs"]["main"]["options"]["swiftdrop_destinations"]
+    webhook = destinations["options"]["webhook"]["options"]
+    assert webhook["secret"]["no_log"] and webhook["tempurl_key"]["no_log"]
