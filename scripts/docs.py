@@ -210,10 +210,11 @@ def inventory_groups(root):
 
 
 def metric_names():
-    """The filter's metrics (with _total, _bucket, ...) and the queue's textfile gauges."""
+    """The filter's and workers' metrics (_total, _bucket, ...), the queue's textfile gauges."""
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
     names = set()
-    for family in swiftdrop_module("metrics").REGISTRY.collect():
+    metrics = swiftdrop_module("metrics")
+    for family in (*metrics.REGISTRY.collect(), *metrics.WORKER_REGISTRY.collect()):
         names.update(family.name + suffix for suffix in ("", *suffixes.get(family.type, ())))
     empty = {prefix: {"count": 0, "bytes": 0} for prefix in swiftdrop_module("queue").PREFIXES}
     exposition = swiftdrop_module("queue_report").format_stats(

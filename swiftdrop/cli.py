@@ -626,7 +626,7 @@ def iso_time(seconds, timespec="auto"):
 
 
 def run_worker(queue, options):
-    from .metrics import serve_metrics  # noqa: PLC0415 - see the module docstring
+    from .metrics import WORKER_REGISTRY, serve_metrics  # noqa: PLC0415 - see the module docstring
     from .queue import MailQueue  # noqa: PLC0415
     from .worker import consume  # noqa: PLC0415
 
@@ -641,7 +641,7 @@ def run_worker(queue, options):
         print("swiftdrop: --concurrency must be at least 1", file=sys.stderr)
         return 2
     if options.metrics_listen:
-        serve_metrics(options.metrics_listen)
+        serve_metrics(options.metrics_listen, WORKER_REGISTRY)
     queues = [queue] + [MailQueue(queue.destination) for _ in range(options.concurrency - 1)]
     results = [None] * len(queues)
 

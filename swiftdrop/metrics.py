@@ -1,8 +1,11 @@
-"""Prometheus metrics of the filter, served on ``--metrics-listen`` at ``/metrics``.
+"""Prometheus metrics of the filter and of the queue's workers, served at ``/metrics``.
 
-The counters live in this module, one registry for the process, so the
-modules that do the work need a single line to count (no object passed
-through every constructor). Counting costs a lock and an addition; without
+The counters live in this module, so the modules that do the work need a
+single line to count (no object passed through every constructor). There
+are two registries: the filter's (``serve --metrics-listen``) and a
+worker's (``queue run --metrics-listen``), because a worker's endpoint
+must not show the filter's counters at 0, or a rule such as "no mail
+stored for 6 hours" fires for every worker. Counting costs a lock and an addition; without
 ``--metrics-listen`` nothing exposes them. Labels never carry addresses,
 container or object names: only the result, the ini section (a handful per
 host) and Swift's method and status.
@@ -23,6 +26,8 @@ from . import __version__
 
 REGISTRY = CollectorRegistry()
 ProcessCollector(registry=REGISTRY)
+WORKER_REGISTRY = CollectorRegistry()
+ProcessCollector(registry=WORKER_REGISTRY)
 
 RESULTS = ("stored", "failed", "rejected")
 # A store takes tens of milliseconds to the deadline (60 s by default).
@@ -63,17 +68,18 @@ WEBHOOK_OUTCOMES = ("2xx", "3xx", "4xx", "5xx", "timeout", "connection", "tls")
 WEBHOOK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 WEBHOOK_REQUESTS = Counter("swiftdrop_webhook_requests", "Webhook POSTs by destination and "
                            "outcome: the answer's status class, or timeout, connection, tls "
-                           "for none", ["destination", "outcome"], registry=REGISTRY)
+                           "for none", ["destination", "outcome"], registry=WORKER_REGISTRY)
 WEBHOOK_DURATION = Histogram("swiftdrop_webhook_duration_seconds", "One webhook POST, "
                              "connect to answer", ["destination"], buckets=WEBHOOK_BUCKETS,
-                             registry=REGISTRY)
+                             registry=WORKER_REGISTRY)
 WEBHOOK_DEAD_LETTERS = Counter("swiftdrop_webhook_dead_letters", "Messages the webhook moved "
-                               "to failed/", ["destination"], registry=REGISTRY)
+                               "to failed/", ["destination"], registry=WORKER_REGISTRY)
 WEBHOOK_DELIVERED = Counter("swiftdrop_webhook_delivered", "Messages the webhook moved to "
-                            "done/", ["destination"], registry=REGISTRY)
+                            "done/", ["destination"], registry=WORKER_REGISTRY)
 BUILD_INFO = Gauge("swiftdrop_build_info", "Always 1; the version as a label", ["version"],
                    registry=REGISTRY)
 BUILD_INFO.labels(__version__).set(1)
+WORKER_REGISTRY.register(BUILD_INFO)
 for _result in RESULTS:
     MESSAGES.labels(_result)
 for _result in ("checked", "unavailable"):
@@ -177,7 +183,7 @@ class _Held:
         SPOOL_BYTES.dec(self.size)
 
 
-def serve_metrics(spec):
-    """Serve /metrics on ``HOST:PORT`` or ``[V6]:PORT`` in a daemon thread."""
+def serve_metrics(spec, registry=REGISTRY):
+    """Serve `registry` at /metrics on ``HOST:PORT`` or ``[V6]:PORT`` in a daemon thread."""
     host, _, port = spec.rpartition(":")
-    start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=REGISTRY)
+    start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=registry)

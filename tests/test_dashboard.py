@@ -46,7 +46,7 @@ def concrete(expr):
 def exported_names():
     """Every series name the filter, a worker or the queue-stats textfile can carry."""
     names = {"up"}
-    for family in metrics.REGISTRY.collect():
+    for family in (*metrics.REGISTRY.collect(), *metrics.WORKER_REGISTRY.collect()):
         names |= {family.name + suffix for suffix in SUFFIXES.get(family.type, ("",))}
     stats = {prefix: {"count": 0, "bytes": 0} for prefix in PREFIXES}
     stats["oldest_cur_age_seconds"] = None

@@ -210,7 +210,7 @@ def rig(swift, container, tmp_path, receiver):
 
 def test_a_2xx_is_done_and_the_post_is_signed_and_says_what_it_carries(rig, receiver):
     name = rig.store()
-    before = metrics.REGISTRY.get_sample_value(
+    before = metrics.WORKER_REGISTRY.get_sample_value(
         "swiftdrop_webhook_delivered_total", {"destination": "DEFAULT"}) or 0
     assert rig.run() == {"done": 1}
     assert rig.where(name) == "done/"
@@ -227,11 +227,11 @@ def test_a_2xx_is_done_and_the_post_is_signed_and_says_what_it_carries(rig, rece
             payload["envelope"]["rcpt_to"], payload["envelope"]["client_address"],
             payload["message"]["subject"]) == (
         name, 1, False, ["a@example.com", "b@example.com"], "192.0.2.7", "hello")
-    assert metrics.REGISTRY.get_sample_value(
+    assert metrics.WORKER_REGISTRY.get_sample_value(
         "swiftdrop_webhook_delivered_total", {"destination": "DEFAULT"}) == before + 1
     # every outcome's series is there from the start, at 0 if nothing happened
     for outcome in ("3xx", "tls", "timeout"):
-        assert metrics.REGISTRY.get_sample_value(
+        assert metrics.WORKER_REGISTRY.get_sample_value(
             "swiftdrop_webhook_requests_total",
             {"destination": "DEFAULT", "outcome": outcome}) is not None
 
@@ -260,13 +260,13 @@ def test_a_repeat_after_a_500_is_marked_as_a_redelivery_with_the_same_id(
 def test_406_and_410_fail_at_once_with_the_reason(rig, receiver, status):
     name = rig.store()
     receiver.script.append(respond(status, b"unknown mailbox"))
-    before = metrics.REGISTRY.get_sample_value(
+    before = metrics.WORKER_REGISTRY.get_sample_value(
         "swiftdrop_webhook_dead_letters_total", {"destination": "DEFAULT"}) or 0
     assert rig.run() == {"failed": 1}
     reason = rig.metadata(name)["x-object-meta-failed-reason"]
     assert reason.startswith(f"HTTP {status} ") and reason.endswith(": unknown mailbox")
     assert rig.where(name) == "failed/"
-    assert metrics.REGISTRY.get_sample_value(
+    assert metrics.WORKER_REGISTRY.get_sample_value(
         "swiftdrop_webhook_dead_letters_total", {"destination": "DEFAULT"}) == before + 1
 
 
@@ -515,6 +515,10 @@ def test_queue_run_posts_with_the_environment_s_secret_serves_metrics_and_journa
         while not expected <= set(scrape(port)):
             assert time.monotonic() < deadline, expected - set(scrape(port))
             time.sleep(0.1)
+        # the worker's own metrics, not the filter's ingest counters at 0
+        names = {line.split("{")[0].split()[0] for line in scrape(port) if line[:1] != "#"}
+        assert "swiftdrop_build_info" in names
+        assert not names & {"swiftdrop_messages_total", "swiftdrop_copies_total"}
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.communicate(timeout=60)
