@@ -1,13 +1,14 @@
 """The COMMAND the consumer fault suite gives ``swiftdrop queue run``: it keeps the books.
 
-``python consumer.py LEDGER [--sleep-share P --sleep-range A B] [--kill-worker-share P]``
+``python consumer.py LEDGER [--sleep-range A B | --kill-worker]``
 
 Reads the message on stdin, appends one JSON line (name, SWIFTDROP_DELIVERY,
 SWIFTDROP_REDELIVERED, the worker's pid, the time, the bytes' sha256) to
 LEDGER with O_APPEND and fsync *before* anything else, so that a hand-over
 the command could have acted on is on the books even if what follows kills
-it, and then, as its fault asks, sleeps (past the lease) or SIGKILLs its
-worker (``queue run``, its parent) mid-command. Exits 0.
+it, and then, for a message the rig marked (its X-Consumer-Fault header) on
+its first hand-over, sleeps (past the lease) or SIGKILLs its worker
+(``queue run``, its parent) mid-command, as its fault asks. Exits 0.
 
 Run as a script by path, not as a module: it starts once per hand-over,
 and importing nothing of the test suite keeps it quick.
@@ -18,6 +19,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import sys
 import time
@@ -33,18 +35,21 @@ def record(path, line):
         os.close(fd)
 
 
+MARKED = re.compile(rb"^X-Consumer-Fault: yes\r$", re.M)  # rig.FAULT_HEADER
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("ledger")
-    parser.add_argument("--sleep-share", type=float, default=0.0)
-    parser.add_argument("--sleep-range", type=float, nargs=2, default=(0.0, 0.0))
-    parser.add_argument("--kill-worker-share", type=float, default=0.0)
+    parser.add_argument("--sleep-range", type=float, nargs=2)
+    parser.add_argument("--kill-worker", action="store_true")
     args = parser.parse_args(argv)
     body = sys.stdin.buffer.read()
     worker = os.getppid()
-    kill = random.random() < args.kill_worker_share
-    sleep = 0 if kill or random.random() >= args.sleep_share \
-        else random.uniform(*args.sleep_range)
+    header = body.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+    faulted = os.environ.get("SWIFTDROP_DELIVERY") == "1" and MARKED.search(header)
+    kill = bool(faulted and args.kill_worker)
+    sleep = random.uniform(*args.sleep_range) if faulted and args.sleep_range else 0
     record(args.ledger, json.dumps({
         "name": os.environ["SWIFTDROP_NAME"],
         "delivery": int(os.environ.get("SWIFTDROP_DELIVERY", "0")),

@@ -117,22 +117,32 @@ class Rig:
             raise RuntimeError(f"Swift did not start {SWIFT_STARTS} times running")
 
 
-def message_bytes(number, run, rng):
+# The consumer's fault is for the messages that carry this header, on their
+# first hand-over: chosen up front, a short run surely has some.
+FAULT_HEADER = "X-Consumer-Fault: yes"
+
+
+def message_bytes(number, run, rng, faulted=False):
     head = (f"Received: from client.{DOMAIN} by mx.{DOMAIN}; Thu, 26 Nov 2026 00:00:00 +0000\r\n"
-            f"From: <sender@{DOMAIN}>\r\nTo: <someone@example.com>\r\n"
+            + (f"{FAULT_HEADER}\r\n" if faulted else "")
+            + f"From: <sender@{DOMAIN}>\r\nTo: <someone@example.com>\r\n"
             f"Subject: consumer fault run {run} message {number}\r\n"
             f"Message-ID: <{number}.{run}@{DOMAIN}>\r\n\r\n").encode()
     return head + rng.randbytes(rng.randint(300, 6000)).hex().encode() + b"\r\n"
 
 
-def seed(rig, container, messages, *, run, rng, stored, stop, rate=SEED_RATE):
-    """Put `messages` into cur/ as the filter does, `rate` a second; names -> sha256."""
+def seed(rig, container, messages, *, run, rng, stored, stop, rate=SEED_RATE,
+         faulted=frozenset()):
+    """Put `messages` into cur/ as the filter does, `rate` a second; names -> sha256.
+
+    The message numbers in `faulted` carry the consumer's FAULT_HEADER.
+    """
     connection = rig.swift.connection(retries=5, timeout=10)
     namer = MaildirNamer(hostname=f"mx.{DOMAIN}")
     for number in range(1, messages + 1):
         if stop.is_set():
             return
-        data = message_bytes(number, run, rng)
+        data = message_bytes(number, run, rng, number in faulted)
         name = namer.name(len(data))
         metadata = {"Mail-From": f"<sender@{DOMAIN}>", "Rcpt-To": "someone@example.com",
                     "Rcpt-Count": "1", "Message-Id": f"<{number}.{run}@{DOMAIN}>",
@@ -249,9 +259,10 @@ class FaultClass:
     """One kind of fault: its lock, its consumer's behaviour, and the loop that injects it.
 
     ``inject(run)`` runs in a thread until ``run.fault_over`` is set and
-    returns how many faults it injected; ``consumer_args(share)`` are the
-    consumer's. `share` is how many of the requests or hand-overs a fault
-    hits (a short run raises it, so that the fault surely happens).
+    returns how many faults it injected; `consumer_args` are the consumer's
+    (its fault, for the messages marked with FAULT_HEADER). `share` is how
+    many of the requests or messages a fault hits (a short run raises it,
+    so that the fault surely happens).
     `seeding_seconds` is how long seeding lasts at least: a fault on a timer
     must land while messages are still arriving, or a short run is handed
     over before the first fault and tests nothing. `kills_workers` says the
@@ -263,7 +274,7 @@ class FaultClass:
     description: str
     inject: Callable
     lock: str = "swift"
-    consumer_args: Callable = lambda share: ()
+    consumer_args: tuple = ()
     share: float = 0.0
     seeding_seconds: float = 0.0
     kills_workers: bool = False
@@ -356,14 +367,14 @@ CLASSES = {fault.name: fault for fault in [
     FaultClass("swift-slow", "of object answers, a share trickles a byte a second for "
                f"{TRICKLE_SECONDS[0]}-{TRICKLE_SECONDS[1]} s",
                _trickle, share=0.03),
-    FaultClass("short-lease", f"lease {LEASE} s; a share of commands run {LEASE + 1}-"
-               f"{2 * LEASE} s", _consumer_faults, share=0.03,
-               consumer_args=lambda share: ("--sleep-share", str(share), "--sleep-range",
-                                            str(LEASE + 1), str(2 * LEASE))),
-    FaultClass("workers-killed", "a share of commands SIGKILL their worker; a share of "
+    FaultClass("short-lease", f"lease {LEASE} s; a share of messages' first commands run "
+               f"{LEASE + 1}-{2 * LEASE} s", _consumer_faults, share=0.03,
+               consumer_args=("--sleep-range", str(LEASE + 1), str(2 * LEASE))),
+    FaultClass("workers-killed", "a share of messages' first commands SIGKILL their worker; "
+               "a share of "
                "finish requests: the worker SIGKILLed before, or after Swift answered",
                _kill_workers_at_finish, share=0.02, kills_workers=True,
-               consumer_args=lambda share: ("--kill-worker-share", str(share))),
+               consumer_args=("--kill-worker",)),
     FaultClass("listing-lag", f"container listings {LISTING_LAG:g} s behind object "
                "creations and deletions", _listing_lag),
     FaultClass("redis-restarted", "queue_lock = redis; redis-server restarted every 3-6 s",
@@ -447,7 +458,9 @@ def run_class(rig, name, messages, *, seed_value=1, settle=SETTLE, least_hits=0)
     ledger_path = workdir / "ledger.jsonl"
     ledger_path.touch()
     workers = Workers(ini, ("--", sys.executable, str(CONSUMER), str(ledger_path),
-                            *fault.consumer_args(share)), workdir / "workers.log")
+                            *fault.consumer_args), workdir / "workers.log")
+    faulted = frozenset(rng.sample(range(1, messages + 1), max(1, round(share * messages)))) \
+        if fault.consumer_args else frozenset()
     run = Run(rig, container, ledger_path, workers, rng, share)
     stored = {}
     started = time.monotonic()
@@ -455,7 +468,7 @@ def run_class(rig, name, messages, *, seed_value=1, settle=SETTLE, least_hits=0)
     seeding_stop, recover_stop = threading.Event(), threading.Event()
     seeder = threading.Thread(target=seed, args=(rig, container, messages), kwargs={
         "run": run_id, "rng": random.Random(seed_value), "stored": stored,
-        "stop": seeding_stop,
+        "stop": seeding_stop, "faulted": faulted,
         "rate": min(SEED_RATE, messages / fault.seeding_seconds) if fault.seeding_seconds
         else SEED_RATE})
     injector = threading.Thread(target=lambda: outcome.update(injected=fault.inject(run)))
