@@ -108,7 +108,8 @@ def test_a_webhook_s_ca_is_installed_as_a_file_the_ini_names(tmp_path):
     ini = rendered(tmp_path, "swiftdrop.ini", swiftdrop_destinations=destinations)
     assert 'webhook_cacert = "/etc/swiftdrop/ca/webhook/hooks.pem"' in ini
     tasks = (ROLE / "tasks/config.yml").read_text()
-    [task] = [block for block in tasks.split("\n- name: ") if "_swiftdrop_webhooks[item].cacert | trim" in block]
+    writes_the_ca = "_swiftdrop_webhooks[item].cacert | trim"
+    [task] = [block for block in tasks.split("\n- name: ") if writes_the_ca in block]
     assert "dest: \"{{ _swiftdrop_webhook_ca_dir }}/{{ item }}.pem\"" in task
 
 
