@@ -21,6 +21,13 @@ def directives(unit, key):
     return [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith(key + "=")]
 
 
+def the_task(tasks_file, text):
+    """The one task of the role's tasks_file that mentions text (fails unless exactly one)."""
+    tasks = (ROLE / "tasks" / tasks_file).read_text()
+    [task] = [block for block in tasks.split("\n- name: ") if text in block]
+    return task
+
+
 def test_a_worker_s_environment_is_in_its_own_root_only_file_not_in_the_unit(tmp_path):
     worker = {**WORKER, "environment": {"API_TOKEN": SECRET, "NODE_ENV": "production"}}
     dropin = rendered(tmp_path, "swiftdrop-worker.conf", item=worker)
@@ -30,8 +37,7 @@ def test_a_worker_s_environment_is_in_its_own_root_only_file_not_in_the_unit(tmp
     environment = rendered(tmp_path, "swiftdrop-worker.env", item=worker)
     assert [line for line in environment.splitlines() if not line.startswith("#")] == [
         'API_TOKEN="tok \\"1\\" \\$HOME \\`x\\` \\\\n"', 'NODE_ENV="production"']
-    tasks = (ROLE / "tasks/workers.yml").read_text()
-    [task] = [block for block in tasks.split("\n- name: ") if "swiftdrop-worker.env" in block]
+    task = the_task("workers.yml", "swiftdrop-worker.env")
     assert 'mode: "0600"' in task and "owner: root" in task and "no_log: true" in task
 
 
@@ -107,9 +113,7 @@ def test_a_webhook_s_ca_is_installed_as_a_file_the_ini_names(tmp_path):
     destinations = webhook_destinations(cacert="-----BEGIN CERTIFICATE-----")
     ini = rendered(tmp_path, "swiftdrop.ini", swiftdrop_destinations=destinations)
     assert 'webhook_cacert = "/etc/swiftdrop/ca/webhook/hooks.pem"' in ini
-    tasks = (ROLE / "tasks/config.yml").read_text()
-    writes_the_ca = "_swiftdrop_webhooks[item].cacert | trim"
-    [task] = [block for block in tasks.split("\n- name: ") if writes_the_ca in block]
+    task = the_task("config.yml", "_swiftdrop_webhooks[item].cacert | trim")
     assert "dest: \"{{ _swiftdrop_webhook_ca_dir }}/{{ item }}.pem\"" in task
 
 
