@@ -57,3 +57,13 @@ class MaildirNamer:
         microseconds = remainder_ns // 1000
         return (f"{MAILDIR_PREFIX}{seconds}.M{microseconds:06d}P{self.pid}"
                 f"Q{delivery}.{self.hostname},S={size}")
+
+
+def delivery_time(path):
+    """The delivery time encoded in a Maildir name: <seconds>.M<microseconds>..."""
+    base = path.rsplit("/", 1)[-1]
+    seconds, _, rest = base.partition(".M")
+    try:
+        return int(seconds) + int(rest[:6]) / 1e6
+    except ValueError:
+        return None

@@ -17,9 +17,9 @@ hand it over twice.
 from dataclasses import dataclass, field
 
 from ..libraries import ClientException
+from ..naming import delivery_time
 from . import retry_index
 from .states import CUR, META, PREFIXES, PROCESSING, RETRY, LostLock
-from .stats import delivery_time
 
 # What replay drops (as read: lower case): the last attempt's error and the
 # retry schedule belong to the attempts that failed, not to the ones to come.
@@ -68,7 +68,7 @@ class Replaying:
         else:
             listed = (item["name"][len(source):] for item in self.listing(source))
             chosen = [(name, False) for name in listed
-                      if _in_window(delivery_time(name), since, until)]
+                      if in_window(delivery_time(name), since, until)]
         return [self._replay_one(name, source, named, execute) for name, named in chosen]
 
     def _replay_one(self, name, source, named, execute):
@@ -156,7 +156,7 @@ class Replaying:
         letter.outcome = REPLAYED
 
 
-def _in_window(received_at, since, until):
+def in_window(received_at, since, until):
     if received_at is None:
         return since is None and until is None  # not a Maildir name: only with --all
     return (since is None or received_at >= since) and (until is None or received_at < until)

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 from ..envelope import ENVELOPES, envelope_path
 from ..links import ATTACHMENTS
+from ..naming import delivery_time
 from .states import CUR, DONE, PREFIXES
 
 # "/" sorts before "0": names below DONE come before done/, names from
@@ -85,13 +86,3 @@ class Counting:
 def listed_time(last_modified):
     """Swift listings say 2026-11-25T23:41:07.123456 (UTC)."""
     return datetime.fromisoformat(last_modified).replace(tzinfo=UTC).timestamp()
-
-
-def delivery_time(path):
-    """The delivery time encoded in a Maildir name: <seconds>.M<microseconds>..."""
-    base = path.rsplit("/", 1)[-1]
-    seconds, _, rest = base.partition(".M")
-    try:
-        return int(seconds) + int(rest[:6]) / 1e6
-    except ValueError:
-        return None
