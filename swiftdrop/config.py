@@ -39,7 +39,7 @@ SCALAR_KEYS = frozenset({
     "container", "auth_version", "authurl", "user", "key", "tenant_name",
     "cacert", "insecure", "timeout", "retries", "create_container",
     # read by the queue tools only (swiftdrop queue)
-    "queue_lock", "queue_redis_url", "queue_lease", "queue_max_attempts",
+    "queue_index", "queue_lock", "queue_redis_url", "queue_lease", "queue_max_attempts",
     "queue_retry_delay", "queue_retry_longest", "queue_command_timeout", "queue_dedup_window",
     # read by the webhook worker only (swiftdrop queue run without a command)
     "webhook_url", "webhook_secret", "webhook_format", "webhook_timeout", "webhook_insecure",
@@ -48,6 +48,9 @@ SCALAR_KEYS = frozenset({
 # Keys whose value is a comma-separated list.
 LIST_KEYS = frozenset({"recipient", "reject_verdicts"})
 QUEUE_LOCKS = ("swift", "redis")
+QUEUE_INDEXES = ("listing", "redis-stream")
+DEFAULT_GROUP = "default"  # the consumer group of queue commands without --group
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 WEBHOOK_FORMATS = ("json", "raw")
 AUTH_VERSIONS = {"1": "1.0", "1.0": "1.0", "2": "2.0", "2.0": "2.0", "3": "3"}
 BOOLEANS = {"true": True, "yes": True, "on": True, "1": True,
@@ -100,6 +103,10 @@ class Account:
 class QueueSettings:
     """How consumers work through this destination's container (swiftdrop queue)."""
 
+    # listing: consumers list the container and move bodies between prefixes;
+    # redis-stream: the filter announces each copy in a Redis stream and the
+    # state lives there (swiftdrop.queue.stream, docs/queue.md).
+    index: str = "listing"
     lock: str = "swift"
     redis_url: str | None = None
     lease: float = 300.0
@@ -339,12 +346,18 @@ def _queue(section, account):
     lock = section.raw("queue_lock") or "swift"
     if lock not in QUEUE_LOCKS:
         raise section.error("queue_lock", f"{lock!r} is not one of {', '.join(QUEUE_LOCKS)}")
+    index = section.raw("queue_index") or "listing"
+    if index not in QUEUE_INDEXES:
+        raise section.error("queue_index", f"{index!r} is not one of {', '.join(QUEUE_INDEXES)}")
     redis_url = section.raw("queue_redis_url")
-    if lock == "redis" and not (redis_url or "").startswith(("redis://", "rediss://", "unix://")):
-        raise section.error("queue_redis_url", "is required (redis://host:port/db) with "
-                                               "queue_lock = redis")
+    for key, value, needs in (("queue_lock", lock, "redis"),
+                              ("queue_index", index, "redis-stream")):
+        if value == needs and not (redis_url or "").startswith(REDIS_SCHEMES):
+            raise section.error("queue_redis_url", "is required (redis://host:port/db) with "
+                                                   f"{key} = {needs}")
     defaults = QueueSettings()
     return QueueSettings(
+        index=index,
         lock=lock,
         redis_url=redis_url,
         lease=_lease(section, account, defaults.lease),
