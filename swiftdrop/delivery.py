@@ -11,10 +11,12 @@ from .admin_relay import RelayError
 from .deadline import Deadline
 from .envelope import envelope_path, recipient_metadata
 from .failures import StoreError
+from .naming import MAILDIR_PREFIX
 from .reception import Message
 from .routing import Router
 from .smtp import QUEUE_WRITE_ERROR
 from .storage import metadata_value
+from .stream_index import entry_fields
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +54,9 @@ class Deliverer:
     """
 
     def __init__(self, config, store, namer, store_timeout, *, alerter=None,
-                 admin_relay=None, reply_detail="id", verdicts=None):
+                 admin_relay=None, reply_detail="id", verdicts=None, announcer=None):
         self.router = Router(config)
+        self.announcer = announcer
         self.verdicts = verdicts
         self.store = store
         self.namer = namer
@@ -113,6 +116,8 @@ class Deliverer:
                     return f"250 2.0.0 Ok: forwarded to the administrator ({relayed})"[
                         :MAX_REPLY_TEXT]
                 return f"250 2.0.0 Ok: forwarded, id {fields['SWIFTDROP_ID']}"
+        if self.announcer:
+            self.announce(envelope, message, stored, verdicts, deadline)
         if self.alerter is not None:
             for delivery, _ in stored:
                 self.alerter.stored(delivery.destination.section)
@@ -125,6 +130,25 @@ class Deliverer:
         if self.reply_detail == "full":
             return stored_reply([f"{copy.container}/{copy.name}" for _, copy in stored])
         return f"250 2.0.0 Ok: stored, id {fields['SWIFTDROP_ID']}"
+
+    def announce(self, envelope, message, stored, verdicts, deadline):
+        """Announce each copy in its destination's stream index, if it has one.
+
+        After every copy is stored and before the 250; a failed announce
+        costs neither (swiftdrop.stream_index.Announcer).
+        """
+        verdict_values = verdicts.metadata() if verdicts is not None else {}
+        for delivery, copy in stored:
+            base = copy.name.removeprefix(MAILDIR_PREFIX)
+            self.announcer.announce(delivery.destination, base, entry_fields(
+                base, copy.container, size=message.size, verdicts=verdict_values,
+                envelope={"mail_from": envelope.mail_from or "<>",
+                          "rcpt_to": list(delivery.recipients),
+                          "client_address": envelope.xforward.get("ADDR"),
+                          "client_name": envelope.xforward.get("NAME"),
+                          "client_helo": envelope.xforward.get("HELO"),
+                          "message_id": message.message_id,
+                          "dedup_md5": message.dedup_md5}), deadline=deadline)
 
     def refuse(self, name, refusals, fields, deadline):
         """The 550 for a message a destination's reject_verdicts refuses; nothing stored."""

@@ -45,6 +45,9 @@ MESSAGE_SIZE = Histogram("swiftdrop_message_size_bytes", "Size of received messa
 SWIFT_REQUESTS = Counter("swiftdrop_swift_requests", "Requests to Swift by method and HTTP "
                          "status (\"none\": no answer)", ["method", "status"],
                          registry=REGISTRY)
+ANNOUNCES = Counter("swiftdrop_index_announces", "Stored copies announced in a Redis stream "
+                    "index by destination and result (failed: the reconciler announces it)",
+                    ["destination", "result"], registry=REGISTRY)
 SWIFT_RETRIES = Counter("swiftdrop_swift_retries", "Store attempts after a failed one",
                         registry=REGISTRY)
 AUTH_REQUESTS = Counter("swiftdrop_auth_requests", "Authentications (one per new token) by "

@@ -28,6 +28,7 @@ from .naming import MaildirNamer
 from .process import EX_CONFIG, configure_logging
 from .smtp import SmtpSession
 from .storage import SwiftStore
+from .stream_index import Announcer
 from .verdicts import RspamdClient
 
 log = logging.getLogger(__name__)
@@ -179,7 +180,7 @@ def serve(options):
     deliver = metrics.MeasuredDelivery(
         Deliverer(config, SwiftStore(), namer, options.store_timeout, alerter=alerter,
                   admin_relay=admin_relay, reply_detail=options.reply_detail,
-                  verdicts=verdicts))
+                  verdicts=verdicts, announcer=Announcer(config.destinations)))
 
     def make_session(connection):
         return SmtpSession(connection, deliver, hostname=namer.hostname,
