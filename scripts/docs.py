@@ -210,7 +210,10 @@ def inventory_groups(root):
 
 
 def metric_names():
-    """The filter's and workers' metrics (_total, _bucket, ...), the queue's textfile gauges."""
+    """The filter's and workers' metrics (_total, _bucket, ...), the queue's textfile gauges.
+
+    The gauges as a stream index's stats print them: those of the listing queue and more.
+    """
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
     names = set()
     metrics = swiftdrop_module("metrics")
@@ -218,7 +221,7 @@ def metric_names():
         names.update(family.name + suffix for suffix in ("", *suffixes.get(family.type, ())))
     empty = {prefix: {"count": 0, "bytes": 0} for prefix in swiftdrop_module("queue").PREFIXES}
     exposition = swiftdrop_module("queue_report").format_stats(
-        {**empty, "oldest_cur_age_seconds": None},
+        {**empty, "oldest_cur_age_seconds": None, "group": "g", "announce_lag_seconds": 0},
         argparse.Namespace(section="DEFAULT", container="c"), "prometheus")
     names.update(re.findall(r"^(\w+)\{", exposition, re.M))
     return {name for name in names if name.startswith("swiftdrop_")}

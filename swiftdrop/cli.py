@@ -252,6 +252,10 @@ def add_queue_commands(commands):
     add_config_option(queue_parser)
     queue_parser.add_argument("--destination", default=config_module.CATCH_ALL,
                               metavar="SECTION", help="the ini section (default: DEFAULT)")
+    queue_parser.add_argument("--group", default=config_module.DEFAULT_GROUP, metavar="NAME",
+                              help="with queue_index = redis-stream: the consumer group, one "
+                                   "per team; each group gets every message (default: "
+                                   "%(default)s)")
     actions = queue_parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     claim = actions.add_parser("claim", help="move the oldest message to processing/ and "
                                "print its name, lock token, delivery count and metadata "
@@ -269,6 +273,9 @@ def add_queue_commands(commands):
                         "Failed-Reason (default: \"%(default)s\")")
     actions.add_parser("recover", help="return messages of dead workers to retry/ and "
                        "resolve leftovers of interrupted moves")
+    actions.add_parser("reconcile", help="with queue_index = redis-stream: announce the "
+                       "stored copies the filter could not announce (Redis away, the filter "
+                       "killed); each copy is announced once, however often this runs")
     purge = actions.add_parser("purge", help="delete old messages (dry run unless --execute)")
     purge.add_argument("--older-than", required=True, type=duration, metavar="AGE",
                        help="e.g. 30d, 12h, 90m, 3600")
@@ -465,14 +472,19 @@ def queue_command(options):
         print(f"swiftdrop: {problem}", file=sys.stderr)
         return EX_USAGE
     from .failures import describe_failure, service_errors  # noqa: PLC0415 - see the module docstring
-    from .queue import MailQueue  # noqa: PLC0415
 
-    queue = MailQueue(sections[options.destination])
+    destination = sections[options.destination]
+    if (problem := index_problem(destination, options)) is not None:
+        print(f"swiftdrop: {problem}", file=sys.stderr)
+        return EX_USAGE
+    queue = make_queue(destination, options.group)
     if options.action == "run":
         return run_worker(queue, options)  # it rides out outages itself
     try:
+        if options.action == "reconcile":
+            return reconcile_command(queue)
         return queue_action(queue, options)
-    except service_errors() as error:
+    except (*service_errors(), *queue.errors) as error:
         refusal = queue.refusal(error)
         if refusal is not None:
             print(f"swiftdrop: queue {options.action}: {refusal}; {rights_needed(options)}",
@@ -483,6 +495,66 @@ def queue_command(options):
         return EX_TEMPFAIL
     finally:
         queue.close()  # a claim's lock now lasts its lease: finish it within that
+
+
+def index_problem(destination, options):
+    """Why these options do not fit the destination's queue_index (None: they do)."""
+    from .stream_index import group_problem  # noqa: PLC0415 - see the module docstring
+
+    streamed = destination.queue.index == "redis-stream"
+    if not streamed:
+        if options.action == "reconcile" or options.group != config_module.DEFAULT_GROUP:
+            what = "queue reconcile" if options.action == "reconcile" else "--group"
+            return (f"{what} needs queue_index = redis-stream in [{destination.section}] "
+                    "(it has the listing queue)")
+        return None
+    if (problem := group_problem(options.group)) is not None:
+        return problem
+    if getattr(options, "dedup", False):
+        return "--dedup needs the listing queue (queue_index = listing)"
+    if options.action == "replay" and options.source != "failed/":
+        return "with queue_index = redis-stream, queue replay takes dead letters (failed/)"
+    if options.action == "purge" and options.prefix not in ("done/", "failed/"):
+        return "with queue_index = redis-stream, queue purge takes --prefix done/ or failed/"
+    return None
+
+
+def make_queue(destination, group):
+    """The destination's queue: the container's listing, or its Redis stream index."""
+    if destination.queue.index == "redis-stream":
+        from .queue.stream import StreamQueue  # noqa: PLC0415 - see the module docstring
+
+        return StreamQueue(destination, group)
+    from .queue import MailQueue  # noqa: PLC0415
+
+    return MailQueue(destination)
+
+
+def reconcile_command(queue):
+    """``queue reconcile``: a line per copy announced now, and how many."""
+    from .queue.envelope import read_recipients  # noqa: PLC0415 - see the module docstring
+    from .stream_index import StreamIndex, reconcile  # noqa: PLC0415
+    from .verdicts import VERDICT_KEYS  # noqa: PLC0415
+
+    index = StreamIndex(None, queue.container, client=queue.client)
+
+    def envelope_of(name):
+        headers = queue.connection.head_object(queue.container, "cur/" + name)
+        metadata = {key[len("x-object-meta-"):]: value for key, value in headers.items()
+                    if key.startswith("x-object-meta-")}
+        envelope = {"mail_from": metadata.get("mail-from", "<>"),
+                    "rcpt_to": read_recipients(queue.connection, queue.container, metadata),
+                    **{key: metadata.get(key.replace("_", "-"), "") for key in (
+                        "client_address", "client_name", "client_helo", "message_id",
+                        "dedup_md5")}}
+        verdicts = {key: metadata[key] for key in VERDICT_KEYS if key in metadata}
+        return envelope, int(headers.get("content-length", 0)), verdicts
+
+    announced = reconcile(index, queue.connection, envelope_of=envelope_of)
+    for name in announced:
+        print(f"announced {name}")
+    print(f"announced {len(announced)} copy(ies) the filter had not")
+    return 0
 
 
 def rights_needed(options):
@@ -525,6 +597,7 @@ def queue_action(queue, options):
                           "size": len(claimed.body), "attempts": claimed.attempts,
                           "delivery": claimed.delivery, "redelivered": claimed.redelivered,
                           "replayed": claimed.replayed,
+                          "possible_repeat": claimed.possible_repeat,
                           "metadata": claimed.metadata,
                           "skipped_duplicates": claimed.skipped_duplicates,
                           **envelope_fields(claimed)}))
@@ -533,6 +606,8 @@ def queue_action(queue, options):
             print("swiftdrop: queue finish needs --token, the token its claim printed: "
                   "without it, it could finish a claim that is not yours", file=sys.stderr)
             return EX_USAGE
+        if hasattr(queue, "held"):  # the stream index: the token names the entry
+            return finish_held(queue, options)
         try:
             headers = queue.connection.head_object(queue.container, PROCESSING + options.name)
         except ClientException as error:
@@ -583,6 +658,21 @@ def queue_action(queue, options):
     return 0
 
 
+def finish_held(queue, options):
+    """``queue finish`` on the stream index: the claim the token names, if it still holds."""
+    from .queue import LostLock  # noqa: PLC0415 - see the module docstring
+
+    reason = options.reason if options.state == "failed" else None
+    try:
+        claimed = queue.held(options.name, options.token)
+        print(queue.finish(claimed, options.state, reason=reason) + options.name)
+    except LostLock:
+        print(f"swiftdrop: the claim on {options.name} is not yours (any more)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def replay_command(queue, options):
     """``queue replay``: a line per message (or one JSON array); 1 if a NAME was not there."""
     from .queue.replay import NOT_FOUND, REPLAYED, WOULD_REPLAY  # noqa: PLC0415 - see the module docstring
@@ -627,7 +717,6 @@ def iso_time(seconds, timespec="auto"):
 
 def run_worker(queue, options):
     from .metrics import WORKER_REGISTRY, serve_metrics  # noqa: PLC0415 - see the module docstring
-    from .queue import MailQueue  # noqa: PLC0415
     from .worker import consume  # noqa: PLC0415
 
     consumer = worker_consumer(queue.destination, options)
@@ -642,7 +731,8 @@ def run_worker(queue, options):
         return 2
     if options.metrics_listen:
         serve_metrics(options.metrics_listen, WORKER_REGISTRY)
-    queues = [queue] + [MailQueue(queue.destination) for _ in range(options.concurrency - 1)]
+    queues = [queue] + [make_queue(queue.destination, options.group)
+                        for _ in range(options.concurrency - 1)]
     results = [None] * len(queues)
 
     def loop(index):

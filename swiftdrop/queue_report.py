@@ -33,6 +33,8 @@ def format_stats(stats, destination, fmt):
 def _exposition(stats, destination):
     labels = f'destination="{_escape(destination.section)}",' \
              f'container="{_escape(destination.container)}"'
+    if "group" in stats:  # the stream index: the figures are one consumer group's
+        labels += f',group="{_escape(stats["group"])}"'
     lines = []
     for name, help_text, figure in GAUGES:
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
@@ -43,6 +45,12 @@ def _exposition(stats, destination):
               "has waited; 0 when none waits.",
               "# TYPE swiftdrop_queue_oldest_age_seconds gauge",
               f"swiftdrop_queue_oldest_age_seconds{{{labels}}} {oldest or 0}"]
+    if "announce_lag_seconds" in stats:
+        lines += ["# HELP swiftdrop_index_announce_lag_seconds How long the oldest stored "
+                  "copy has waited unannounced in the stream index; 0 when none waits.",
+                  "# TYPE swiftdrop_index_announce_lag_seconds gauge",
+                  f"swiftdrop_index_announce_lag_seconds{{{labels}}} "
+                  f"{stats['announce_lag_seconds']}"]
     return "\n".join(lines) + "\n"
 
 

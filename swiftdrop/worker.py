@@ -58,7 +58,7 @@ def environmental_errors(queue):
     The filter's error boundary (:func:`failures.service_errors`) plus the lock's
     own (Redis away).
     """
-    return (*service_errors(), *queue.lock.errors)
+    return (*service_errors(), *queue.errors)
 
 
 def work(queue, command, stop, *, poll=5.0, dedup=False, once=False, grace=30.0,

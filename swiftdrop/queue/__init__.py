@@ -86,6 +86,11 @@ class MailQueue(Claiming, Finishing, Recovery, Replaying, Counting, Dedup, Holdi
         self._retry_entries = {}  # name: its retry index entry, of the due retries offered
         self._beside = None  # (executor, connection) for a delete beside the next request
 
+    @property
+    def errors(self):
+        """What the lock can raise when its server misbehaves (Swift's own aside)."""
+        return self.lock.errors
+
     def close(self):
         """Stop the heartbeat; locks still held run out by themselves."""
         self.heartbeat.stop()

@@ -27,6 +27,7 @@ class Claimed:
     None moves without that check (a leftover nobody claimed).
     `replayed` counts the times an operator sent it back to cur/
     (``swiftdrop queue replay``): a replayed message's delivery is above 1.
+    `redelivered` is what a consumer checks: a repeat, or possibly one.
     """
 
     name: str
@@ -41,6 +42,10 @@ class Claimed:
     dedup: bool = False  # claimed with --dedup: its finish leaves a dedup marker
     replayed: int = 0
     moved_to: str | None = field(default=None, repr=False)  # a finish's copy is done
+    # The stream index's (swiftdrop.queue.stream): the entry handed over, and
+    # whether the reconciler found the copy after Redis lost what it knew.
+    entry: dict = field(default_factory=dict, repr=False)
+    possible_repeat: bool = False
 
     @property
     def path(self):
@@ -48,7 +53,7 @@ class Claimed:
 
     @property
     def redelivered(self):
-        return self.delivery > 1
+        return self.delivery > 1 or self.possible_repeat
 
 
 class LostLock(Exception):
