@@ -16,10 +16,12 @@ class RedisServer:
     With Debian's default (DEBIAN_SAVE) a restart is a restart, not a wipe.
     """
 
-    def __init__(self, workdir, save=""):
+    def __init__(self, workdir, save="", appendonly=False):
         self.workdir = pathlib.Path(workdir)
         self.workdir.mkdir(exist_ok=True)
         self.save = save
+        # appendfsync always, as the role's index Redis: what it acknowledged is on disk.
+        self.appendonly = appendonly
         self.port = reserve_port()
         self.process = None
         self.url = f"redis://127.0.0.1:{self.port}/0"
@@ -27,13 +29,21 @@ class RedisServer:
     def start(self):
         self.process = subprocess.Popen(
             ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
-             "--save", self.save, "--appendonly", "no", "--dir", str(self.workdir)],
+             "--save", self.save, "--appendonly", "yes" if self.appendonly else "no",
+             "--appendfsync", "always", "--dir", str(self.workdir)],
             stdout=subprocess.DEVNULL)
         wait_for_port(self.port, process=self.process)
 
     def stop(self):
         if self.process is not None:
             self.process.terminate()
+            self.process.wait(30)
+            self.process = None
+
+    def kill(self):
+        """SIGKILL: no snapshot on the way out, only what the append-only file holds."""
+        if self.process is not None:
+            self.process.kill()
             self.process.wait(30)
             self.process = None
 
