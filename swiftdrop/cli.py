@@ -446,8 +446,18 @@ def check(options):
             failures += 1
             print(f"FAIL {where(destination)}: {describe_failure(error)}")
             continue
+        index = ""
+        if destination.queue.index == "redis-stream":
+            from .stream_index import index_entries  # noqa: PLC0415 - see the module docstring
+
+            try:
+                index = f", {index_entries(destination)} entries in its stream index"
+            except Exception as error:  # Redis away, or refusing us: this section fails
+                failures += 1
+                print(f"FAIL {where(destination)}: its stream index: {error}")
+                continue
         print(f"ok   {where(destination)}: "
-              f"{headers.get('x-container-object-count', '?')} objects")
+              f"{headers.get('x-container-object-count', '?')} objects{index}")
     return 1 if failures else 0
 
 

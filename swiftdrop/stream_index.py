@@ -106,6 +106,12 @@ def entry_fields(name, container, *, envelope, size, verdicts=None, announced_by
     return fields
 
 
+def index_entries(destination):
+    """How many entries the destination's stream holds (``swiftdrop check``)."""
+    client = redis_client(destination.queue.redis_url, destination.account.timeout)
+    return client.xlen(keys(destination.container)["stream"])
+
+
 class StreamIndex:
     """One container's index in one Redis: announce a copy, once."""
 

@@ -482,3 +482,13 @@ def test_a_filter_killed_between_swifts_201_and_the_announce_loses_nothing(
         assert sorted(c.name for c in drain(queue)) == sorted(names)
     finally:
         queue.close()
+
+
+def test_check_names_the_stream_index(ini, announced, redis_server):
+    result = run_swiftdrop("check", "--config", str(ini))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 objects, 3 entries in its stream index" in result.stdout
+    redis_server.stop()
+    result = run_swiftdrop("check", "--config", str(ini))
+    assert result.returncode == 1
+    assert "FAIL [DEFAULT]" in result.stdout and "its stream index" in result.stdout
