@@ -282,13 +282,16 @@ class StreamQueue:
     def _claimed(self, entry_id, token, fields, *, count, attempts, headers, body):
         metadata = {key[len(META):]: value for key, value in headers.items()
                     if key.startswith(META)}
-        prior = int(fields.get("prior_deliveries", 0))
+        # Before a replay, and, for a copy Redis may have lost the count of
+        # (possible_repeat), one hand-over it cannot know: a delivery of at least 2.
+        possible_repeat = fields.get("possible_repeat") == "1"
+        prior = int(fields.get("prior_deliveries", 0)) + possible_repeat
         return Claimed(fields["name"], body, metadata, token, attempts=attempts,
                        delivery=prior + count,
                        recipients=json.loads(fields.get("rcpt_to") or "[]"),
                        replayed=int(fields.get("replayed", 0)),
                        entry=dict(fields, id=entry_id),
-                       possible_repeat=fields.get("possible_repeat") == "1")
+                       possible_repeat=possible_repeat)
 
     def held(self, name, token):
         """The claim `token` (a claim's printout) holds on `name`, for ``queue finish``.

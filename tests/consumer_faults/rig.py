@@ -2,14 +2,16 @@
 
 :class:`Rig` starts a real Swift of its own (faults kill it), the
 :class:`~tests.consumer_faults.proxy.ConsumerProxy` in front of it and, for
-the Redis lock, a redis-server of its own on a reserved loopback port.
+the Redis lock, a redis-server of its own on a reserved loopback port; for
+the stream index another, with its append-only file as the role's has it.
 :func:`run_class` then seeds numbered messages straight into ``cur/`` (as
 the filter stores them: Maildir names, the filter's metadata), runs several
 ``swiftdrop queue run`` processes under a supervisor that starts a killed
 one again (as systemd's ``Restart=`` does), ``swiftdrop queue recover``
 every second, and one fault class; it stops the fault once every message
 was handed over at least once, waits until every message is in ``done/``
-(or the settle time is up), and settles the books
+(or the settle time is up; with the stream index: finished as done in the
+stream, and ``reconcile`` runs every two seconds), and settles the books
 (:mod:`tests.consumer_faults.ledger`).
 
 Everything is driven through the public CLI and Swift: nothing here knows
@@ -35,6 +37,7 @@ import time
 from swiftclient.exceptions import ClientException
 
 from swiftdrop.naming import MaildirNamer
+from swiftdrop.stream_index import IN_FLIGHT, StreamIndex, entry_fields, keys, redis_errors
 from tests.consumer_faults.ledger import classify, read_ledger
 from tests.consumer_faults.proxy import ConsumerProxy
 from tests.support.filterproc import swiftdrop_command
@@ -53,6 +56,8 @@ TIMEOUT, RETRIES, LEASE = 4, 1, 12
 RETRY_DELAY, MAX_ATTEMPTS = 0.25, 12
 WORKER_PROCESSES, LOOPS_PER_WORKER = 3, 2
 RECOVER_EVERY, RECOVERS_AT_ONCE = 1.0, 2
+RECONCILE_EVERY = 2.0
+STREAM_GROUP = "default"  # what the workers use without --group
 SEED_RATE = 40  # messages a second into cur/
 SETTLE = 240
 SWIFT_STARTS = 3  # seconds after the fault for every message to reach done/
@@ -65,6 +70,7 @@ class Rig:
         self.workdir = pathlib.Path(workdir)
         self.stack = contextlib.ExitStack()
         self.redis = None
+        self.stream_redis = None
         self.swift_lock = threading.Lock()  # the seeder's PUTs and Swift's kills take turns
 
     def __enter__(self):
@@ -85,7 +91,18 @@ class Rig:
                 RedisServer(self.workdir / "redis", save=DEBIAN_SAVE))
         return self.redis
 
-    def write_ini(self, path, container, lock, **keys):
+    def use_stream_redis(self):
+        if self.stream_redis is None:
+            self.stream_redis = self.stack.enter_context(
+                RedisServer(self.workdir / "stream-redis", appendonly=True))
+        return self.stream_redis
+
+    def kill_stream_redis(self):
+        """SIGKILL the index's Redis and start it again: what it had is its append-only file."""
+        self.stream_redis.kill()
+        self.stream_redis.start()
+
+    def write_ini(self, path, container, lock, index="listing", **keys):
         """The run's ini; `keys` are more [DEFAULT] keys, or ones to put in place of ours."""
         settings = {"recipient": "DEFAULT", "container": container, "auth_version": 1,
                     "authurl": self.proxy.auth_url, "user": "test:tester", "key": "testing",
@@ -94,6 +111,9 @@ class Rig:
                     "queue_lock": lock}
         if lock == "redis":
             settings["queue_redis_url"] = self.use_redis().url
+        if index == "redis-stream":
+            settings["queue_index"] = index
+            settings["queue_redis_url"] = self.use_stream_redis().url
         settings.update(keys)
         path.write_text("[DEFAULT]\n" + "".join(f"{key} = {value}\n"
                                                 for key, value in settings.items()))
@@ -132,13 +152,22 @@ def message_bytes(number, run, rng, faulted=False):
 
 
 def seed(rig, container, messages, *, run, rng, stored, stop, rate=SEED_RATE,
-         faulted=frozenset()):
+         faulted=frozenset(), index=None):
     """Put `messages` into cur/ as the filter does, `rate` a second; names -> sha256.
 
     The message numbers in `faulted` carry the consumer's FAULT_HEADER.
+    With a stream `index`, each is announced after its PUT, as the filter
+    does; one that cannot be (Redis away) is left to ``reconcile``. Its
+    names are then dated IN_FLIGHT back: a copy the filter could not
+    announce reaches the reconciler that much later, which a run need not
+    wait for.
     """
     connection = rig.swift.connection(retries=5, timeout=10)
-    namer = MaildirNamer(hostname=f"mx.{DOMAIN}")
+    if index is None:
+        namer = MaildirNamer(hostname=f"mx.{DOMAIN}")
+    else:
+        namer = MaildirNamer(hostname=f"mx.{DOMAIN}", clock=lambda: time.time_ns() - int(
+            (IN_FLIGHT + 5) * 1e9))
     for number in range(1, messages + 1):
         if stop.is_set():
             return
@@ -161,6 +190,12 @@ def seed(rig, container, messages, *, run, rng, stored, stop, rate=SEED_RATE,
                 if error.http_status != 412:  # 412: an attempt that timed out had stored it
                     raise
         rig.proxy.note_created(container, name)
+        if index is not None:
+            with contextlib.suppress(*redis_errors()):
+                index.announce(entry_fields(
+                    name[len("cur/"):], container, size=len(data),
+                    envelope={"mail_from": f"<sender@{DOMAIN}>",
+                              "rcpt_to": ["someone@example.com"]}))
         stored[name[len("cur/"):]] = hashlib.sha256(data).hexdigest()
         time.sleep(1 / rate)
 
@@ -237,8 +272,8 @@ class Workers:
             thread.join(30)
 
 
-def recover_every_second(ini, log_path, stop, every=RECOVER_EVERY):
-    """``swiftdrop queue recover`` every `every` seconds, at most RECOVERS_AT_ONCE at a time."""
+def recover_every_second(ini, log_path, stop, every=RECOVER_EVERY, action="recover"):
+    """``swiftdrop queue recover`` (or `action`) every `every` seconds, RECOVERS_AT_ONCE at most."""
     running = []
     runs = 0
     with open(log_path, "ab") as log:
@@ -246,7 +281,7 @@ def recover_every_second(ini, log_path, stop, every=RECOVER_EVERY):
             running = [process for process in running if process.poll() is None]
             if len(running) < RECOVERS_AT_ONCE:
                 running.append(subprocess.Popen(
-                    swiftdrop_command("queue", "--config", str(ini), "recover"),
+                    swiftdrop_command("queue", "--config", str(ini), action),
                     stdout=log, stderr=log, cwd=REPO_ROOT))
                 runs += 1
         for process in running:
@@ -274,6 +309,7 @@ class FaultClass:
     description: str
     inject: Callable
     lock: str = "swift"
+    index: str = "listing"
     consumer_args: tuple = ()
     share: float = 0.0
     seeding_seconds: float = 0.0
@@ -313,6 +349,10 @@ def _swift_killed(run):
 
 def _redis_restarted(run):
     run.rig.redis.restart()
+
+
+def _stream_redis_killed(run):
+    run.rig.kill_stream_redis()
 
 
 def _trickle(run):
@@ -379,6 +419,12 @@ CLASSES = {fault.name: fault for fault in [
                "creations and deletions", _listing_lag),
     FaultClass("redis-restarted", "queue_lock = redis; redis-server restarted every 3-6 s",
                _every(3, 6, _redis_restarted), lock="redis", seeding_seconds=8),
+    FaultClass("stream-redis-killed", "queue_index = redis-stream; its redis-server "
+               "(appendfsync always) SIGKILLed and started again every 3-6 s",
+               _every(3, 6, _stream_redis_killed), index="redis-stream", seeding_seconds=8),
+    FaultClass("stream-workers-killed", "queue_index = redis-stream; a share of messages' "
+               "first commands SIGKILL their worker", _consumer_faults, share=0.02,
+               kills_workers=True, consumer_args=("--kill-worker",), index="redis-stream"),
 ]}
 
 
@@ -411,6 +457,39 @@ def _exists(connection, container, path):
 def _in_done(connection, container, names):
     """Which of `names` are in done/, asked one by one (a listing can lag a killed Swift)."""
     return {name for name in names if _exists(connection, container, "done/" + name)}
+
+
+def _done_in_stream(client, container, names):
+    """Which of `names` the workers' group finished as done: announced, read, not pending.
+
+    Asked as any Redis client would (docs/stream-index.md), not through the queue's code;
+    a dead letter (failed/ at the end) is not done.
+    """
+    stream = keys(container)["stream"]
+    try:
+        groups = {group["name"]: group for group in client.xinfo_groups(stream)}
+        if STREAM_GROUP not in groups:
+            return set()
+        read_up_to = groups[STREAM_GROUP]["last-delivered-id"]
+        letters = set(client.hkeys(f"swiftdrop:{{{container}}}:group:{STREAM_GROUP}:failed"))
+        ids = dict(zip(names, client.hmget(keys(container)["announced"], list(names)),
+                       strict=True)) if names else {}
+        done = set()
+        for name, entry_id in ids.items():
+            if entry_id is None or entry_id in letters or _id_after(entry_id, read_up_to):
+                continue
+            if not client.xpending_range(stream, STREAM_GROUP, entry_id, entry_id, 1):
+                done.add(name)
+        return done
+    except redis_errors():  # Redis being started again: ask the next time round
+        return set()
+
+
+def _id_after(entry_id, other):
+    def parts(value):
+        milliseconds, _, sequence = value.partition("-")
+        return int(milliseconds), int(sequence or 0)
+    return parts(entry_id) > parts(other)
 
 
 def _nowhere(connection, container, names):
@@ -454,7 +533,9 @@ def run_class(rig, name, messages, *, seed_value=1, settle=SETTLE, least_hits=0)
     workdir = rig.workdir / run_id
     workdir.mkdir()
     rig.swift.connection().put_container(container)
-    ini = rig.write_ini(workdir / "swiftdrop.ini", container, fault.lock)
+    ini = rig.write_ini(workdir / "swiftdrop.ini", container, fault.lock, fault.index)
+    streamed = fault.index == "redis-stream"
+    index = StreamIndex(rig.stream_redis.url, container) if streamed else None
     ledger_path = workdir / "ledger.jsonl"
     ledger_path.touch()
     workers = Workers(ini, ("--", sys.executable, str(CONSUMER), str(ledger_path),
@@ -468,15 +549,19 @@ def run_class(rig, name, messages, *, seed_value=1, settle=SETTLE, least_hits=0)
     seeding_stop, recover_stop = threading.Event(), threading.Event()
     seeder = threading.Thread(target=seed, args=(rig, container, messages), kwargs={
         "run": run_id, "rng": random.Random(seed_value), "stored": stored,
-        "stop": seeding_stop, "faulted": faulted,
+        "stop": seeding_stop, "faulted": faulted, "index": index,
         "rate": min(SEED_RATE, messages / fault.seeding_seconds) if fault.seeding_seconds
         else SEED_RATE})
     injector = threading.Thread(target=lambda: outcome.update(injected=fault.inject(run)))
     recoverer = threading.Thread(target=lambda: outcome.update(recovers=recover_every_second(
         ini, workdir / "recover.log", recover_stop)))
+    reconciler = threading.Thread(target=recover_every_second, args=(
+        ini, workdir / "reconcile.log", recover_stop, RECONCILE_EVERY, "reconcile"))
     connection = rig.swift.connection(retries=5, timeout=10)
     workers.start()
-    for thread in (seeder, injector, recoverer):
+    threads = (seeder, injector, recoverer, reconciler) if streamed else \
+        (seeder, injector, recoverer)
+    for thread in threads:
         thread.start()
     try:
         seeder.join()
@@ -486,14 +571,21 @@ def run_class(rig, name, messages, *, seed_value=1, settle=SETTLE, least_hits=0)
         run.fault_over.set()
         injector.join()
         in_done = set()
+
+        def finished(left):
+            if streamed:
+                return _done_in_stream(index.client, container, left)
+            return _in_done(connection, container, left)
         waiting = wait_until(connection, container, set(stored), lambda: in_done.update(
-            _in_done(connection, container, set(stored) - in_done)) or in_done, settle)
+            finished(set(stored) - in_done)) or in_done, settle)
     finally:
         seeding_stop.set()
         run.fault_over.set()
         recover_stop.set()
         workers.stop()
         recoverer.join()
+        if streamed:
+            reconciler.join()
         injector.join()
     done = set(stored) - waiting
     books = classify(stored, read_ledger(ledger_path), done)
