@@ -6,12 +6,13 @@ directory; nothing on this machine is changed. The ini is read as text here,
 not by swiftdrop.config (queue_index is the Python side's key).
 """
 
+import json
 import re
 
 import pytest
 import yaml
 
-from tests.support.role import ROLE, VARIABLES, rendered, validate
+from tests.support.role import ROLE, VARIABLES, rendered, run_role, validate
 
 [SWIFT] = VARIABLES["swiftdrop_destinations"]
 BILLING = {"name": "billing", "recipients": ["billing@example.com"], "container": "billing"}
@@ -179,3 +180,69 @@ def test_the_redis_client_library_comes_with_a_destination_that_uses_redis():
     [task] = [task for task in tasks if task.get("ansible.builtin.apt", {}).get("name")
               == "python3-redis"]
     assert re.fullmatch(r"_swiftdrop_redis_destinations \| length > 0", task["when"])
+
+
+# -- the reconcile timers -----------------------------------------------------------------
+
+def unit_lines(unit):
+    return [line for line in unit.splitlines() if line and not line.startswith("#")]
+
+
+def test_the_reconcile_service_runs_reconcile_for_its_destination_as_recover_does(tmp_path):
+    reconcile = rendered(tmp_path, "swiftdrop-reconcile@.service")
+    recover = rendered(tmp_path, "swiftdrop-recover@.service")
+    [exec_start] = [line for line in unit_lines(reconcile) if line.startswith("ExecStart=")]
+    assert exec_start == ("ExecStart=/opt/swiftdrop/venv/bin/swiftdrop queue --config "
+                          "/etc/swiftdrop.ini --destination %i reconcile")
+    # The same user, type and hardening: everything but the description and the command.
+    different = ("Description=", "ExecStart=")
+    assert [line for line in unit_lines(reconcile) if not line.startswith(different)] == \
+        [line for line in unit_lines(recover) if not line.startswith(different)]
+    assert "User=swiftdrop" in unit_lines(reconcile) and "PrivateUsers=yes" in unit_lines(reconcile)
+
+
+def test_the_reconcile_timer_runs_every_minute_from_boot_on(tmp_path):
+    timer = unit_lines(rendered(tmp_path, "swiftdrop-reconcile@.timer"))
+    assert timer[timer.index("[Timer]"):] == [
+        "[Timer]", "OnBootSec=1min", "OnUnitActiveSec=1min", "AccuracySec=1s",
+        "[Install]", "WantedBy=timers.target"]
+
+
+def role_value(directory, expression, **variables):
+    """What the role's vars make of `expression` with these variables, as JSON."""
+    ok, output = run_role(directory, f"""\
+        - ansible.builtin.copy:
+            content: "{{{{ {expression} | to_json }}}}"
+            dest: {directory}/value.json
+            mode: "0644"
+        """, **variables)
+    assert ok, output
+    return json.loads((directory / "value.json").read_text())
+
+
+def test_only_destinations_indexed_by_a_stream_have_a_reconcile_timer(tmp_path):
+    destinations = [{**SWIFT, "queue_index": "redis-stream", "queue_redis_url": VAULTED_URL},
+                    {**BILLING, "queue_index": "listing"},
+                    {**BILLING, "name": "inherits"}]
+    assert role_value(tmp_path, "_swiftdrop_wanted_reconcile_timers",
+                      swiftdrop_destinations=destinations) == [
+        "swiftdrop-reconcile@DEFAULT.timer", "swiftdrop-reconcile@inherits.timer"]
+    assert role_value(tmp_path, "_swiftdrop_wanted_reconcile_timers") == []
+
+
+def test_the_workers_tasks_enable_wanted_timers_and_disable_every_other_one():
+    tasks = {task["name"]: task for task in
+             yaml.safe_load((ROLE / "tasks/workers.yml").read_text())}
+    [install] = [task for name, task in tasks.items() if name.startswith("Install the worker")]
+    assert {"swiftdrop-reconcile@.service", "swiftdrop-reconcile@.timer"} <= set(install["loop"])
+    [enable] = [task for name, task in tasks.items()
+                if name.startswith("Enable and start the reconcile timers")]
+    assert enable["ansible.builtin.systemd_service"] == {
+        "name": "swiftdrop-reconcile@{{ item }}.timer", "enabled": True, "state": "started"}
+    assert enable["loop"] == "{{ _swiftdrop_index_destinations }}"
+    found = tasks["Find the reconcile timers enabled on the host"]["ansible.builtin.find"]
+    assert found["paths"] == "/etc/systemd/system/timers.target.wants"
+    disable = tasks["Stop and disable the reconcile timers of destinations without a stream"]
+    assert disable["ansible.builtin.systemd_service"] == {
+        "name": "{{ item }}", "state": "stopped", "enabled": False}
+    assert "reject('in', _swiftdrop_wanted_reconcile_timers)" in disable["loop"]
