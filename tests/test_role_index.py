@@ -2,8 +2,8 @@
 
 Run by Ansible itself on the controller (tests/support/role.py): the role's
 defaults and vars, validate.yml, and its templates rendered into the test's
-directory; nothing on this machine is changed. The ini is read as text here,
-not by swiftdrop.config (queue_index is the Python side's key).
+directory; nothing on this machine is changed. The ini is read by
+swiftdrop.config as the filter and the queue commands read it.
 """
 
 import json
@@ -12,6 +12,7 @@ import re
 import pytest
 import yaml
 
+from swiftdrop import config
 from tests.support.role import ROLE, VARIABLES, rendered, run_role, validate
 
 [SWIFT] = VARIABLES["swiftdrop_destinations"]
@@ -246,3 +247,22 @@ def test_the_workers_tasks_enable_wanted_timers_and_disable_every_other_one():
     assert disable["ansible.builtin.systemd_service"] == {
         "name": "{{ item }}", "state": "stopped", "enabled": False}
     assert "reject('in', _swiftdrop_wanted_reconcile_timers)" in disable["loop"]
+
+
+def test_the_filter_starts_after_the_redis_on_its_host(tmp_path):
+    """Its ExecStartPre check asks a stream index's Redis, which must be up by then."""
+    unit = unit_lines(rendered(tmp_path, "swiftdrop.service", swiftdrop_redis_install=True))
+    assert {"After=redis-server.service", "Wants=redis-server.service"} <= set(unit)
+    assert "redis" not in rendered(tmp_path, "swiftdrop.service")
+
+
+def test_the_ini_the_role_writes_is_what_the_config_loader_reads(tmp_path):
+    ini = tmp_path / "swiftdrop.ini"
+    ini.write_text(rendered(tmp_path, "swiftdrop.ini", swiftdrop_redis_install=True,
+                            swiftdrop_destinations=[{**SWIFT, "queue_index": "listing"},
+                                                    STREAM, {**BILLING, "name": "inherits",
+                                                             "recipients": ["i@example.com"]}]))
+    loaded = {d.section: d.queue for d in config.load(str(ini)).destinations}
+    assert (loaded["DEFAULT"].index, loaded["inherits"].index) == ("listing", "listing")
+    assert loaded["billing"].index == "redis-stream"
+    assert loaded["billing"].redis_url == "redis://127.0.0.1:6379/0"

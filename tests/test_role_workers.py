@@ -210,10 +210,22 @@ def test_two_teams_in_two_groups_on_a_stream_pass_validation(tmp_path):
 def test_validation_refuses_a_group_on_a_listed_queue_or_one_systemd_would_mangle(tmp_path):
     for destinations, group, index in (([SWIFT], "crm", "listing"),
                                        ([STREAM], "crm team", "redis-stream"),
-                                       ([STREAM], "100%", "redis-stream")):
+                                       ([STREAM], "100%", "redis-stream"),
+                                       ([STREAM], "-crm", "redis-stream"),
+                                       ([STREAM], "c" * 65, "redis-stream")):
         ok, output = validate(tmp_path, swiftdrop_destinations=destinations,
                               swiftdrop_queue_workers=[{**WORKER, "group": group}])
         assert not ok, group
         assert (f"swiftdrop_queue_workers[import]: group {json.dumps(group)} needs a name of "
                 "letters, digits") in output, output
         assert f"(DEFAULT's is {index})" in output, output
+
+
+def test_validation_refuses_dedup_on_a_stream_which_the_command_would_refuse(tmp_path):
+    ok, output = validate(tmp_path, swiftdrop_destinations=[STREAM],
+                          swiftdrop_queue_workers=[{**WORKER, "dedup": True}])
+    assert not ok
+    assert "swiftdrop_queue_workers[import]: dedup needs the listing queue" in output, output
+    ok, output = validate(tmp_path, swiftdrop_destinations=[STREAM],
+                          swiftdrop_queue_workers=[{**WORKER, "dedup": False, "group": "a" * 64}])
+    assert ok, output
