@@ -6,6 +6,7 @@ this machine is changed. The deployed units are verified in Molecule
 cache directory writable, a crash retried, a webhook's POST signed and verified.
 """
 
+import json
 import re
 
 import yaml
@@ -174,3 +175,57 @@ def test_the_webhook_s_secrets_are_no_log_in_the_argument_specs():
     destinations = specs["argument_specs"]["main"]["options"]["swiftdrop_destinations"]
     webhook = destinations["options"]["webhook"]["options"]
     assert webhook["secret"]["no_log"] and webhook["tempurl_key"]["no_log"]
+
+
+# -- consumer groups (a destination indexed by a Redis stream) ----------------------------
+
+STREAM = {**SWIFT, "queue_index": "redis-stream", "queue_redis_url": "redis://r.test:6379/0"}
+
+
+def test_a_worker_s_group_goes_after_the_destination_as_the_cli_takes_it(tmp_path):
+    [exec_start] = directives(rendered(tmp_path, "swiftdrop-worker.conf",
+                                       item={**WORKER, "group": "billing-team"}), "ExecStart")
+    assert re.search(r" queue --config /etc/swiftdrop.ini --destination DEFAULT "
+                     r"--group billing-team run --concurrency 1 -- node /srv/import.js$",
+                     exec_start), exec_start
+    for item in (WORKER, {**WORKER, "group": None}):  # none: the command's default group
+        [exec_start] = directives(rendered(tmp_path, "swiftdrop-worker.conf", item=item),
+                                  "ExecStart")
+        assert "--group" not in exec_start
+
+
+def test_the_group_is_in_the_specs_without_a_default():
+    specs = yaml.safe_load((ROLE / "meta/argument_specs.yml").read_text())
+    workers = specs["argument_specs"]["main"]["options"]["swiftdrop_queue_workers"]
+    assert workers["options"]["group"]["type"] == "str"
+    assert "default" not in workers["options"]["group"]
+
+
+def test_two_teams_in_two_groups_on_a_stream_pass_validation(tmp_path):
+    ok, output = validate(tmp_path, swiftdrop_destinations=[STREAM], swiftdrop_queue_workers=[
+        {**WORKER, "group": "crm"}, {**WORKER, "name": "archive", "group": "archive.v2"}])
+    assert ok, output
+
+
+def test_validation_refuses_a_group_on_a_listed_queue_or_one_systemd_would_mangle(tmp_path):
+    for destinations, group, index in (([SWIFT], "crm", "listing"),
+                                       ([STREAM], "crm team", "redis-stream"),
+                                       ([STREAM], "100%", "redis-stream"),
+                                       ([STREAM], "-crm", "redis-stream"),
+                                       ([STREAM], "c" * 65, "redis-stream")):
+        ok, output = validate(tmp_path, swiftdrop_destinations=destinations,
+                              swiftdrop_queue_workers=[{**WORKER, "group": group}])
+        assert not ok, group
+        assert (f"swiftdrop_queue_workers[import]: group {json.dumps(group)} needs a name of "
+                "letters, digits") in output, output
+        assert f"(DEFAULT's is {index})" in output, output
+
+
+def test_validation_refuses_dedup_on_a_stream_which_the_command_would_refuse(tmp_path):
+    ok, output = validate(tmp_path, swiftdrop_destinations=[STREAM],
+                          swiftdrop_queue_workers=[{**WORKER, "dedup": True}])
+    assert not ok
+    assert "swiftdrop_queue_workers[import]: dedup needs the listing queue" in output, output
+    ok, output = validate(tmp_path, swiftdrop_destinations=[STREAM],
+                          swiftdrop_queue_workers=[{**WORKER, "dedup": False, "group": "a" * 64}])
+    assert ok, output
