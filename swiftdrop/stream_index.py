@@ -155,6 +155,8 @@ class Announcer:
             if destination.queue.index == "redis-stream":
                 self._indexes[destination.section] = index_factory(
                     destination.queue.redis_url, destination.container)
+                for result in ("announced", "failed"):  # at 0, so that increase() sees a first
+                    metrics.ANNOUNCES.labels(destination.section, result)
         self._errors = redis_errors() if self._indexes else ()
 
     def __bool__(self):

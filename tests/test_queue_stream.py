@@ -487,11 +487,12 @@ def test_a_filter_killed_between_swifts_201_and_the_announce_loses_nothing(
         queue.close()
 
 
-def test_check_names_the_stream_index(ini, announced, redis_server):
+def test_check_names_the_stream_index_and_warns_when_it_does_not_answer(
+        ini, announced, redis_server):
     result = run_swiftdrop("check", "--config", str(ini))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "3 objects, 3 entries in its stream index" in result.stdout
-    redis_server.stop()
+    redis_server.stop()  # mail is still stored: the filter must be able to start
     result = run_swiftdrop("check", "--config", str(ini))
-    assert result.returncode == 1
-    assert "FAIL [DEFAULT]" in result.stdout and "its stream index" in result.stdout
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "warning: its stream index does not answer" in result.stdout
