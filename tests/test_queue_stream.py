@@ -4,6 +4,7 @@ import json
 import signal
 import smtplib
 import subprocess
+import threading
 import time
 
 import pytest
@@ -11,11 +12,20 @@ import pytest
 from swiftdrop import config as config_module
 from swiftdrop.queue import LostLock
 from swiftdrop.queue.stream import StreamQueue
-from swiftdrop.stream_index import IN_FLIGHT, StreamIndex, keys, reconcile, redis_client
+from swiftdrop.stream_index import (
+    IN_FLIGHT,
+    StreamIndex,
+    entry_fields,
+    keys,
+    reconcile,
+    redis_client,
+)
+from swiftdrop.worker import WebhookConsumer, consume
 from tests.support.faultproxy import FaultProxy
 from tests.support.filterproc import FULL_REPLY, FilterProcess, run_swiftdrop
 from tests.support.redisserver import RedisServer
 from tests.test_service import send, stored_location
+from tests.test_webhook import SECRET, Receiver, respond, verify
 
 CONTAINERS = iter(range(10_000))
 
@@ -496,3 +506,33 @@ def test_check_names_the_stream_index_and_warns_when_it_does_not_answer(
     result = run_swiftdrop("check", "--config", str(ini))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "warning: its stream index does not answer" in result.stdout
+
+
+def test_the_webhook_posts_from_the_stream_and_a_retry_is_a_marked_redelivery(
+        tmp_path, swift, redis_server):
+    """The webhook is a consumer like any other: its claims and retries are the stream's."""
+    with Receiver() as receiver:
+        ini = stream_ini(tmp_path / "swiftdrop.ini", swift, redis_server.url,
+                         webhook_url=receiver.url, webhook_secret=SECRET)
+        cfg = destination(ini)
+        name = old_name(5, age=60)
+        put_copy(swift, cfg.container, name, body=b"Subject: hooked\r\n\r\nhello\r\n")
+        StreamIndex(redis_server.url, cfg.container).announce(entry_fields(
+            name, cfg.container, size=27, envelope={"mail_from": "sender@example.net",
+                                                    "rcpt_to": ["a@example.com"]}))
+        receiver.script.append(respond(500, b"database down"))
+        queue = StreamQueue(cfg, "hooks")
+        try:
+            outcome = consume(queue, WebhookConsumer(cfg, cfg.webhook), threading.Event(),
+                              once=True)
+        finally:
+            queue.close()
+        assert outcome == {"retry": 1, "done": 1}
+        first, second = receiver.requests
+        for request in (first, second):
+            verify(request)
+        assert first.headers["X-SwiftDrop-Id"] == second.headers["X-SwiftDrop-Id"] == \
+            f"{cfg.container}/{name}"
+        assert (second.headers["X-SwiftDrop-Delivery"],
+                second.headers["X-SwiftDrop-Redelivered"]) == ("2", "1")
+        assert second.json["message"]["subject"] == "hooked"
