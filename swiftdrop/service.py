@@ -28,7 +28,7 @@ from .naming import MaildirNamer
 from .process import EX_CONFIG, configure_logging
 from .smtp import SmtpSession
 from .storage import SwiftStore
-from .stream_index import Announcer
+from .stream_index import IN_FLIGHT, Announcer
 from .verdicts import RspamdClient
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,20 @@ class Server:
             thread.join(grace)
 
 
+def in_flight_problem(config, store_timeout):
+    """Why the reconciler could miss a copy stored this late (None: it cannot).
+
+    The reconciler leaves names younger than IN_FLIGHT to the filter and
+    moves past older ones: a copy must be stored within that of its name.
+    """
+    indexed = [d.section for d in config.destinations if d.queue.index == "redis-stream"]
+    if indexed and store_timeout >= IN_FLIGHT:
+        return (f"--store-timeout {store_timeout:g} must be below {IN_FLIGHT:g} s with a "
+                f"stream index ([{indexed[0]}] queue_index = redis-stream): the reconciler "
+                "takes a copy that much younger than its name to be settled")
+    return None
+
+
 def serve(options):
     """Entry point of ``swiftdrop serve``; returns the process exit status."""
     configure_logging(options.log_target)
@@ -163,6 +177,9 @@ def serve(options):
         return EX_CONFIG
     if not listeners:
         log.error("cannot start: no socket from systemd and no --listen given")
+        return EX_CONFIG
+    if (problem := in_flight_problem(config, options.store_timeout)) is not None:
+        log.error("cannot start: %s", problem)
         return EX_CONFIG
     namer = MaildirNamer(options.hostname)
     admin_relay = (AdminRelay(options.admin_relay, options.admin_local_parts, namer.hostname)

@@ -536,3 +536,11 @@ def test_the_webhook_posts_from_the_stream_and_a_retry_is_a_marked_redelivery(
         assert (second.headers["X-SwiftDrop-Delivery"],
                 second.headers["X-SwiftDrop-Redelivered"]) == ("2", "1")
         assert second.json["message"]["subject"] == "hooked"
+
+
+def test_the_filter_refuses_a_store_timeout_the_reconciler_cannot_wait_for(ini, tmp_path):
+    process = FilterProcess(ini, tmp_path, "--store-timeout", str(int(IN_FLIGHT)),
+                            "--log-target", "stderr")
+    with pytest.raises(RuntimeError, match="exited with 78"):
+        process.start()
+    assert "--store-timeout 120 must be below 120 s with a stream index" in process.log()
