@@ -14,11 +14,13 @@ Every key of a container carries the container in a hash tag
 is what lets one script touch several of them.
 
 ``origin`` is the time this Redis began to index the container. A copy
-stored before it that the reconciler finds unannounced may have been
+named before it that the reconciler finds unannounced may have been
 announced to a Redis that has since lost its data (restarted without
 persistence): the reconciler marks it ``possible_repeat``, so that a
-consumer that has seen it before knows it may be a repeat (docs/queue.md,
-"The stream index").
+consumer that has seen it before knows it may be a repeat
+(docs/stream-index.md). A copy the filter could not announce to a new
+index is marked too: a false alarm costs a consumer a check, a repeat
+left unmarked would break the contract.
 """
 
 import json
@@ -192,7 +194,7 @@ def reconcile(index, connection, *, clock=time.time, envelope_of):
     whole of cur/ on a Redis that has lost that mark), and leaves names
     younger than IN_FLIGHT to the filter that may still be announcing them.
     `envelope_of(name)` gives a name's (envelope, size, verdicts) from its
-    object. A copy older than the index's origin is marked possible_repeat.
+    object. A copy named before the index's origin is marked possible_repeat.
     """
     now = clock()
     watermark = index.client.get(index.keys["watermark"])
@@ -219,7 +221,7 @@ def reconcile(index, connection, *, clock=time.time, envelope_of):
             born = delivery_time(name)
             added, _ = index.announce(entry_fields(
                 name, index.container, envelope=envelope, size=size, verdicts=verdicts,
-                announced_by="reconciler", possible_repeat=born < origin - IN_FLIGHT))
+                announced_by="reconciler", possible_repeat=born < origin))
             if added:
                 announced.append(name)
         if len(page) < RECONCILE_PAGE:
