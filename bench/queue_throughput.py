@@ -45,11 +45,15 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def drain(destination, workers):
+def drain(make_queue, workers):
+    """Seconds `workers` threads, each with a queue of its own, take to finish all as done."""
     def worker():
-        queue = MailQueue(destination)
-        while (claimed := queue.claim()) is not None:
-            queue.finish(claimed, "done")
+        queue = make_queue()
+        try:
+            while (claimed := queue.claim()) is not None:
+                queue.finish(claimed, "done")
+        finally:
+            queue.close()
 
     threads = [threading.Thread(target=worker) for _ in range(workers)]
     started = time.monotonic()
@@ -88,7 +92,7 @@ def main():
                             f".bench,S=64", b"Subject: bench\r\n\r\n" + b"x" * 46 + b"\r\n")
                     requests.clear()
                     cpu_before = cpu_seconds(swift.process.pid)
-                    elapsed = drain(destination, workers)
+                    elapsed = drain(lambda: MailQueue(destination), workers)  # noqa: B023
                     swift_cpu = cpu_seconds(swift.process.pid) - cpu_before
                     print(f"{lock:>6} {workers:>8} {options.messages:>9} "
                           f"{options.messages / elapsed:>15.1f} "

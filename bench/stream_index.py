@@ -18,11 +18,10 @@ import collections
 import pathlib
 import tempfile
 import threading
-import time
 
 import swiftclient
 
-from bench.queue_throughput import cpu_seconds
+from bench.queue_throughput import cpu_seconds, drain
 from swiftdrop import config as config_module
 from swiftdrop.queue import MailQueue
 from swiftdrop.queue.stream import StreamQueue
@@ -67,24 +66,6 @@ class Traffic:
     def clear(self):
         self.requests.clear()
         self.written = self.read = 0
-
-
-def drain(make_queue, workers):
-    def worker():
-        queue = make_queue()
-        try:
-            while (claimed := queue.claim()) is not None:
-                queue.finish(claimed, "done")
-        finally:
-            queue.close()
-
-    threads = [threading.Thread(target=worker) for _ in range(workers)]
-    started = time.monotonic()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return time.monotonic() - started
 
 
 def run_case(swift, redis, workdir, traffic, *, index, workers, size, messages):
