@@ -69,6 +69,14 @@ COMMAND gets SWIFTDROP_RCPT_TO (one address a line), SWIFTDROP_RCPT_COUNT,
 SWIFTDROP_RCPT_FILE (the same list in a file) and SWIFTDROP_DEDUP_MD5.
 --dedup's key is Message-ID, Dedup-Md5 and the sorted recipients.
 
+With queue_index = redis-stream the same commands work on the Redis
+stream the filter announces each copy in: bodies stay in cur/ and are
+never copied, --group NAME gives each team a consumer group of its own
+(each gets every message), delivery is the stream's own count, and
+"possible_repeat" (true also makes "redelivered" true) marks a copy found
+again after Redis lost its data. reconcile announces what the filter could
+not. See docs/stream-index.md.
+
 See docs/queue.md for the details.
 """
 REPLAY_CONTRACT = """\
