@@ -25,6 +25,7 @@ from .auth import auth_server, authenticate
 from .deadline import Deadline
 from .failures import StoreError, server_of, service_errors, store_error
 from .libraries import ClientException, swift
+from .watchdog import WATCHDOG, watch_session
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,7 @@ class AccountSession:
             pooled = swift.http_connection(url, cacert=self.account.cacert,
                                            insecure=self.account.insecure)
             metrics.count_responses(pooled[1])
+            watch_session(pooled[1].request_session)
         pooled[1].requests_args["timeout"] = timeout
         try:
             yield pooled
@@ -149,13 +151,21 @@ class AccountSession:
             self._idle.append(pooled)
 
     def call(self, request, *args, deadline, doing=None, **kwargs):
-        """One swiftclient request, bounded by `deadline`; any failure is a StoreError."""
+        """One swiftclient request, bounded by `deadline`; any failure is a StoreError.
+
+        `timeout` bounds each socket operation; the watchdog bounds the
+        whole request, connect to the last byte of the answer, by what is
+        left of the deadline (swiftdrop.watchdog).
+        """
         url, token = self.credentials(deadline)
         timeout = deadline.timeout(self.account.timeout)
         if timeout <= 0:
             raise StoreError(f"{doing or 'the request'}: no time left before the deadline")
+        left = deadline.remaining()
+        cut = None
         try:
-            with self.http_connection(url, timeout) as http_conn:
+            with self.http_connection(url, timeout) as http_conn, \
+                    WATCHDOG.watch(left) as cut:
                 return request(url, token, *args, http_conn=http_conn, **kwargs)
         except service_errors() as error:
             answered = isinstance(error, ClientException) and error.http_status
@@ -163,6 +173,10 @@ class AccountSession:
                 metrics.swift_request(request, None)
             if answered == 401:
                 self.forget_token(token)
+            if cut is not None and cut.fired:
+                prefix = f"{doing}: " if doing else ""
+                raise StoreError(f"{prefix}Swift at {server_of(url)} did not answer within "
+                                 f"{left:.1f} s (the message's deadline)") from None
             raise store_error(error, server=f"Swift at {server_of(url)}", timeout=timeout,
                               doing=doing) from None
 

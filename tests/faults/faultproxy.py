@@ -20,6 +20,10 @@ Modes (:meth:`FaultProxy.set_mode`):
   ``arg`` seconds -- Swift stored the object but the filter may give up first;
 * ``drop``: forward half the request body, then cut both connections, as a
   network failure in the middle of an upload would;
+* ``drip`` (``arg`` seconds): forward, then hand Swift's whole answer back
+  a byte every ``arg`` seconds: each read the filter makes succeeds, so no
+  socket timeout ever trips, and only a deadline over the whole request ends it;
+* ``stall`` (``arg`` bytes a second): read the request body that slowly;
 * ``cut-after-headers`` (``arg`` N): forward, relay Swift's status line and
   headers (the body announced as chunked), then cut the connection before
   the body, for the next N requests, then ``pass`` again. Swift has stored
@@ -259,7 +263,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         sent = 0
         for limit in (length // 2, length):
             while sent < limit:
-                chunk = self.rfile.read(min(CHUNK, limit - sent))
+                if mode.kind == "stall":
+                    time.sleep(1)
+                chunk = self.rfile.read(min(int(mode.arg) if mode.kind == "stall" else CHUNK,
+                                            limit - sent))
                 if not chunk:
                     raise ConnectionError("client went away during the body")
                 upstream.send(chunk)
@@ -280,6 +287,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             time.sleep(mode.arg)
         if mode.kind == "cut-after-headers" and self.proxy.take_cut():
             self.cut_after_headers(response)
+        if mode.kind == "drip":
+            self.drip(response, body, mode.arg)
+            return
         self.send_response_only(response.status, response.reason)
         for name, value in response.getheaders():
             if name.lower() not in HOP_BY_HOP and name.lower() != "content-length":
@@ -291,6 +301,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+
+    def drip(self, response, body, seconds):
+        """Swift's answer, a byte every `seconds`, until it is through or the client is gone."""
+        with self.proxy.stats.lock:
+            self.proxy.stats.injected += 1
+        head = [f"HTTP/1.1 {response.status} {response.reason}"]
+        head += [f"{name}: {value}" for name, value in response.getheaders()
+                 if name.lower() not in HOP_BY_HOP and name.lower() != "content-length"]
+        head.append(f"Content-Length: {len(body)}")
+        answer = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+        self.close_connection = True
+        for byte in answer:
+            self.wfile.write(bytes([byte]))
+            self.wfile.flush()
+            time.sleep(seconds)
 
     def cut_after_headers(self, response):
         """Relay the status and headers, promise a chunked body, and hang up."""

@@ -337,6 +337,10 @@ FAULTS = {fault.name: fault for fault in [
     Fault("swift-503", _proxy_mode("status", 503), _proxy_mode("pass"), True, 3),
     Fault("swift-507", _proxy_mode("status", 507), _proxy_mode("pass"), True, 3),
     Fault("swift-slow", _answer_late, _proxy_mode("pass"), True, STORE_TIMEOUT + 1),
+    # Every read and write of these succeeds: only the deadline over the whole request ends them.
+    Fault("swift-drip", _proxy_mode("drip", 1), _proxy_mode("pass"), True, STORE_TIMEOUT + 1),
+    Fault("swift-stall", _proxy_mode("stall", 2048), _proxy_mode("pass"), True,
+          STORE_TIMEOUT + 1),
     Fault("connection-cut-mid-upload", _proxy_mode("drop"), _proxy_mode("pass"), True, 3),
     Fault("connection-cut-after-headers", _cut_after_headers, _proxy_mode("pass"), False),
     Fault("token-revoked", _token(tokens.revoke), _nothing, False, auth="tempauth"),

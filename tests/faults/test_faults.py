@@ -23,8 +23,9 @@ MESSAGES = 20
 MIXED_MESSAGES = 50
 KEYSTONE_MESSAGES = 24
 # Faults the sender must notice (a 4xx), and faults it must not notice at all.
-FELT = {"swift-stopped", "swift-503", "swift-507", "swift-slow", "connection-cut-mid-upload",
-        "filter-killed-mid-upload", "filter-killed-before-reply", "spool-full"}
+FELT = {"swift-stopped", "swift-503", "swift-507", "swift-slow", "swift-drip", "swift-stall",
+        "connection-cut-mid-upload", "filter-killed-mid-upload", "filter-killed-before-reply",
+        "spool-full"}
 UNFELT = {"token-revoked", "token-expired", "postfix-reload", "connection-cut-after-headers",
           "keystone-token-revoked"}
 KEYSTONE_OUTAGES = ["keystone-refused", "keystone-silent", "keystone-500", "keystone-503"]
@@ -74,6 +75,10 @@ def test_fault_on_its_own_loses_nothing(rig, fault):
     if fault == "spool-full":
         assert set(summary.deferrals) == {"451 4.3.0 Error: queue file write error"}
         assert list(rig.spool_dir.iterdir()) == [], "the spool kept something"
+    if fault in ("swift-drip", "swift-stall"):
+        # The filter's own 451, within its deadline: not Postfix's, which it
+        # gives when smtpd_proxy_timeout (100 s) passes without our reply.
+        assert set(summary.deferrals) == {"451 4.3.0 Error: queue file write error"}
 
 
 def test_all_faults_mixed_at_random_lose_nothing(rig):

@@ -1,0 +1,143 @@
+"""A deadline over a whole HTTP request, not over each socket operation.
+
+requests' ``timeout`` bounds each connect, send and receive on its own: a
+Swift (or a proxy before it) that hands its answer back a byte a second
+never trips it, and a message waits as long as the answer drips. Postfix
+then answers the client itself (``smtpd_proxy_timeout``) while the copy
+lands later: the deadline broken, a duplicate at best.
+
+So the connections swiftdrop.storage lends out are watched: their pools
+note every socket a request takes from them (the urllib3 connection a
+requests adapter uses), and one :class:`Watchdog` thread shuts those
+sockets down when the request's deadline passes. A shut-down socket ends
+a blocked send or receive at once, with an error the request raises as any
+broken connection; the request is then known to have been cut, and says so.
+"""
+
+import heapq
+import itertools
+import socket
+import threading
+import time
+
+from requests.adapters import HTTPAdapter
+from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
+
+_LENT = threading.local()  # the connections the current thread's request took
+
+
+class _Noting:
+    """A pool that notes each connection it lends into the thread's watched request."""
+
+    def _get_conn(self, timeout=None):
+        conn = super()._get_conn(timeout)
+        watched = getattr(_LENT, "connections", None)
+        if watched is not None:
+            watched.append(conn)
+        return conn
+
+
+class NotingHTTPPool(_Noting, HTTPConnectionPool):
+    pass
+
+
+class NotingHTTPSPool(_Noting, HTTPSConnectionPool):
+    pass
+
+
+class WatchedAdapter(HTTPAdapter):
+    """requests' adapter, with pools that note what they lend (see _Noting)."""
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": NotingHTTPPool,
+                                                   "https": NotingHTTPSPool}
+
+
+def watch_session(session):
+    """Make a requests Session's pools note their connections (both schemes)."""
+    adapter = WatchedAdapter()
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+
+
+class Cut:
+    """One watched request: the connections it took, and whether the deadline cut them."""
+
+    def __init__(self):
+        self.connections = []
+        self.fired = False
+        self._lock = threading.Lock()
+        self._done = False
+
+    def fire(self):
+        with self._lock:
+            if self._done:
+                return
+            self.fired = True
+            for conn in self.connections:
+                sock = getattr(conn, "sock", None)
+                if sock is not None:
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass  # closed meanwhile
+
+    def finish(self):
+        """The request is over: a late fire must not touch a connection back in its pool."""
+        with self._lock:
+            self._done = True
+
+
+class Watchdog:
+    """One thread that fires each watched request's Cut at its time."""
+
+    def __init__(self):
+        self._heap = []
+        self._order = itertools.count()
+        self._changed = threading.Condition()
+        self._thread = None
+
+    def watch(self, seconds):
+        """A context manager: the requests made inside it are cut after `seconds`."""
+        return _Watching(self, seconds)
+
+    def _add(self, at, cut):
+        with self._changed:
+            heapq.heappush(self._heap, (at, next(self._order), cut))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name="swiftdrop-watchdog")
+                self._thread.start()
+            # Woken only for a new earliest time: with one store timeout for
+            # all, a request's deadline is rarely the next, and the hot path
+            # pays no thread switch for it.
+            if self._heap[0][2] is cut:
+                self._changed.notify()
+
+    def _run(self):
+        while True:
+            with self._changed:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    wait = self._heap[0][0] - time.monotonic() if self._heap else None
+                    self._changed.wait(wait)
+                _, _, cut = heapq.heappop(self._heap)
+            cut.fire()
+
+
+class _Watching:
+    def __init__(self, watchdog, seconds):
+        self.watchdog, self.seconds = watchdog, seconds
+        self.cut = Cut()
+
+    def __enter__(self):
+        _LENT.connections = self.cut.connections
+        self.watchdog._add(time.monotonic() + self.seconds, self.cut)
+        return self.cut
+
+    def __exit__(self, *exc):
+        _LENT.connections = None
+        self.cut.finish()
+
+
+WATCHDOG = Watchdog()
