@@ -214,15 +214,15 @@ def test_redis_cli_reaches_redis_on_its_socket_or_on_debian_s_port_before_the_re
             "redis-cli", "{{ _swiftdrop_redis_cli_address[0] }}",
             "{{ _swiftdrop_redis_cli_address[1] }}"]
     expression = reach["ansible.builtin.set_fact"]["_swiftdrop_redis_cli_address"]
-    for found, address in (({"exists": True, "socket": True}, ["-s", SOCKET]),
-                           ({"exists": True, "socket": False}, ["-p", "6379"]),
+    for found, address in (({"exists": True, "issock": True}, ["-s", SOCKET]),
+                           ({"exists": True, "issock": False}, ["-p", "6379"]),
                            ({"exists": False}, ["-p", "6379"])):
         assert role_value(tmp_path, "address", address=expression,
                           _swiftdrop_redis_socket_stat={"stat": found}) == address
     # One without its socket is restarted onto it, settings file changed or not.
     restart = tasks[-1]
     assert restart["notify"] == "Restart Redis" and restart["changed_when"] is True
-    assert restart["when"] == "not _swiftdrop_redis_socket_stat.stat.socket | default(false)"
+    assert restart["when"] == "not _swiftdrop_redis_socket_stat.stat.issock | default(false)"
 
 
 def test_the_redis_client_library_comes_with_a_destination_that_uses_redis():
