@@ -19,7 +19,8 @@ from tests.support.role import ROLE, VARIABLES, rendered, run_role, validate
 BILLING = {"name": "billing", "recipients": ["billing@example.com"], "container": "billing"}
 STREAM = {**BILLING, "queue_index": "redis-stream"}
 VAULTED_URL = "redis://:s3cret@redis.example.test:6379/2"
-LOCAL_URL = 'queue_redis_url = "redis://127.0.0.1:6379/0"'
+SOCKET = "/run/redis/redis-server.sock"
+LOCAL_URL = f'queue_redis_url = "unix://{SOCKET}?db=0"'
 
 
 def sections(ini):
@@ -148,10 +149,12 @@ def directives(conf):
     return [line.split(None, 1) for line in conf.splitlines() if line and not line.startswith("#")]
 
 
-def test_the_installed_redis_listens_on_loopback_and_syncs_every_write(tmp_path):
+def test_the_installed_redis_listens_on_a_socket_for_its_group_only_and_syncs_every_write(
+        tmp_path):
+    """No password: whoever reaches it reads the envelopes and can XACK/XDEL entries."""
     conf = directives(rendered(tmp_path, "redis-swiftdrop.conf"))
-    assert conf == [["bind", "127.0.0.1 -::1"], ["protected-mode", "yes"], ["port", "6379"],
-                    ["appendonly", "yes"], ["appendfsync", "always"]]
+    assert conf == [["port", "0"], ["unixsocket", SOCKET], ["unixsocketperm", "770"],
+                    ["protected-mode", "yes"], ["appendonly", "yes"], ["appendfsync", "always"]]
 
 
 def test_redis_reads_the_role_s_settings_last_and_restarts_when_they_change():
@@ -163,7 +166,7 @@ def test_redis_reads_the_role_s_settings_last_and_restarts_when_they_change():
                        "line": "include /etc/redis/swiftdrop.conf", "insertafter": "EOF"}
     notified = [task.get("notify") for task in by_name.values()
                 if "ansible.builtin.template" in task or "ansible.builtin.lineinfile" in task]
-    assert notified == ["Restart Redis", "Restart Redis"]
+    assert notified == ["Restart Redis", "Restart Redis"]  # and the one without a socket
     assert any(task.get("ansible.builtin.apt", {}).get("name") == "redis-server" for task in tasks)
     handlers = yaml.safe_load((ROLE / "handlers/main.yml").read_text())
     [restart] = [handler for handler in handlers if handler["name"] == "Restart Redis"]
@@ -186,16 +189,41 @@ def test_redis_writes_its_append_only_file_before_it_restarts_into_the_role_s_se
                                     "notify"}))
              for task in tasks]
     assert steps == ["ansible.builtin.apt", "ansible.builtin.systemd_service",
+                     "ansible.builtin.stat", "ansible.builtin.set_fact",
                      "ansible.builtin.command", "ansible.builtin.command",
                      "ansible.builtin.command", "ansible.builtin.template",
-                     "ansible.builtin.lineinfile"]
-    ask, switch, wait = tasks[2:5]
+                     "ansible.builtin.lineinfile", "ansible.builtin.debug"]
+    ask, switch, wait = tasks[4:7]
     assert ask["ansible.builtin.command"]["argv"][3:] == ["CONFIG", "GET", "appendonly"]
     assert switch["ansible.builtin.command"]["argv"][3:] == [
         "CONFIG", "SET", "appendonly", "yes", "appendfsync", "always"]
     assert "!= 'yes'" in switch["when"]
     assert "'aof_rewrite_in_progress:0'" in wait["until"]
     assert "'aof_last_bgrewrite_status:ok'" in wait["until"]
+    assert wait["when"] == "not ansible_check_mode"  # it would retry a command --check skips
+
+
+def test_redis_cli_reaches_redis_on_its_socket_or_on_debian_s_port_before_the_restart(
+        tmp_path):
+    """Redis cannot open its socket at run time: the package's own start (or a Redis in use
+    before) is on 127.0.0.1:6379 until the restart into the role's settings."""
+    tasks = yaml.safe_load((ROLE / "tasks/redis.yml").read_text())
+    stat, reach = tasks[2:4]
+    assert stat["ansible.builtin.stat"]["path"] == "{{ _swiftdrop_redis_socket }}"
+    for task in tasks[4:7]:
+        assert task["ansible.builtin.command"]["argv"][:3] == [
+            "redis-cli", "{{ _swiftdrop_redis_cli_address[0] }}",
+            "{{ _swiftdrop_redis_cli_address[1] }}"]
+    expression = reach["ansible.builtin.set_fact"]["_swiftdrop_redis_cli_address"]
+    for found, address in (({"exists": True, "issock": True}, ["-s", SOCKET]),
+                           ({"exists": True, "issock": False}, ["-p", "6379"]),
+                           ({"exists": False}, ["-p", "6379"])):
+        assert role_value(tmp_path, "address", address=expression,
+                          _swiftdrop_redis_socket_stat={"stat": found}) == address
+    # One without its socket is restarted onto it, settings file changed or not.
+    restart = tasks[-1]
+    assert restart["notify"] == "Restart Redis" and restart["changed_when"] is True
+    assert restart["when"] == "not _swiftdrop_redis_socket_stat.stat.issock | default(false)"
 
 
 def test_the_redis_client_library_comes_with_a_destination_that_uses_redis():
@@ -287,4 +315,73 @@ def test_the_ini_the_role_writes_is_what_the_config_loader_reads(tmp_path):
     loaded = {d.section: d.queue for d in config.load(str(ini)).destinations}
     assert (loaded["DEFAULT"].index, loaded["inherits"].index) == ("listing", "listing")
     assert loaded["billing"].index == "redis-stream"
-    assert loaded["billing"].redis_url == "redis://127.0.0.1:6379/0"
+    assert loaded["billing"].redis_url == f"unix://{SOCKET}?db=0"
+
+
+# -- who reaches the socket: group redis --------------------------------------------------
+
+def groups(unit):
+    return [line.split("=", 1)[1] for line in unit_lines(unit)
+            if line.startswith("SupplementaryGroups=")]
+
+
+LOCAL = {"swiftdrop_redis_install": True, "swiftdrop_destinations": [SWIFT, STREAM]}
+
+
+def test_the_filter_and_the_timers_join_group_redis_when_a_destination_uses_the_local_one(
+        tmp_path):
+    for unit in ("swiftdrop.service", "swiftdrop-reconcile@.service",
+                 "swiftdrop-recover@.service", "swiftdrop-purge@.service",
+                 "swiftdrop-queue-stats@.service"):
+        assert "redis" in groups(rendered(tmp_path, unit, **LOCAL)), unit
+        # No Redis here, or every destination that uses one names its own: no group.
+        assert "redis" not in groups(rendered(tmp_path, unit)), unit
+        assert "redis" not in groups(rendered(
+            tmp_path, unit, swiftdrop_redis_install=True,
+            swiftdrop_destinations=[SWIFT, {**STREAM, "queue_redis_url": VAULTED_URL}])), unit
+    # The hardening stays as it was: PrivateUsers= does not keep the group from the socket.
+    assert "PrivateUsers=yes" in unit_lines(rendered(tmp_path, "swiftdrop.service", **LOCAL))
+
+
+def test_a_worker_or_webhook_joins_group_redis_only_on_a_destination_using_the_local_one(
+        tmp_path):
+    worker = {"name": "archive", "command": ["archive"], "destination": "billing",
+              "group": "archive"}
+    conf = rendered(tmp_path, "swiftdrop-worker.conf", item=worker, **LOCAL)
+    assert groups(conf) == ["redis"]
+    assert groups(rendered(tmp_path, "swiftdrop-worker.conf",
+                           item={**worker, "destination": "DEFAULT", "group": None},
+                           **LOCAL)) == []
+    assert groups(rendered(tmp_path, "swiftdrop-worker.conf", item=worker,
+                           swiftdrop_destinations=[SWIFT, {**STREAM,
+                                                           "queue_redis_url": VAULTED_URL}])) == []
+    hooked = {**STREAM, "webhook": {"url": "https://hooks.example.test/in", "secret": "s"}}
+    assert groups(rendered(tmp_path, "swiftdrop-webhook.conf", item="billing",
+                           _webhook=hooked["webhook"], swiftdrop_redis_install=True,
+                           swiftdrop_destinations=[SWIFT, hooked])) == ["redis"]
+    assert groups(rendered(tmp_path, "swiftdrop-webhook.conf", item="DEFAULT",
+                           _webhook=hooked["webhook"], swiftdrop_redis_install=True,
+                           swiftdrop_destinations=[{**SWIFT, "webhook": hooked["webhook"]},
+                                                   STREAM])) == []
+
+
+# -- the queue-stats timer: the announce lag ----------------------------------------------
+
+def test_every_destination_with_a_stream_gets_the_queue_stats_timer_workers_or_not(tmp_path):
+    """SwiftDropAnnounceLag's figure comes from it alone: on an MX without workers too."""
+    destinations = [SWIFT, STREAM, {**BILLING, "name": "listed", "recipients": ["l@example.com"]}]
+    assert role_value(tmp_path, "_swiftdrop_stats_destinations", swiftdrop_redis_install=True,
+                      swiftdrop_destinations=destinations) == ["billing"]
+    assert role_value(tmp_path, "_swiftdrop_stats_destinations", swiftdrop_redis_install=True,
+                      swiftdrop_destinations=destinations,
+                      swiftdrop_queue_workers=[{"name": "w", "command": ["w"],
+                                                "destination": "listed"},
+                                               {"name": "a", "command": ["a"],
+                                                "destination": "billing", "group": "a"}]) == [
+        "listed", "billing"]
+    tasks = {task["name"]: task for task in
+             yaml.safe_load((ROLE / "tasks/workers.yml").read_text())}
+    stats = tasks["Write the queue figures for node_exporter, or stop doing so"]
+    assert stats["loop"] == "{{ _swiftdrop_stats_destinations }}"
+    assert stats["ansible.builtin.systemd_service"]["name"] == (
+        "swiftdrop-queue-stats@{{ item }}.timer")
