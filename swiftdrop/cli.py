@@ -260,10 +260,11 @@ def add_queue_commands(commands):
     add_config_option(queue_parser)
     queue_parser.add_argument("--destination", default=config_module.CATCH_ALL,
                               metavar="SECTION", help="the ini section (default: DEFAULT)")
-    queue_parser.add_argument("--group", default=config_module.DEFAULT_GROUP, metavar="NAME",
+    queue_parser.add_argument("--group", metavar="NAME",
                               help="with queue_index = redis-stream: the consumer group, one "
                                    "per team; each group gets every message (default: "
-                                   "%(default)s)")
+                                   f"{config_module.DEFAULT_GROUP}; recover and stats without "
+                                   "it: every group)")
     actions = queue_parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     claim = actions.add_parser("claim", help="move the oldest message to processing/ and "
                                "print its name, lock token, delivery count and metadata "
@@ -497,7 +498,7 @@ def queue_command(options):
     if (problem := index_problem(destination, options)) is not None:
         print(f"swiftdrop: {problem}", file=sys.stderr)
         return EX_USAGE
-    queue = make_queue(destination, options.group)
+    queue = make_queue(destination, queue_group(options))
     if options.action == "run":
         return run_worker(queue, options)  # it rides out outages itself
     try:
@@ -523,12 +524,12 @@ def index_problem(destination, options):
 
     streamed = destination.queue.index == "redis-stream"
     if not streamed:
-        if options.action == "reconcile" or options.group != config_module.DEFAULT_GROUP:
+        if options.action == "reconcile" or options.group is not None:
             what = "queue reconcile" if options.action == "reconcile" else "--group"
             return (f"{what} needs queue_index = redis-stream in [{destination.section}] "
                     "(it has the listing queue)")
         return None
-    if (problem := group_problem(options.group)) is not None:
+    if options.group is not None and (problem := group_problem(options.group)) is not None:
         return problem
     if getattr(options, "dedup", False):
         return "--dedup needs the listing queue (queue_index = listing)"
@@ -537,6 +538,17 @@ def index_problem(destination, options):
     if options.action == "purge" and options.prefix not in ("done/", "failed/"):
         return "with queue_index = redis-stream, queue purge takes --prefix done/ or failed/"
     return None
+
+
+def queue_group(options):
+    """The consumer group an action works for; None: every group (recover and stats only).
+
+    recover and stats create no group: one nobody consumes would keep every
+    body from purge, as purge waits for every group.
+    """
+    if options.group is None and options.action not in ("recover", "stats"):
+        return config_module.DEFAULT_GROUP
+    return options.group
 
 
 def make_queue(destination, group):
@@ -751,7 +763,7 @@ def run_worker(queue, options):
         return 2
     if options.metrics_listen:
         serve_metrics(options.metrics_listen, WORKER_REGISTRY)
-    queues = [queue] + [make_queue(queue.destination, options.group)
+    queues = [queue] + [make_queue(queue.destination, queue_group(options))
                         for _ in range(options.concurrency - 1)]
     results = [None] * len(queues)
 

@@ -19,39 +19,61 @@ GAUGES = (
 
 
 def format_stats(stats, destination, fmt):
-    """`stats` from MailQueue.stats() as text, json or prometheus."""
+    """`stats` from MailQueue.stats() as text, json or prometheus.
+
+    The stream index's stats are one group's (with "group"), or every
+    group's under "groups"; either way with the index's announce lag.
+    """
     if fmt == "json":
         return json.dumps(stats) + "\n"
+    groups = stats["groups"] if "groups" in stats else {stats.get("group"): stats}
     if fmt == "prometheus":
-        return _exposition(stats, destination)
-    lines = [f"{prefix:<12} {stats[prefix]['count']:>8} messages "
-             f"{stats[prefix]['bytes']:>14} bytes" for prefix in PREFIXES]
-    lines.append(f"oldest in cur/: {stats['oldest_cur_age_seconds']} s")
+        return (_exposition(groups, destination) if groups else "") + _lag(stats, destination)
+    lines = []
+    for group, figures in groups.items():
+        if group is not None:
+            lines.append(f"group {group}:")
+        lines += [f"{prefix:<12} {figures[prefix]['count']:>8} messages "
+                  f"{figures[prefix]['bytes']:>14} bytes" for prefix in PREFIXES]
+        lines.append(f"oldest in cur/: {figures['oldest_cur_age_seconds']} s")
+    if "announce_lag_seconds" in stats:
+        lines.append(f"oldest copy not announced: {stats['announce_lag_seconds']} s")
     return "\n".join(lines) + "\n"
 
 
-def _exposition(stats, destination):
+def _labels(destination, group=None):
     labels = f'destination="{_escape(destination.section)}",' \
              f'container="{_escape(destination.container)}"'
-    if "group" in stats:  # the stream index: the figures are one consumer group's
-        labels += f',group="{_escape(stats["group"])}"'
+    if group is not None:  # the stream index: the figures are one consumer group's
+        labels += f',group="{_escape(group)}"'
+    return labels
+
+
+def _exposition(groups, destination):
+    """The gauges of each (group, figures), one block per metric as the text format wants."""
+    labelled = [(_labels(destination, group), figures) for group, figures in groups.items()]
     lines = []
     for name, help_text, figure in GAUGES:
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
-        lines += [f'{name}{{{labels},state="{prefix.rstrip("/")}"}} {stats[prefix][figure]}'
-                  for prefix in PREFIXES]
-    oldest = stats["oldest_cur_age_seconds"]
+        lines += [f'{name}{{{labels},state="{prefix.rstrip("/")}"}} {figures[prefix][figure]}'
+                  for labels, figures in labelled for prefix in PREFIXES]
     lines += ["# HELP swiftdrop_queue_oldest_age_seconds How long the oldest message in cur/ "
               "has waited; 0 when none waits.",
-              "# TYPE swiftdrop_queue_oldest_age_seconds gauge",
-              f"swiftdrop_queue_oldest_age_seconds{{{labels}}} {oldest or 0}"]
-    if "announce_lag_seconds" in stats:
-        lines += ["# HELP swiftdrop_index_announce_lag_seconds How long the oldest stored "
-                  "copy has waited unannounced in the stream index; 0 when none waits.",
-                  "# TYPE swiftdrop_index_announce_lag_seconds gauge",
-                  f"swiftdrop_index_announce_lag_seconds{{{labels}}} "
-                  f"{stats['announce_lag_seconds']}"]
+              "# TYPE swiftdrop_queue_oldest_age_seconds gauge"]
+    lines += [f"swiftdrop_queue_oldest_age_seconds{{{labels}}} "
+              f"{figures['oldest_cur_age_seconds'] or 0}" for labels, figures in labelled]
     return "\n".join(lines) + "\n"
+
+
+def _lag(stats, destination):
+    """The stream index's announce lag: the index's, whichever group asked."""
+    if "announce_lag_seconds" not in stats:
+        return ""
+    return ("# HELP swiftdrop_index_announce_lag_seconds How long the oldest stored copy has "
+            "waited unannounced in the stream index; 0 when none waits.\n"
+            "# TYPE swiftdrop_index_announce_lag_seconds gauge\n"
+            f"swiftdrop_index_announce_lag_seconds{{{_labels(destination)}}} "
+            f"{stats['announce_lag_seconds']}\n")
 
 
 def _escape(value):

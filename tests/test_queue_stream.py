@@ -58,7 +58,9 @@ def destination(ini):
 
 
 def queue_cli(ini, *args, group="default"):
-    return run_swiftdrop("queue", "--config", str(ini), "--group", group, *args)
+    """``swiftdrop queue ... --group GROUP ARGS``; group None: no --group at all."""
+    chosen = ("--group", group) if group is not None else ()
+    return run_swiftdrop("queue", "--config", str(ini), *chosen, *args)
 
 
 def old_name(number, age=3600):
@@ -454,12 +456,14 @@ def test_prometheus_stats_show_the_announce_lag(ini, swift, redis_server):
     exposition = queue_cli(ini, "stats", "--format", "prometheus", group="ops").stdout
     lag = [line for line in exposition.splitlines()
            if line.startswith("swiftdrop_index_announce_lag_seconds{")]
-    assert len(lag) == 1 and 'group="ops"' in lag[0]
+    assert len(lag) == 1 and "group=" not in lag[0]  # the index's, whichever group asks
     assert 1790 < float(lag[0].rsplit(" ", 1)[1]) < 1900
+    assert 'swiftdrop_queue_messages{destination="DEFAULT",container=' \
+           f'"{cfg.container}",group="ops",state="cur"}} 0' in exposition
     assert queue_cli(ini, "reconcile").returncode == 0
     exposition = queue_cli(ini, "stats", "--format", "prometheus", group="ops").stdout
     assert f'swiftdrop_index_announce_lag_seconds{{destination="DEFAULT",container=' \
-           f'"{cfg.container}",group="ops"}} 0' in exposition
+           f'"{cfg.container}"}} 0' in exposition
 
 
 def test_a_filter_killed_between_swifts_201_and_the_announce_loses_nothing(
@@ -546,3 +550,38 @@ def test_the_filter_refuses_a_store_timeout_the_reconciler_cannot_wait_for(ini, 
     with pytest.raises(RuntimeError, match="exited with 78"):
         process.start()
     assert "--store-timeout 120 must be below 120 s with a stream index" in process.log()
+
+
+def test_stats_and_recover_without_a_group_cover_every_group_and_create_none(
+        ini, announced, redis_server, tmp_path):
+    """The role's timers name no group: they must see each team's, and invent none.
+
+    A group nobody consumes would keep every body from purge, which waits for all groups.
+    """
+    cfg = destination(ini)
+    client = redis_client(redis_server.url, 5)
+    stream = keys(cfg.container)["stream"]
+    assert queue_cli(ini, "stats", "--json", group=None).returncode == 0
+    assert queue_cli(ini, "recover", group=None).returncode == 0
+    assert client.xinfo_groups(stream) == []  # nobody has read the stream: no group
+    archive, tickets = StreamQueue(cfg, "archive"), StreamQueue(cfg, "tickets")
+    try:
+        held = archive.claim()
+        archive.heartbeat.stop()  # the worker died holding it ...
+        client.zadd(archive.group_keys["leases"], {held.token.partition("/")[0]: 0})
+        assert len(drain(tickets)) == 3  # another team holds all three
+        stats = json.loads(queue_cli(ini, "stats", "--json", group=None).stdout)
+        assert sorted(stats["groups"]) == ["archive", "tickets"]
+        assert stats["groups"]["archive"]["processing/"]["count"] == 1
+        assert stats["groups"]["tickets"]["processing/"]["count"] == 3
+        recovered = queue_cli(ini, "recover", group=None)
+        assert recovered.stdout.splitlines() == [
+            f"{held.name}: returned to retry for group archive (its lease ran out)"]
+        assert [g["name"] for g in client.xinfo_groups(stream)] == ["archive", "tickets"]
+        again = archive.claim()
+        assert (again.name, again.delivery) == (held.name, 2)
+        text = queue_cli(ini, "stats", group=None).stdout
+        assert "group archive:" in text and "group tickets:" in text
+    finally:
+        archive.close()
+        tickets.close()

@@ -99,7 +99,9 @@ class StreamQueue(StreamBooks):
         self.client = client or redis_client(self.settings.redis_url,
                                              destination.account.timeout)
         self.keys = keys(self.container)
-        self.group_keys = group_keys(self.container, group)
+        # None: every group, for recover and stats, which create none (a group
+        # nobody consumes would hold every body back from purge).
+        self.group_keys = group_keys(self.container, group) if group else None
         self.errors = redis_errors()
         self.consumer = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._claim = self.client.register_script(stream_scripts.CLAIM)
@@ -262,13 +264,21 @@ class StreamQueue(StreamBooks):
 
     # -- recover, replay, stats, purge ------------------------------------------------
 
+    def groups(self):
+        """The names of the stream's consumer groups: this one, or every one there is."""
+        if self.group is not None:
+            return [self.group]
+        return [info["name"] for info in self._group_infos()]
+
     def recover(self):
         """Claims whose lease ran out become due retries (no attempt counted): (what, name)."""
-        self._ensure_group()
-        ids = self._recover(keys=[self.keys["stream"], self.group_keys["leases"],
-                                  self.group_keys["retry"]], args=[])
-        for entry_id, fields in self._entries(ids):
-            yield "returned to retry (its lease ran out)", fields.get("name", entry_id)
+        for group in self.groups():
+            ours = group_keys(self.container, group)
+            ids = self._recover(keys=[self.keys["stream"], ours["leases"], ours["retry"]],
+                                args=[])
+            for entry_id, fields in self._entries(ids):
+                yield (f"returned to retry for group {group} (its lease ran out)",
+                       fields.get("name", entry_id))
 
     def _entries(self, ids):
         pipe = self.client.pipeline(transaction=False)

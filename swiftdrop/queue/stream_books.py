@@ -75,24 +75,34 @@ class StreamBooks:
         return result
 
     def stats(self):
-        """This group's counts per state, as MailQueue.stats: cur/ is what it has not read yet.
+        """The group's counts per state, as MailQueue.stats; without a group, every group's.
 
-        processing/ and retry/ are its pending entries, done/ and failed/
-        what it finished (failed/: the dead letters still kept). Costs a
-        few requests plus one read of each entry waiting or in work, and
-        the announce lag one page of cur/'s newest (swiftdrop.stream_index).
+        cur/ is what the group has not read yet, processing/ and retry/ its
+        pending entries, done/ and failed/ what it finished (failed/: the
+        dead letters still kept). A group that does not exist yet is one
+        that has read nothing; none is created. Costs a few requests and a
+        read of each entry waiting or in work, and the announce lag one
+        page of cur/'s newest (swiftdrop.stream_index).
         """
-        self._ensure_group()
-        info = next(group for group in self.client.xinfo_groups(self.keys["stream"])
-                    if group["name"] == self.group)
-        unread = self.client.xrange(self.keys["stream"], f"({info['last-delivered-id']}", "+")
-        unread = [(entry_id, fields) for entry_id, fields in unread
-                  if fields.get("for_group", self.group) == self.group]
-        leases = self.client.zrange(self.group_keys["leases"], 0, -1)
-        retries = self.client.zrange(self.group_keys["retry"], 0, -1)
-        counts = self.client.hgetall(self.group_keys["counts"])
-        letters = self.dead_letters()
-        failed_entries = self._entries(list(letters))
+        lag = announce_lag(StreamIndex(None, self.container, client=self.client),
+                           self.connection)
+        if self.group is not None:
+            return {**self.group_stats(self.group), "group": self.group,
+                    "announce_lag_seconds": lag}
+        return {"groups": {group: self.group_stats(group) for group in self.groups()},
+                "announce_lag_seconds": lag}
+
+    def group_stats(self, group):
+        read_up_to = next((info["last-delivered-id"] for info in self._group_infos()
+                           if info["name"] == group), "0-0")
+        unread = [(entry_id, fields) for entry_id, fields in self.client.xrange(
+                  self.keys["stream"], f"({read_up_to}", "+")
+                  if fields.get("for_group", group) == group]
+        ours = group_keys(self.container, group)
+        leases = self.client.zrange(ours["leases"], 0, -1)
+        retries = self.client.zrange(ours["retry"], 0, -1)
+        counts = self.client.hgetall(ours["counts"])
+        letters = list(self.client.hkeys(ours["failed"]))
 
         def figures(entries):
             return {"count": len(entries),
@@ -102,14 +112,20 @@ class StreamBooks:
                   RETRY: figures(self._entries(retries)),
                   DONE: {"count": int(counts.get("done", 0)),
                          "bytes": int(counts.get("done_bytes", 0))},
-                  FAILED: figures(failed_entries)}
+                  FAILED: figures(self._entries(letters))}
         oldest = min((entry_time(entry_id) for entry_id, _ in unread), default=None)
         result["oldest_cur_age_seconds"] = (round(time.time() - oldest, 3)
                                             if oldest is not None else None)
-        result["group"] = self.group
-        result["announce_lag_seconds"] = announce_lag(
-            StreamIndex(None, self.container, client=self.client), self.connection)
         return result
+
+    def _group_infos(self):
+        """XINFO GROUPS of the stream; none before anything was announced."""
+        try:
+            return self.client.xinfo_groups(self.keys["stream"])
+        except self.errors as error:
+            if "no such key" in str(error).lower():
+                return []
+            raise
 
     def purge(self, older_than, prefix=DONE, execute=False):
         """Bodies every group is through with, announced over `older_than` seconds ago.
@@ -123,8 +139,9 @@ class StreamBooks:
         if prefix not in (DONE, FAILED):
             raise ValueError("the stream index purges done/ or failed/ messages")
         cutoff = time.time() - older_than
-        groups = {group["name"]: group for group in self.client.xinfo_groups(
-            self.keys["stream"])}
+        groups = {group["name"]: group for group in self._group_infos()}
+        if not groups:  # nobody has read anything: nobody is through with anything
+            return []
         letters = {name: self._group_letters(name) for name in groups}
         entries_of = {}
         for entry_id, fields in self._all_entries():
