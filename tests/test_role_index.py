@@ -385,3 +385,14 @@ def test_every_destination_with_a_stream_gets_the_queue_stats_timer_workers_or_n
     assert stats["loop"] == "{{ _swiftdrop_stats_destinations }}"
     assert stats["ansible.builtin.systemd_service"]["name"] == (
         "swiftdrop-queue-stats@{{ item }}.timer")
+
+
+def test_a_stream_needs_a_store_timeout_below_two_minutes(tmp_path):
+    variables = {"swiftdrop_destinations": [SWIFT, {**STREAM, "queue_redis_url": VAULTED_URL}],
+                 "swiftdrop_smtpd_proxy_timeout": 300}
+    ok, output = validate(tmp_path, swiftdrop_store_timeout=120, **variables)
+    assert not ok
+    assert "swiftdrop_store_timeout (120) must be below 120 s with a stream index (billing" \
+        in output, output
+    ok, output = validate(tmp_path, swiftdrop_store_timeout=119, **variables)
+    assert ok, output
