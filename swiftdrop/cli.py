@@ -565,6 +565,7 @@ def make_queue(destination, group):
 def reconcile_command(queue):
     """``queue reconcile``: a line per copy announced now, and how many."""
     from .queue.envelope import read_recipients  # noqa: PLC0415 - see the module docstring
+    from .queue.states import metadata_of  # noqa: PLC0415
     from .stream_index import StreamIndex, reconcile  # noqa: PLC0415
     from .verdicts import VERDICT_KEYS  # noqa: PLC0415
 
@@ -572,8 +573,7 @@ def reconcile_command(queue):
 
     def envelope_of(name):
         headers = queue.connection.head_object(queue.container, "cur/" + name)
-        metadata = {key[len("x-object-meta-"):]: value for key, value in headers.items()
-                    if key.startswith("x-object-meta-")}
+        metadata = metadata_of(headers)
         envelope = {"mail_from": metadata.get("mail-from", "<>"),
                     "rcpt_to": read_recipients(queue.connection, queue.container, metadata),
                     **{key: metadata.get(key.replace("_", "-"), "") for key in (
@@ -613,7 +613,7 @@ def queue_action(queue, options):
     from .libraries import ClientException  # noqa: PLC0415 - see the module docstring
     from .queue import Claimed, LostLock  # noqa: PLC0415
     from .queue.envelope import read_recipients  # noqa: PLC0415
-    from .queue.states import CUR, DONE, FAILED, PROCESSING, RETRY  # noqa: PLC0415
+    from .queue.states import CUR, DONE, FAILED, PROCESSING, RETRY, metadata_of  # noqa: PLC0415
     from .queue_report import format_stats, write_output  # noqa: PLC0415
 
     action = options.action
@@ -654,8 +654,7 @@ def queue_action(queue, options):
         # The claim records its token on the object: another token there is another
         # claim. The copy's Last-Modified fences the move, as the claim's own would.
         mine = headers.get("x-object-meta-lock-token") == options.token
-        metadata = {key[len("x-object-meta-"):]: value for key, value in headers.items()
-                    if key.startswith("x-object-meta-")}
+        metadata = metadata_of(headers)
         dedup = metadata.get("dedup") == "1"  # its claim's --dedup: leave a marker
         claimed = Claimed(options.name, b"", metadata, options.token,
                           attempts=int(headers.get("x-object-meta-attempts", 0)),

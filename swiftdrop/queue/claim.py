@@ -6,7 +6,7 @@ import random
 
 from . import retry_index
 from .envelope import read_recipients
-from .states import CUR, META, PROCESSING, RETRY, Claimed, LostLock
+from .states import CUR, PROCESSING, RETRY, Claimed, LostLock, metadata_of
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,7 @@ class Claiming:
             self.connection.get_object, self.container, PROCESSING + name))
         if entry is not None:
             self._delete(entry)  # after the move: a retry/ object always has one
-        metadata = {key[len(META):]: value for key, value in headers.items()
-                    if key.startswith(META)}
+        metadata = metadata_of(headers)
         if metadata.get("lock-token") != token:
             # Another claimer's copy replaced ours: it got the lock too (the
             # Swift lock cannot exclude every race) and hands the message

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from ..libraries import ClientException
 from ..naming import delivery_time
 from . import retry_index
-from .states import CUR, META, PREFIXES, PROCESSING, RETRY, LostLock
+from .states import CUR, PREFIXES, PROCESSING, RETRY, LostLock, metadata_of
 
 # What replay drops (as read: lower case): the last attempt's error and the
 # retry schedule belong to the attempts that failed, not to the ones to come.
@@ -107,8 +107,7 @@ class Replaying:
             return DeadLetter(name, source, delivery_time(name), outcome=NOT_FOUND,
                               reason=f"not in {source} ("
                                      + (f"it is in {state})" if state else "in no state)"))
-        metadata = {key[len(META):]: value for key, value in headers.items()
-                    if key.startswith(META)}
+        metadata = metadata_of(headers)
         letter = DeadLetter(name, source, delivery_time(name),
                             attempts=_count(metadata, "attempts"),
                             deliveries=_count(metadata, "deliveries"),

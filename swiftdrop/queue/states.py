@@ -13,6 +13,11 @@ PROGRESS = {CUR: 0, RETRY: 1, PROCESSING: 2, DONE: 3, FAILED: 3}
 META = "x-object-meta-"
 
 
+def metadata_of(headers):
+    """An object's X-Object-Meta-* headers, keys lower case without the prefix."""
+    return {key[len(META):]: value for key, value in headers.items() if key.startswith(META)}
+
+
 @dataclass
 class Claimed:
     """A message a worker holds: its bytes, metadata and lock token.

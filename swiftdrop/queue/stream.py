@@ -39,7 +39,7 @@ from ..retries import retry_delay
 from ..stream_index import group_keys, keys, redis_client, redis_errors
 from . import stream_scripts
 from .connection import connect, refusal
-from .states import CUR, DONE, FAILED, META, RETRY, Claimed, LostLock
+from .states import CUR, DONE, FAILED, RETRY, Claimed, LostLock, metadata_of
 from .stream_books import StreamBooks
 
 log = logging.getLogger(__name__)
@@ -176,8 +176,7 @@ class StreamQueue(StreamBooks):
         return None
 
     def _claimed(self, entry_id, token, fields, *, count, attempts, headers, body):
-        metadata = {key[len(META):]: value for key, value in headers.items()
-                    if key.startswith(META)}
+        metadata = metadata_of(headers)
         # Before a replay, and, for a copy Redis may have lost the count of
         # (possible_repeat), one hand-over it cannot know: a delivery of at least 2.
         possible_repeat = fields.get("possible_repeat") == "1"
