@@ -187,6 +187,18 @@ class Announcer:
         return False
 
 
+def _first_marker(index):
+    """Where a look at cur/ starts: IN_FLIGHT before the newest name the reconciler saw."""
+    watermark = index.client.get(index.keys["watermark"])
+    return f"cur/{int(float(watermark) - IN_FLIGHT)}" if watermark is not None else ""
+
+
+def _settled(page, now):
+    """The base names of a cur/ listing page that are older than IN_FLIGHT."""
+    names = (item["name"][len("cur/"):] for item in page)
+    return [name for name in names if (delivery_time(name) or now) < now - IN_FLIGHT]
+
+
 def reconcile(index, connection, *, clock=time.time, envelope_of):
     """Announce the copies in cur/ that have no entry; the names announced, oldest first.
 
@@ -197,10 +209,7 @@ def reconcile(index, connection, *, clock=time.time, envelope_of):
     object. A copy named before the index's origin is marked possible_repeat.
     """
     now = clock()
-    watermark = index.client.get(index.keys["watermark"])
-    marker = ""
-    if watermark is not None:
-        marker = f"cur/{int(float(watermark) - IN_FLIGHT)}"
+    marker = _first_marker(index)
     origin = index.origin()
     if origin is None:  # a new index, or one Redis lost: what is older may have been seen
         index.client.set(index.keys["origin"], f"{now:.3f}", nx=True)
@@ -212,8 +221,7 @@ def reconcile(index, connection, *, clock=time.time, envelope_of):
         if not page:
             break
         marker = page[-1]["name"]
-        names = [item["name"][len("cur/"):] for item in page]
-        settled = [name for name in names if (delivery_time(name) or now) < now - IN_FLIGHT]
+        settled = _settled(page, now)
         if settled:
             newest = max(newest or 0, delivery_time(settled[-1]))
         for name in index.unannounced(settled):
@@ -238,11 +246,7 @@ def announce_lag(index, connection, *, clock=time.time):
     near zero, and it grows while Redis is away.
     """
     now = clock()
-    watermark = index.client.get(index.keys["watermark"])
-    marker = f"cur/{int(float(watermark) - IN_FLIGHT)}" if watermark is not None else ""
-    page = connection.get_container(index.container, prefix="cur/", marker=marker,
-                                    limit=RECONCILE_PAGE)[1]
-    names = [item["name"][len("cur/"):] for item in page]
-    settled = [name for name in names if (delivery_time(name) or now) < now - IN_FLIGHT]
-    waiting = index.unannounced(settled)
+    page = connection.get_container(index.container, prefix="cur/",
+                                    marker=_first_marker(index), limit=RECONCILE_PAGE)[1]
+    waiting = index.unannounced(_settled(page, now))
     return round(now - delivery_time(waiting[0]), 3) if waiting else 0
