@@ -88,12 +88,6 @@ for _result in RESULTS:
 for _result in ("checked", "unavailable"):
     VERDICT_CHECKS.labels(_result)
 
-# swiftclient's request functions, by the HTTP method they send.
-SWIFT_METHODS = {"put_object": "PUT", "head_object": "HEAD", "delete_object": "DELETE",
-                 "head_container": "HEAD", "put_container": "PUT", "get_object": "GET",
-                 "get_container": "GET", "post_object": "POST", "copy_object": "COPY"}
-
-
 def known_destinations(sections):
     """Create each destination's series at 0, so a first failure is an increase.
 
@@ -142,19 +136,6 @@ def message_replied(reply):
     MESSAGES.labels(RESULTS["245".index(reply[0])]).inc()
     for listener in _reply_listeners:
         listener(reply)
-
-
-def swift_request(request, status):
-    """One request to Swift (`request` is the swiftclient function) and its status."""
-    method = SWIFT_METHODS.get(getattr(request, "__name__", ""), "OTHER")
-    SWIFT_REQUESTS.labels(method, str(status) if status else "none").inc()
-
-
-def count_responses(http_connection):
-    """Count every answer a swiftclient HTTPConnection gets (requests' response hook)."""
-    def hook(response, *args, **kwargs):
-        SWIFT_REQUESTS.labels(response.request.method, str(response.status_code)).inc()
-    http_connection.request_session.hooks["response"].append(hook)
 
 
 class MeasuredDelivery:

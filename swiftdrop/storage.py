@@ -4,17 +4,17 @@ Why not ``swiftclient.Connection``: it re-authenticates per Connection object
 and is not safe to share between threads, so a threaded filter would either
 authenticate per message (the earlier SwiftDrop's cost: about a second per
 message with Keystone) or per thread. Here each account has one token shared
-by all threads, renewed only when Swift answers 401, and a small pool of
-keep-alive HTTP connections; the low-level ``swiftclient.client`` calls do the
-HTTP.
+by all threads, renewed only when Swift answers 401, and a pool of kept-alive
+HTTP connections (:mod:`swiftdrop.swift_client`, which says why the filter
+does its own HTTP).
 
 A copy counts as stored only when Swift answered 201 to a PUT carrying
 ``If-None-Match: *`` (never overwrite) and our MD5 as ``ETag`` (Swift checks
 the bytes and answers 422 otherwise), and the ETag it returns matches.
 """
 
-from contextlib import contextmanager
 from dataclasses import dataclass
+import io
 import logging
 import secrets
 import threading
@@ -23,9 +23,8 @@ import time
 from . import metrics
 from .auth import auth_server, authenticate
 from .deadline import Deadline
-from .failures import StoreError, server_of, service_errors, store_error
-from .libraries import ClientException, swift
-from .watchdog import WATCHDOG, watch_session
+from .failures import StoreError, service_errors, store_error
+from .swift_client import Body, Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +33,9 @@ CONTENT_TYPE = "message/rfc822"
 MAX_META_VALUE = 256
 # Don't start an attempt that has less than this left before the deadline.
 MIN_ATTEMPT_SECONDS = 1.0
-# Bodies up to this size are handed over as bytes: http.client then sends
-# headers and body in one send, instead of reading a file 8 KiB at a time
-# through swiftclient's wrapper (for a 5 KB message, a third of the calls).
-WHOLE_BODY_MAX = 256 * 1024
-RETRYABLE_STATUSES = frozenset({408, 422, 429, 500, 502, 503, 504, 507})
+# 429 and 498 are rate limits (498 is Swift's ratelimit middleware's): a
+# retry after the back-off may pass, like one after a 503.
+RETRYABLE_STATUSES = frozenset({408, 422, 429, 498, 500, 502, 503, 504, 507})
 # Where `swiftdrop check` probes its right to write: a random name under
 # this prefix, which nothing ever creates (a POST to an existing object
 # would replace its metadata).
@@ -84,7 +81,7 @@ class AccountSession:
         self._storage_url = None
         self._token = None
         self._flight = None
-        self._idle = []
+        self._endpoint = None
 
     def credentials(self, deadline):
         """Return (storage URL, token), waiting at most until `deadline` for a new token."""
@@ -131,27 +128,19 @@ class AccountSession:
             if self._token == token:
                 self._token = None
 
-    @contextmanager
-    def http_connection(self, url, timeout):
-        """Lend a keep-alive connection; one that failed is closed, not returned."""
+    def endpoint(self, url):
+        """The kept-alive connections to storage URL `url` (it may change with a new token)."""
         with self._lock:
-            pooled = self._idle.pop() if self._idle else None
-        if pooled is None or pooled[1].url != url:
-            pooled = swift.http_connection(url, cacert=self.account.cacert,
-                                           insecure=self.account.insecure)
-            metrics.count_responses(pooled[1])
-            watch_session(pooled[1].request_session)
-        pooled[1].requests_args["timeout"] = timeout
-        try:
-            yield pooled
-        except BaseException:
-            pooled[1].close()
-            raise
-        with self._lock:
-            self._idle.append(pooled)
+            if self._endpoint is None or self._endpoint.storage_url != url:
+                if self._endpoint is not None:
+                    self._endpoint.close()
+                self._endpoint = Endpoint(url, cacert=self.account.cacert,
+                                          insecure=self.account.insecure)
+            return self._endpoint
 
-    def call(self, request, *args, deadline, doing=None, **kwargs):
-        """One swiftclient request, bounded by `deadline`; any failure is a StoreError.
+    def call(self, method, container, name=None, *, deadline, headers=(), body=None,
+             doing=None):
+        """One request, bounded by `deadline`; Swift's 2xx Answer, anything else a StoreError.
 
         `timeout` bounds each socket operation; the watchdog bounds the
         whole request, connect to the last byte of the answer, by what is
@@ -159,26 +148,25 @@ class AccountSession:
         """
         url, token = self.credentials(deadline)
         timeout = deadline.timeout(self.account.timeout)
+        prefix = f"{doing}: " if doing else ""
         if timeout <= 0:
-            raise StoreError(f"{doing or 'the request'}: no time left before the deadline")
-        left = deadline.remaining()
-        cut = None
+            raise StoreError(f"{prefix}no time left before the deadline")
+        endpoint = self.endpoint(url)
         try:
-            with self.http_connection(url, timeout) as http_conn, \
-                    WATCHDOG.watch(left) as cut:
-                return request(url, token, *args, http_conn=http_conn, **kwargs)
-        except service_errors() as error:
-            answered = isinstance(error, ClientException) and error.http_status
-            if not answered:  # answers are counted by count_responses
-                metrics.swift_request(request, None)
-            if answered == 401:
-                self.forget_token(token)
-            if cut is not None and cut.fired:
-                prefix = f"{doing}: " if doing else ""
-                raise StoreError(f"{prefix}Swift at {server_of(url)} did not answer within "
-                                 f"{left:.1f} s (the message's deadline)") from None
-            raise store_error(error, server=f"Swift at {server_of(url)}", timeout=timeout,
-                              doing=doing) from None
+            answer = endpoint.request(method, endpoint.url_path(container, name), token=token,
+                                      headers=headers, body=body, timeout=timeout,
+                                      deadline=deadline)
+        except StoreError as error:
+            if doing:
+                error.reason = prefix + error.reason
+                error.args = (error.reason,)
+            raise
+        if 200 <= answer.status < 300:
+            return answer
+        if answer.status == 401:
+            self.forget_token(token)
+        raise StoreError(f"{prefix}Swift answered {answer.status} {answer.reason}".rstrip(),
+                         answer.status, answer.transaction_id)
 
 
 class SwiftStore:
@@ -209,8 +197,9 @@ class SwiftStore:
         included: no attempt starts with less than MIN_ATTEMPT_SECONDS left.
         """
         session = self.session(destination)
-        headers = {"If-None-Match": "*"}
-        headers.update((f"X-Object-Meta-{key}", value) for key, value in metadata.items())
+        headers = [("Content-Type", content_type), ("ETag", message.md5),
+                   ("If-None-Match", "*")]
+        headers.extend((f"X-Object-Meta-{key}", value) for key, value in metadata.items())
         last_error = StoreError("no attempt could start before the deadline")
         for attempt in range(1, destination.account.retries + 2):
             if deadline.remaining() < MIN_ATTEMPT_SECONDS:
@@ -219,8 +208,7 @@ class SwiftStore:
                 metrics.SWIFT_RETRIES.inc()
             try:
                 return self._put_once(session, destination, name, message, headers,
-                                      deadline=deadline, attempt=attempt,
-                                      content_type=content_type)
+                                      deadline=deadline, attempt=attempt)
             except StoreError as error:
                 last_error = error
                 error.attempts = attempt  # for the journal entry's SWIFTDROP_ATTEMPTS
@@ -235,26 +223,20 @@ class SwiftStore:
                                max(0.0, deadline.remaining() - MIN_ATTEMPT_SECONDS)))
         raise last_error
 
-    def _put_once(self, session, destination, name, message, headers, *, deadline, attempt,
-                  content_type):
-        response = {}
-        message.spool.seek(0)
-        contents = message.spool.read() if message.size <= WHOLE_BODY_MAX else message.spool
+    def _put_once(self, session, destination, name, message, headers, *, deadline, attempt):
         try:
-            etag = session.call(
-                swift.put_object, destination.container, name, deadline=deadline,
-                contents=contents, content_length=message.size, etag=message.md5,
-                content_type=content_type, headers=headers, response_dict=response)
+            answer = session.call("PUT", destination.container, name, deadline=deadline,
+                                  headers=headers, body=message_body(message))
         except StoreError as error:
             if error.status == 412:
                 return self._confirm_existing(session, destination, name, message.md5,
                                               attempt=attempt, deadline=deadline)
             raise
-        transaction_id = response.get("headers", {}).get("x-trans-id")
-        if response.get("status") != 201 or etag != message.md5:
-            raise StoreError(f"unexpected answer {response.get('status')} with ETag {etag!r}",
-                             response.get("status"), transaction_id)
-        return StoredCopy(destination.container, name, etag, transaction_id, attempt)
+        etag = answer.headers.get("etag", "").strip('"')
+        if answer.status != 201 or etag != message.md5:
+            raise StoreError(f"unexpected answer {answer.status} with ETag {etag!r}",
+                             answer.status, answer.transaction_id)
+        return StoredCopy(destination.container, name, etag, answer.transaction_id, attempt)
 
     def _confirm_existing(self, session, destination, name, md5, *, attempt, deadline):
         """A 412 means the name exists: it is ours if an earlier attempt landed.
@@ -262,13 +244,12 @@ class SwiftStore:
         A failed check is a StoreError like a failed PUT, so that the attempt
         is retried and Deliverer removes the sibling copies if all fail.
         """
-        headers = session.call(swift.head_object, destination.container, name,
-                               deadline=deadline, doing=f"checking the existing {name}")
-        if headers.get("etag", "").strip('"') == md5:
+        answer = session.call("HEAD", destination.container, name, deadline=deadline,
+                              doing=f"checking the existing {name}")
+        if answer.headers.get("etag", "").strip('"') == md5:
             log.info("%s/%s was already stored by an earlier attempt",
                      destination.container, name)
-            return StoredCopy(destination.container, name, md5,
-                              headers.get("x-trans-id"), attempt)
+            return StoredCopy(destination.container, name, md5, answer.transaction_id, attempt)
         raise StoreError(f"object name {name} is taken by other content", 412)
 
     def delete(self, destination, name, *, deadline=None):
@@ -280,7 +261,7 @@ class SwiftStore:
         session = self.session(destination)
         deadline = deadline or Deadline(destination.account.timeout + MIN_ATTEMPT_SECONDS)
         try:
-            session.call(swift.delete_object, destination.container, name, deadline=deadline,
+            session.call("DELETE", destination.container, name, deadline=deadline,
                          doing=f"removing {destination.container}/{name}")
         except StoreError as error:
             if error.status == 404:
@@ -302,9 +283,9 @@ class SwiftStore:
         """
         session = self.session(destination)
 
-        def call(request, *args, right):
+        def call(method, name=None, *, right):
             try:
-                return session.call(request, destination.container, *args,
+                return session.call(method, destination.container, name,
                                     doing=f"{RIGHTS[right]} it",
                                     deadline=Deadline(2 * destination.account.timeout + 1))
             except StoreError as error:
@@ -313,19 +294,18 @@ class SwiftStore:
                 raise StoreError(f"{error.reason}; {_lacking_right(destination, right)}",
                                  403, error.transaction_id, permanent=True) from None
         try:
-            headers = call(swift.head_container, right="read")
+            answer = call("HEAD", right="read")
         except StoreError as error:
             if error.status != 404 or not destination.create_container:
                 raise
-            call(swift.put_container, right="create")
-            headers = call(swift.head_container, right="read")
+            call("PUT", right="create")
+            answer = call("HEAD", right="read")
         try:
-            call(swift.post_object, f"{WRITE_PROBE_PREFIX}{secrets.token_hex(16)}", {},
-                 right="write")
+            call("POST", f"{WRITE_PROBE_PREFIX}{secrets.token_hex(16)}", right="write")
         except StoreError as error:
             if error.status != 404:
                 raise
-        return headers
+        return answer.headers
 
 
 def _lacking_right(destination, right):
@@ -345,8 +325,16 @@ def _lacking_right(destination, right):
     return reason
 
 
+def message_body(message):
+    """The PUT body of a spooled message: its bytes if it is in memory, else its file."""
+    if isinstance(message.spool, io.BytesIO):
+        return Body(data=message.spool.getvalue())
+    return Body(file=message.spool, size=message.size)
+
+
 def metadata_value(text):
     """Make `text` safe as a Swift metadata value: printable, within the size limit."""
-    cleaned = "".join(ch if ch.isprintable() else "?" for ch in text)
+    cleaned = text if text.isprintable() else "".join(
+        ch if ch.isprintable() else "?" for ch in text)
     encoded = cleaned.encode("utf-8")[:MAX_META_VALUE]
     return encoded.decode("utf-8", errors="ignore")

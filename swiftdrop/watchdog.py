@@ -6,12 +6,12 @@ never trips it, and a message waits as long as the answer drips. Postfix
 then answers the client itself (``smtpd_proxy_timeout``) while the copy
 lands later: the deadline broken, a duplicate at best.
 
-So the connections swiftdrop.storage lends out are watched: their pools
-note every socket a request takes from them (the urllib3 connection a
-requests adapter uses), and one :class:`Watchdog` thread shuts those
-sockets down when the request's deadline passes. A shut-down socket ends
-a blocked send or receive at once, with an error the request raises as any
-broken connection; the request is then known to have been cut, and says so.
+So each request of swiftdrop.swift_client is watched: it adds every
+connection it uses to its :class:`Cut`, and one :class:`Watchdog` thread
+shuts those sockets down when the request's deadline passes. A shut-down
+socket ends a blocked send or receive at once, with an error the request
+raises as any broken connection; the request is then known to have been
+cut, and says so.
 """
 
 import heapq
@@ -20,49 +20,9 @@ import socket
 import threading
 import time
 
-from requests.adapters import HTTPAdapter
-from urllib3 import HTTPConnectionPool, HTTPSConnectionPool
-
-_LENT = threading.local()  # the connections the current thread's request took
-
-
-class _Noting:
-    """A pool that notes each connection it lends into the thread's watched request."""
-
-    def _get_conn(self, timeout=None):
-        conn = super()._get_conn(timeout)
-        watched = getattr(_LENT, "connections", None)
-        if watched is not None:
-            watched.append(conn)
-        return conn
-
-
-class NotingHTTPPool(_Noting, HTTPConnectionPool):
-    pass
-
-
-class NotingHTTPSPool(_Noting, HTTPSConnectionPool):
-    pass
-
-
-class WatchedAdapter(HTTPAdapter):
-    """requests' adapter, with pools that note what they lend (see _Noting)."""
-
-    def init_poolmanager(self, *args, **kwargs):
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": NotingHTTPPool,
-                                                   "https": NotingHTTPSPool}
-
-
-def watch_session(session):
-    """Make a requests Session's pools note their connections (both schemes)."""
-    adapter = WatchedAdapter()
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-
 
 class Cut:
-    """One watched request: the connections it took, and whether the deadline cut them."""
+    """One watched request: the connections it uses, and whether the deadline cut them."""
 
     def __init__(self):
         self.connections = []
@@ -70,23 +30,34 @@ class Cut:
         self._lock = threading.Lock()
         self._done = False
 
+    def add(self, connection):
+        """Watch `connection` too; one taken after the deadline passed is shut at once."""
+        with self._lock:
+            self.connections.append(connection)
+            if self.fired:
+                _shut(connection)
+
     def fire(self):
         with self._lock:
             if self._done:
                 return
             self.fired = True
-            for conn in self.connections:
-                sock = getattr(conn, "sock", None)
-                if sock is not None:
-                    try:
-                        sock.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass  # closed meanwhile
+            for connection in self.connections:
+                _shut(connection)
 
     def finish(self):
         """The request is over: a late fire must not touch a connection back in its pool."""
         with self._lock:
             self._done = True
+
+
+def _shut(connection):
+    sock = connection.sock
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # closed meanwhile
 
 
 class Watchdog:
@@ -99,7 +70,7 @@ class Watchdog:
         self._thread = None
 
     def watch(self, seconds):
-        """A context manager: the requests made inside it are cut after `seconds`."""
+        """A context manager giving the Cut whose connections are shut after `seconds`."""
         return _Watching(self, seconds)
 
     def _add(self, at, cut):
@@ -131,12 +102,10 @@ class _Watching:
         self.cut = Cut()
 
     def __enter__(self):
-        _LENT.connections = self.cut.connections
         self.watchdog._add(time.monotonic() + self.seconds, self.cut)
         return self.cut
 
     def __exit__(self, *exc):
-        _LENT.connections = None
         self.cut.finish()
 
 
