@@ -577,8 +577,7 @@ def reconcile_command(queue):
         envelope = {"mail_from": metadata.get("mail-from", "<>"),
                     "rcpt_to": read_recipients(queue.connection, queue.container, metadata),
                     **{key: metadata.get(key.replace("_", "-"), "") for key in (
-                        "client_address", "client_name", "client_helo", "message_id",
-                        "dedup_md5")}}
+                        "client_address", "client_name", "client_helo", "message_id")}}
         verdicts = {key: metadata[key] for key in VERDICT_KEYS if key in metadata}
         return envelope, int(headers.get("content-length", 0)), verdicts
 
@@ -605,7 +604,7 @@ def envelope_fields(claimed):
     return {"mail_from": metadata.get("mail-from", ""), "rcpt_to": claimed.recipients,
             "rcpt_count": len(claimed.recipients),
             "message_id": metadata.get("message-id", ""),
-            "dedup_md5": metadata.get("dedup-md5", "")}
+            "dedup_md5": claimed.dedup_md5}
 
 
 def queue_action(queue, options):
@@ -656,7 +655,11 @@ def queue_action(queue, options):
         mine = headers.get("x-object-meta-lock-token") == options.token
         metadata = metadata_of(headers)
         dedup = metadata.get("dedup") == "1"  # its claim's --dedup: leave a marker
-        claimed = Claimed(options.name, b"", metadata, options.token,
+        # The marker's key needs the content's digest: from the body, unless
+        # the filter stored it (earlier builds stored it as Dedup-Md5).
+        body = (queue.connection.get_object(queue.container, PROCESSING + options.name)[1]
+                if dedup and mine and "dedup-md5" not in metadata else b"")
+        claimed = Claimed(options.name, body, metadata, options.token,
                           attempts=int(headers.get("x-object-meta-attempts", 0)),
                           delivery=int(headers.get("x-object-meta-deliveries", 0)) + 1,
                           fence=headers.get("last-modified"),

@@ -147,8 +147,7 @@ class Deliverer:
                           "client_address": envelope.xforward.get("ADDR"),
                           "client_name": envelope.xforward.get("NAME"),
                           "client_helo": envelope.xforward.get("HELO"),
-                          "message_id": message.message_id,
-                          "dedup_md5": message.dedup_md5}), deadline=deadline)
+                          "message_id": message.message_id}), deadline=deadline)
 
     def refuse(self, name, refusals, fields, deadline):
         """The 550 for a message a destination's reject_verdicts refuses; nothing stored."""
@@ -287,7 +286,6 @@ class Deliverer:
             "Client-Name": envelope.xforward.get("NAME"),
             "Client-Helo": envelope.xforward.get("HELO"),
             "Message-Id": message.message_id,
-            "Dedup-Md5": message.dedup_md5,
         }
         return ({key: metadata_value(value) for key, value in values.items() if value},
                 recipient_list)

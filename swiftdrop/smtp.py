@@ -15,7 +15,7 @@ import logging
 import re
 
 from . import metrics
-from .reception import DATA_CHUNK, MessageTooBig, SpoolError, receive
+from .reception import DATA_CHUNK, Inbound, MessageTooBig, SpoolError, receive
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class SmtpSession:
     def __init__(self, connection, deliver, *, hostname, max_message_size,
                  spool_dir=None, idle_timeout=300):
         self.connection = connection
-        self.reader = connection.makefile("rb", buffering=DATA_CHUNK)
+        self.reader = Inbound(connection.makefile("rb", buffering=DATA_CHUNK))
         self.deliver = deliver
         self.hostname = hostname
         self.max_message_size = max_message_size

@@ -95,7 +95,7 @@ def entry_fields(name, container, *, envelope, size, verdicts=None, announced_by
     """The stream entry of one copy: what a consumer needs without reading the body.
 
     `envelope` maps mail_from, rcpt_to (a list), client_address,
-    client_name, client_helo, message_id and dedup_md5 to their values.
+    client_name, client_helo and message_id to their values.
     Lists and the verdicts are JSON, every other value a string.
     """
     fields = {"name": name, "container": container, "size": str(size),

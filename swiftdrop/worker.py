@@ -334,7 +334,7 @@ def _run_command(queue, claimed, command, *, stop, grace, timeout):
                    SWIFTDROP_MAIL_FROM=metadata.get("mail-from", ""),
                    **recipient_environment(claimed.recipients, rcpt_file.name),
                    SWIFTDROP_MESSAGE_ID=metadata.get("message-id", ""),
-                   SWIFTDROP_DEDUP_MD5=metadata.get("dedup-md5", ""),
+                   SWIFTDROP_DEDUP_MD5=claimed.dedup_md5,
                    **verdict_environment(metadata))
         return _watch(queue, claimed, command, env, stop=stop, grace=grace,
                       timeout=timeout)

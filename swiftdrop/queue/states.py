@@ -5,6 +5,9 @@ in all of them, so the name is a message's identity from cur/ to done/.
 """
 
 from dataclasses import dataclass, field
+from functools import cached_property
+
+from .dedup import content_digest
 
 CUR, PROCESSING, RETRY, DONE, FAILED = "cur/", "processing/", "retry/", "done/", "failed/"
 PREFIXES = (CUR, PROCESSING, RETRY, DONE, FAILED)
@@ -55,6 +58,12 @@ class Claimed:
     @property
     def path(self):
         return PROCESSING + self.name
+
+    @cached_property
+    def dedup_md5(self):
+        """What the filter stored as Dedup-Md5, or the same digest taken from the body now."""
+        return self.metadata.get("dedup-md5") or (content_digest(self.body)
+                                                  if self.body else "")
 
     @property
     def redelivered(self):
