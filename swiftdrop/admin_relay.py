@@ -112,17 +112,23 @@ def _expect(reply, *codes):
 def dot_stuffed(chunks):
     """The DATA stream for `chunks`: leading dots doubled, ending in CRLF . CRLF.
 
-    Works across chunk boundaries without holding the message in memory.
+    A line starts only at the start of the data and after CRLF (RFC 5321
+    2.3.8), the rule the filter's own reader keeps: a dot after a bare LF is
+    data and is sent as it is. (What Postfix hands the filter has no bare
+    LF: its smtpd ends every line it passes on with CRLF.) Works across
+    chunk boundaries (CR, then LF and the dot in the next chunk) without
+    holding the message in memory.
     """
-    at_line_start, tail = True, b"\r\n"
+    tail = b"\r\n"  # the data's last two bytes so far; the start counts as a line start
     for chunk in chunks:
         if not chunk:
             continue
-        stuffed = chunk.replace(b"\n.", b"\n..")
-        if at_line_start and stuffed.startswith(b"."):
+        stuffed = chunk.replace(b"\r\n.", b"\r\n..")
+        if tail == b"\r\n" and stuffed.startswith(b"."):
             stuffed = b"." + stuffed
-        at_line_start = stuffed.endswith(b"\n")
-        tail = (tail + stuffed)[-2:]
+        elif tail.endswith(b"\r") and stuffed.startswith(b"\n."):
+            stuffed = b"\n." + stuffed[1:]
+        tail = (tail + chunk)[-2:]
         yield stuffed
     # as smtplib does: a last line without CRLF gets one, so the end is CRLF . CRLF
     yield (b"" if tail == b"\r\n" else b"\r\n") + b".\r\n"

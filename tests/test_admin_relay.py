@@ -17,6 +17,7 @@ from tests.conftest import create_containers, write_ini
 from tests.support.filterproc import FULL_REPLY, FilterProcess
 from tests.support.ports import reserve_port
 from tests.support.postfix import make_workdir, postfix_instance
+from tests.support.rawsmtp import dot_stuff
 from tests.support.smtpsink import SmtpSink
 from tests.test_service import get, send, stored_location
 
@@ -129,3 +130,40 @@ def test_dot_stuffing_round_trips_through_the_filter_reader(chunks):
     original = b"".join(chunks)
     expected = original if original.endswith(b"\r\n") or not original else original + b"\r\n"
     assert b"".join(unstuff(io.BufferedReader(io.BytesIO(stream)))) == expected
+
+
+# (chunks, the DATA stream): a line starts at the start and after CRLF only (RFC 5321 2.3.8).
+STUFFING = {
+    "dot at the start": ([b".x\r\n"], b"..x\r\n.\r\n"),
+    "dot after CRLF": ([b"a\r\n.b\r\n"], b"a\r\n..b\r\n.\r\n"),
+    "dot after a bare LF is data": ([b"a\n.b\r\n"], b"a\n.b\r\n.\r\n"),
+    "dot after a bare CR is data": ([b"a\r.b\r\n"], b"a\r.b\r\n.\r\n"),
+    "LF . CRLF is data": ([b"a\n.\r\nMAIL FROM:<x@y>\r\n"],
+                          b"a\n.\r\nMAIL FROM:<x@y>\r\n.\r\n"),
+    "CR | LF .": ([b"a\r", b"\n.b\r\n"], b"a\r\n..b\r\n.\r\n"),
+    "CR | LF | .": ([b"a\r", b"\n", b".b\r\n"], b"a\r\n..b\r\n.\r\n"),
+    "CRLF | .": ([b"a\r\n", b".b\r\n"], b"a\r\n..b\r\n.\r\n"),
+    "bare LF | .": ([b"a\n", b".b\r\n"], b"a\n.b\r\n.\r\n"),
+    "bare CR | .": ([b"a\r", b".b\r\n"], b"a\r.b\r\n.\r\n"),
+    "CR | CR LF .": ([b"a\r", b"\r\n.b\r\n"], b"a\r\r\n..b\r\n.\r\n"),
+    "empty chunk | dot at the start": ([b"", b".x\r\n"], b"..x\r\n.\r\n"),
+    "one-byte chunks": ([bytes([byte]) for byte in b"\r\n.\n.\r\n."],
+                        b"\r\n..\n.\r\n..\r\n.\r\n"),
+    "last line ending in a bare LF gets CRLF": ([b"a\n"], b"a\n\r\n.\r\n"),
+    "empty message": ([], b".\r\n"),
+}
+
+
+@pytest.mark.parametrize(("chunks", "stream"), STUFFING.values(), ids=STUFFING.keys())
+def test_dots_are_doubled_only_where_a_line_starts_whatever_the_chunks(chunks, stream):
+    assert b"".join(dot_stuffed(iter(chunks))) == stream
+
+
+@given(st.lists(st.lists(TOKENS, max_size=12).map(b"".join), max_size=8))
+@settings(max_examples=500, deadline=None)
+def test_the_relay_stuffs_as_a_client_stuffs_the_whole_message(chunks):
+    """Chunked or whole, the relay's stream is what the tests' client sends for it."""
+    message = b"".join(chunks)
+    if message and not message.endswith(b"\r\n"):
+        message += b"\r\n"
+    assert b"".join(dot_stuffed(iter(chunks))) == dot_stuff(message)

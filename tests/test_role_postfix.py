@@ -1,10 +1,10 @@
-"""The role's master.cf as Postfix reads it, with services an inventory adds.
+"""The role's main.cf and master.cf as Postfix reads them, with what an inventory adds.
 
 Rendered by Ansible itself (the template module, the role's defaults and
-vars) on the controller, then parsed by Debian's real `postconf -M`: the
+vars) on the controller, then parsed by Debian's real `postconf`: the
 data in defaults/main.yml and swiftdrop_postfix_master_cf_extra must come
-out as services Postfix knows. The deployed file is checked by `postfix
-check` in Molecule.
+out as services Postfix knows, and main.cf as parameters it knows. The
+deployed files are checked by `postfix check` in Molecule.
 """
 
 import subprocess
@@ -16,6 +16,22 @@ def render_master_cf(directory, **variables):
     """master.cf into DIRECTORY, with a main.cf beside it for postconf -c."""
     rendered(directory, "master.cf", **variables)
     (directory / "main.cf").write_text("compatibility_level = 3.6\n")
+
+
+def role_main_cf(directory, *names, **variables):
+    """{name: value} of the role's main.cf as Postfix's postconf reads it ($names expanded).
+
+    Postfix's own parser, with the role's master.cf beside it: a parameter
+    this Postfix does not know is an "unused parameter" warning, and fails.
+    """
+    rendered(directory, "main.cf", **variables)
+    rendered(directory, "master.cf", **variables)
+    warnings = subprocess.run(["postconf", "-c", str(directory), "-n"], capture_output=True,
+                              text=True, check=True).stderr
+    assert warnings == "", warnings
+    lines = subprocess.run(["postconf", "-c", str(directory), "-x", *names],
+                           capture_output=True, text=True, check=True).stdout.splitlines()
+    return {name: value.strip() for name, _, value in (line.partition(" =") for line in lines)}
 
 
 def postfix_services(directory):
@@ -46,3 +62,13 @@ def test_an_inventory_adds_a_service_and_replaces_one(tmp_path):
         "127.0.0.1:10587 inet n - - - - smtpd -o syslog_name=postfix/local-submission")
     assert services[("relay", "unix")] == "relay unix - - - - - smtp -o smtp_bind_address=127.0.0.1"
     assert ("smtpd", "pass") in services  # the role's own services are still there
+
+
+def test_only_crlf_dot_crlf_ends_a_message_for_every_client_loopback_too(tmp_path):
+    """CVE-2023-51764: the role's answer to SMTP smuggling on Debian 12 and 13 alike
+    (what it does to a smuggling sender: tests/test_smuggling.py)."""
+    settings = role_main_cf(tmp_path, "smtpd_forbid_bare_newline",
+                            "smtpd_forbid_bare_newline_exclusions", "mynetworks")
+    assert settings == {"smtpd_forbid_bare_newline": "normalize",
+                        "smtpd_forbid_bare_newline_exclusions": "",
+                        "mynetworks": "127.0.0.0/8 [::1]/128"}

@@ -76,9 +76,10 @@ class RawSmtp:
 def dot_stuff(data):
     """What a client does to a message before DATA: double leading dots, end with CRLF.CRLF.
 
-    Only a dot after LF starts a line, as the filter and Postfix see it; the
-    message must end with CRLF so that the terminator is a line of its own.
+    A line starts at the start of the data and after CRLF only (RFC 5321
+    2.3.8), so a dot after a bare LF is sent as it is; the message must end
+    with CRLF so that the terminator is a line of its own.
     """
     assert data == b"" or data.endswith(b"\r\n"), "end the message with CRLF"
-    stuffed = re.sub(rb"(^|\n)\.", rb"\1..", data)
+    stuffed = re.sub(rb"(^|\r\n)\.", rb"\1..", data)
     return stuffed + b".\r\n"
