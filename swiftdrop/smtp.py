@@ -70,6 +70,8 @@ def is_utf8(text):
 
 def xtext_decode(value):
     """Decode RFC 3461 xtext (``+XX`` escapes), as XFORWARD uses it."""
+    if "+" not in value:
+        return value
     return re.sub(r"\+([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), value)
 
 
