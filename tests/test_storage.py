@@ -187,3 +187,20 @@ def test_every_put_cut_after_its_headers_is_a_store_error_that_says_so(swift, co
                              deadline=deadline())
     assert caught.value.reason.endswith("closed the connection after its response headers")
     assert caught.value.reason.startswith(f"Swift at http://127.0.0.1:{proxy.port}")
+
+
+@pytest.mark.parametrize(("status", "attempts"), [(429, 3), (498, 3), (503, 3), (403, 1)])
+def test_rate_limits_are_retried_like_a_503_and_a_refusal_is_not(swift, container, status,
+                                                                 attempts):
+    """429 and Swift's ratelimit 498 may pass after the back-off; a 403 cannot."""
+    with FaultProxy(swift.port) as proxy:
+        target = Destination("T", (), container,
+                             Account(authurl=proxy.auth_url, user="test:tester",
+                                     key="testing", retries=2, timeout=5))
+        proxy.set_mode("status", status, methods=("PUT",))
+        with pytest.raises(StoreError) as caught:
+            SwiftStore().put(target, f"cur/limited-{status}", message(b"later\r\n"), {},
+                             deadline=deadline())
+        assert caught.value.status == status
+        assert caught.value.reason.startswith(f"Swift answered {status}")
+        assert proxy.stats.snapshot()["injected"] == attempts
