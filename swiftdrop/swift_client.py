@@ -111,7 +111,8 @@ class Endpoint:
         self.origin = f"{parts.scheme}://{parts.netloc}"
         self.netloc = parts.netloc
         self.path = parts.path.rstrip("/")
-        self.host, self.port = parts.hostname, parts.port
+        self.host = parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.tls = _tls_context(cacert, insecure) if parts.scheme == "https" else None
         self._idle = []
         self._lock = threading.Lock()

@@ -11,6 +11,7 @@ from swiftdrop.config import Account, Destination
 from swiftdrop.deadline import Deadline
 from swiftdrop.reception import Message
 from swiftdrop.storage import StoreError, SwiftStore
+from swiftdrop.swift_client import Endpoint
 from tests.faults.faultproxy import FaultProxy
 
 
@@ -204,3 +205,11 @@ def test_rate_limits_are_retried_like_a_503_and_a_refusal_is_not(swift, containe
         assert caught.value.status == status
         assert caught.value.reason.startswith(f"Swift answered {status}")
         assert proxy.stats.snapshot()["injected"] == attempts
+
+
+def test_a_storage_url_without_a_port_means_the_scheme_s_own():
+    assert (Endpoint("http://swift.example.com/v1/AUTH_a").port,
+            Endpoint("https://swift.example.com/v1/AUTH_a").port,
+            Endpoint("http://[::1]:8080/v1/AUTH_a").port) == (80, 443, 8080)
+    assert Endpoint("https://swift.example.com/v1/AUTH_a").url_path(
+        "mail box", "cur/1.M2P3.mx,S=4") == "/v1/AUTH_a/mail%20box/cur/1.M2P3.mx,S=4"
