@@ -1,6 +1,6 @@
 """Benchmark: SwiftDrop end to end against raw Swift PUTs on the same Swift.
 
-    PYTHONPATH=. .venv/bin/python -m bench.filter_throughput [--repeat N] [--no-keystone]
+    PYTHONPATH=. .venv/bin/python -m bench.filter_throughput [--repeat N] [--no-keystone] [--tls]
 
 Starts a real Swift, the filter and a private Postfix on loopback, then prints:
 - msg/s of smtp-source -> Postfix -> filter -> Swift, for 5 KB and 1 MB
@@ -17,7 +17,9 @@ Starts a real Swift, the filter and a private Postfix on loopback, then prints:
   real Keystone; `--no-keystone` leaves it out);
 - the start time of ``swiftdrop --help``, ``check --config-only`` and
   ``queue claim`` (median of 5);
-- auth requests per 1,000 messages (target: one per account).
+- auth requests per 1,000 messages (target: one per account);
+- with `--tls`, the filter's CPU per MB for 1 MB messages sent straight to
+  it, over plain HTTP and over TLS to the same Swift behind stunnel.
 Figures, not assertions: the tests check behaviour, this measures it.
 """
 
@@ -262,6 +264,36 @@ def peak_rss_concurrent(postfix, proxy, sessions, size):
     return proc_status(pid, "VmHWM")
 
 
+def direct_cpu_per_mb(ini, workdir, messages, size=1024 * 1024):
+    """The filter's CPU ms per MB for `messages` sent straight to it, one session each."""
+    with FilterProcess(ini, workdir, "--log-target", "stderr") as proxy:
+        line = b"x" * 998 + b"\r\n"
+        body = b"Subject: tls\r\n\r\n" + line * (size // len(line))
+        with smtplib.SMTP(*proxy.address, timeout=120) as client:
+            client.sendmail("a@o.test", [RECIPIENT], b"Subject: warm-up\r\n\r\nx\r\n")
+        before = cpu_seconds(proxy.process.pid)
+        for _ in range(messages):
+            with smtplib.SMTP(*proxy.address, timeout=120) as client:
+                client.sendmail("a@o.test", [RECIPIENT], body)
+        return (cpu_seconds(proxy.process.pid) - before) * 1000 / messages / (len(body) / 2**20)
+
+
+def tls_cpu_per_mb(workdir, messages):
+    """(CPU ms per MB over plain HTTP, over TLS): the same Swift, once behind stunnel."""
+    from tests.support.tlsfront import TestCA, TLSFront  # noqa: PLC0415 - only for --tls
+
+    ca = TestCA(workdir / "ca")
+    cert, key = ca.issue("swift", "IP:127.0.0.1")
+    with SwiftServer(workdir / "tls-swift", storage_url_scheme="https") as swift, \
+            TLSFront(workdir / "tls", swift.port, cert, key) as front:
+        tls_ini = write_ini(workdir / "tls.ini", swift, auth_url=f"{front.url}/auth/v1.0",
+                            cacert=ca.cert)
+        tls = direct_cpu_per_mb(tls_ini, workdir, messages)
+    with SwiftServer(workdir / "plain-swift") as swift:
+        plain = direct_cpu_per_mb(write_ini(workdir / "plain.ini", swift), workdir, messages)
+    return plain, tls
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages-5k", type=int, default=400)
@@ -270,6 +302,8 @@ def main():
     parser.add_argument("--repeat", type=int, default=3, help="runs per case (medians)")
     parser.add_argument("--no-keystone", action="store_true",
                         help="skip the idle RSS with a Keystone v3 account")
+    parser.add_argument("--tls", action="store_true",
+                        help="also the filter's CPU per MB with TLS to Swift (stunnel)")
     options = parser.parse_args()
     mib = 2**20
 
@@ -324,6 +358,10 @@ def main():
         if not options.no_keystone:
             print(f"filter RSS: idle {keystone_idle_rss(workdir) / mib:.1f} MiB "
                   "(Keystone v3, after one message)")
+        if options.tls:
+            plain, tls = tls_cpu_per_mb(workdir, options.messages_1m)
+            print(f"filter CPU per MB, 1 MB messages straight to it, one session: "
+                  f"{plain:.2f} ms over HTTP, {tls:.2f} ms over TLS (load {load_average():.1f})")
 
 
 if __name__ == "__main__":
