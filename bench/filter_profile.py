@@ -9,12 +9,12 @@ over `--sessions` sessions. Every session thread is profiled with a CPU
 clock (time.thread_time, so waiting for Postfix or Swift costs nothing),
 and the profiles are summed. It prints the CPU per message and per MB,
 then the functions by own CPU time: what of the time is ours (swiftdrop),
-hashing, swiftclient/requests/urllib3, or the standard library. The
+hashing, swiftclient/requests/urllib3 (0 % since the filter talks to Swift
+with its own client, swiftdrop.swift_client: a figure above that means a
+library crept back onto the hot path), or the standard library. The
 profiler adds a fixed cost to every call, so code made of many small calls
-looks bigger than it is: requests' per-request scan of the environment for
-proxy settings shows as a fifth of a 5 KB message here, yet switching it
-off (trust_env) saved nothing measurable in the real process. The CPU of
-the real process is what bench.filter_throughput measures.
+looks bigger than it is. The CPU of the real process is what
+bench.filter_throughput measures.
 """
 
 import argparse
