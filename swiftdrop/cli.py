@@ -10,6 +10,7 @@ import collections
 import datetime
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -40,6 +41,7 @@ RSPAMD_TIMEOUT = 5.0  # seconds; a share of the message's own --store-timeout
 FINISHED_AS_FAILED = "finished as failed with swiftdrop queue finish"
 MAX_METADATA_VALUE = 256  # Swift's default max_meta_value_length
 EX_USAGE = 2  # what argparse exits with on a bad command line
+UNPROCESSED = ("cur/", "retry/")  # what purge deletes only when told twice
 QUEUE_CONTRACT = """\
 The promise: every message is handed to a consumer at least once, and a
 repeat can be recognised. Each hand-over is counted: claim's "delivery"
@@ -286,12 +288,15 @@ def add_queue_commands(commands):
                        "stored copies the filter could not announce (Redis away, the filter "
                        "killed); each copy is announced once, however often this runs")
     purge = actions.add_parser("purge", help="delete old messages (dry run unless --execute)")
-    purge.add_argument("--older-than", required=True, type=duration, metavar="AGE",
+    purge.add_argument("--older-than", required=True, type=purge_age, metavar="AGE",
                        help="e.g. 30d, 12h, 90m, 3600")
     purge.add_argument("--prefix", default="done/", choices=("done/", "failed/", "cur/",
                                                               "retry/", "envelopes/"),
                        help="envelopes/: the recipient lists kept beside long envelopes; "
                        "purge them with the age failed/ is purged with")
+    purge.add_argument("--include-unprocessed", action="store_true",
+                       help="needed for --prefix cur/ or retry/: they hold mail no consumer "
+                       "has processed yet")
     purge.add_argument("--execute", action="store_true", help="really delete")
     replay = actions.add_parser(
         "replay", help="list the dead letters in failed/ (name, last error, attempts, "
@@ -409,14 +414,31 @@ def comma_list(text):
 
 
 def duration(text):
-    """Seconds from 30d / 12h / 90m / 45s / 3600."""
+    """Seconds from 30d / 12h / 90m / 45s / 3600: finite, and not below zero."""
     units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
     try:
         if text[-1:] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
+            seconds = float(text[:-1]) * units[text[-1]]
+        else:
+            seconds = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30d") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30d: "
+                                         "finite, and not below zero")
+    return seconds
+
+
+def purge_age(text):
+    """A duration above zero: what purge deletes must have waited a while.
+
+    A negative or zero age makes every object "older" than it: purge
+    --older-than=-1d once selected all of cur/, mail nobody had processed.
+    """
+    seconds = duration(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an age above zero like 30d")
+    return seconds
 
 
 def add_config_option(parser):
@@ -497,6 +519,12 @@ def queue_command(options):
     destination = sections[options.destination]
     if (problem := index_problem(destination, options)) is not None:
         print(f"swiftdrop: {problem}", file=sys.stderr)
+        return EX_USAGE
+    if (options.action == "purge" and options.prefix in UNPROCESSED
+            and not options.include_unprocessed):
+        print(f"swiftdrop: queue purge --prefix {options.prefix} deletes mail no consumer has "
+              "processed yet; add --include-unprocessed if that is what you want",
+              file=sys.stderr)
         return EX_USAGE
     queue = make_queue(destination, queue_group(options))
     if options.action == "run":

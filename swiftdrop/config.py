@@ -13,6 +13,7 @@ the file, section and key named, instead of turning into 451s at 3 a.m.
 import dataclasses
 from dataclasses import dataclass, field
 import ipaddress
+import math
 import os
 import re
 import urllib.parse
@@ -291,6 +292,8 @@ class _Section:
             number = kind(value)
         except ValueError:
             raise self.error(key, f"{value!r} is not a number") from None
+        if not math.isfinite(number):  # nan, inf, 1e400: every socket timeout would fail
+            raise self.error(key, f"{value!r} is not a finite number")
         if number < minimum:
             raise self.error(key, f"must be at least {minimum}")
         return number

@@ -102,6 +102,9 @@ def test_key_is_not_in_the_repr(tmp_path):
     (BASE + "queue_command_timeout = -1\n", "DEFAULT", "queue_command_timeout",
      "must be at least 0"),
     (BASE + "queue_retry_longest = soon\n", "DEFAULT", "queue_retry_longest", "not a number"),
+    (BASE + "timeout = nan\n", "DEFAULT", "timeout", "'nan' is not a finite number"),
+    (BASE + "[P]\nrecipient = a@x.example\ntimeout = inf\n", "P", "timeout", "not a finite"),
+    (BASE + "queue_lease = 1e400\n", "DEFAULT", "queue_lease", "not a finite number"),
 ])
 def test_bad_config_names_file_section_and_key(tmp_path, text, section, key, words):
     error = error_for(tmp_path, text)

@@ -16,7 +16,7 @@ from swiftdrop import config as config_module
 from swiftdrop.locks import RedisLock, SwiftLock
 from swiftdrop.queue import MailQueue
 from swiftdrop.worker import work
-from tests.support.filterproc import swiftdrop_command
+from tests.support.filterproc import run_swiftdrop, swiftdrop_command
 from tests.support.ports import reserve_port
 
 CONTAINER_COUNTER = iter(range(1000))
@@ -510,3 +510,26 @@ def test_with_swift_away_a_queue_command_says_so_in_one_line(tmp_path, action):
     assert result.returncode == 75, result.stderr
     [line] = result.stderr.splitlines()
     assert line.startswith(f"swiftdrop: queue {action}: ") and "refused" in line, line
+
+
+@pytest.mark.parametrize("age", ["-1d", "0", "0s", "nan", "inf", "-inf", "1e400"])
+def test_purge_refuses_an_age_that_is_not_above_zero_and_finite(ini, age):
+    queue = queue_for(ini)
+    names = store(queue, 2, start=1_700_000_200)
+    result = run_swiftdrop("queue", "--config", str(ini), "purge", f"--older-than={age}",
+                           "--prefix", "cur/", "--include-unprocessed", "--execute")
+    assert result.returncode == 2
+    assert f"argument --older-than: {age!r} is not a" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert set(names) <= set(names_under(queue, "cur/"))  # nothing deleted
+
+
+@pytest.mark.parametrize("prefix", ["cur/", "retry/"])
+def test_purge_of_unprocessed_mail_needs_include_unprocessed(ini, prefix):
+    queue = queue_for(ini)
+    names = store(queue, 1, start=1_700_000_300)
+    result = run_swiftdrop("queue", "--config", str(ini), "purge", "--older-than=1s",
+                           "--prefix", prefix, "--execute")
+    assert result.returncode == 2
+    assert "--include-unprocessed" in result.stderr and "Traceback" not in result.stderr
+    assert set(names) <= set(names_under(queue, "cur/"))  # nothing deleted
