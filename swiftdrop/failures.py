@@ -69,17 +69,19 @@ class StoreError(Exception):
         self.permanent = permanent
 
 
-def store_error(error, *, server, timeout=None, doing=None):
+def store_error(error, *, server, timeout=None, doing=None, origin=None):
     """The StoreError for `error`, raised by a request to `server` ("Keystone at URL").
 
-    `timeout` is the request's timeout, for "did not answer within N s".
+    `timeout` is the request's timeout, for "did not answer within N s";
+    `origin` (scheme://host:port) names the server of a refused certificate
+    when the error itself cannot (a plain socket's, unlike requests').
     """
     if isinstance(error, StoreError):
         return error
     prefix = f"{doing}: " if doing else ""
     certificate = untrusted_certificate(error)
     if certificate is not None:
-        return StoreError(f"{prefix}TLS certificate of {_origin(error)} not trusted: "
+        return StoreError(f"{prefix}TLS certificate of {origin or _origin(error)} not trusted: "
                           f"{certificate}", permanent=True)
     if isinstance(error, ClientException) and error.http_status is not None:
         answer = f"{error.http_status} {error.http_reason or ''}".strip()

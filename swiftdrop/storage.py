@@ -152,15 +152,9 @@ class AccountSession:
         if timeout <= 0:
             raise StoreError(f"{prefix}no time left before the deadline")
         endpoint = self.endpoint(url)
-        try:
-            answer = endpoint.request(method, endpoint.url_path(container, name), token=token,
-                                      headers=headers, body=body, timeout=timeout,
-                                      deadline=deadline)
-        except StoreError as error:
-            if doing:
-                error.reason = prefix + error.reason
-                error.args = (error.reason,)
-            raise
+        answer = endpoint.request(method, endpoint.url_path(container, name), token=token,
+                                  headers=headers, body=body, timeout=timeout,
+                                  deadline=deadline, doing=doing)
         if 200 <= answer.status < 300:
             return answer
         if answer.status == 401:

@@ -33,7 +33,7 @@ from urllib.parse import quote, urlsplit
 import requests.certs
 
 from . import metrics
-from .failures import StoreError, store_error, untrusted_certificate
+from .failures import StoreError, store_error
 from .watchdog import WATCHDOG
 
 # Big enough that a large body goes out in few system calls over TLS,
@@ -122,10 +122,12 @@ class Endpoint:
         path = f"{self.path}/{quote(container, safe='')}"
         return path if name is None else f"{path}/{quote(name, safe=NAME_SAFE)}"
 
-    def request(self, method, path, *, token, headers=(), body=None, timeout, deadline):
+    def request(self, method, path, *, token, headers=(), body=None, timeout, deadline,
+                doing=None):
         """One request, answered or a StoreError; cut when `deadline` passes (the watchdog).
 
-        `timeout` bounds each socket operation, `deadline` the whole request.
+        `timeout` bounds each socket operation, `deadline` the whole request;
+        `doing` starts the StoreError's reason, as store_error puts it.
         """
         left = deadline.remaining()
         with WATCHDOG.watch(left) as cut:
@@ -134,14 +136,11 @@ class Endpoint:
             except (OSError, http.client.HTTPException) as error:
                 metrics.SWIFT_REQUESTS.labels(method, "none").inc()
                 if cut.fired:
-                    raise StoreError(f"Swift at {self.origin} did not answer within "
+                    prefix = f"{doing}: " if doing else ""
+                    raise StoreError(f"{prefix}Swift at {self.origin} did not answer within "
                                      f"{left:.1f} s (the message's deadline)") from None
-                certificate = untrusted_certificate(error)
-                if certificate is not None:
-                    raise StoreError(f"TLS certificate of {self.origin} not trusted: "
-                                     f"{certificate}", permanent=True) from None
-                raise store_error(error, server=f"Swift at {self.origin}",
-                                  timeout=timeout) from None
+                raise store_error(error, server=f"Swift at {self.origin}", timeout=timeout,
+                                  doing=doing, origin=self.origin) from None
 
     def _answer(self, request, timeout, cut):
         connection, reused = self._connection(timeout)
