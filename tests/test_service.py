@@ -16,6 +16,7 @@ import typing
 
 import pytest
 
+from swiftdrop.service import Server, bind_listener
 from tests.conftest import CONTAINERS, create_containers, write_ini
 from tests.faults.faultproxy import FaultProxy
 from tests.support.filterproc import (
@@ -325,6 +326,62 @@ def test_sigterm_lets_a_session_in_progress_finish(swift, swift_ini, tmp_path):
         assert process.process.wait(30) == 0
         with pytest.raises(OSError):
             wait_for_port(process.port, timeout=1)
+
+
+class _RecordingSession:
+    """Answers one line with its thread's TID (not reused at once), once `release` is set."""
+
+    def __init__(self, connection, release):
+        self.connection, self.release = connection, release
+
+    def serve(self):
+        self.connection.recv(16)
+        assert self.release.wait(30)
+        self.connection.sendall(b"%d\n" % threading.get_native_id())
+
+
+def test_a_worker_serves_the_next_connection_and_max_connections_bounds_them():
+    release = threading.Event()
+    listener = bind_listener("127.0.0.1:0")
+    server = Server([listener], lambda connection: _RecordingSession(connection, release),
+                    max_connections=2)
+    runner = threading.Thread(target=server.run, kwargs={"grace": 5}, daemon=True)
+    runner.start()
+
+    def served_by(*clients):
+        for client in clients:
+            client.sendall(b"x")
+        return [int(client.makefile("rb").readline()) for client in clients]
+
+    try:
+        release.set()
+        one_after_another = []
+        for _ in range(3):
+            with socket.create_connection(listener.getsockname(), timeout=30) as client:
+                one_after_another += served_by(client)
+        assert len(set(one_after_another)) == 1, "each connection started a thread of its own"
+
+        release.clear()
+        clients = [socket.create_connection(listener.getsockname(), timeout=30)
+                   for _ in range(3)]
+        for client in clients:
+            client.sendall(b"x")
+        deadline = time.monotonic() + 15
+        while server.active_sessions < 2:
+            assert time.monotonic() < deadline, "two connections were not taken"
+            time.sleep(0.01)
+        assert server.active_sessions == 2  # the third waits in the backlog
+        release.set()
+        together = [int(client.makefile("rb").readline()) for client in clients]
+        assert len(set(together[:2])) == 2, "two sessions at once shared a thread"
+        assert one_after_another[0] in together, "the idle worker was not given a connection"
+        for client in clients:
+            client.close()
+    finally:
+        release.set()
+        server.stop()
+        runner.join(10)
+    assert not runner.is_alive()
 
 
 def test_journald_entry_has_structured_fields(swift, swift_ini, tmp_path, journald):
