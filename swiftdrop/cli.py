@@ -441,6 +441,12 @@ def purge_age(text):
     return seconds
 
 
+def print_config_error(error):
+    """Every problem of the file, a line each (``check --config-only`` lists them all)."""
+    for problem in error.problems:
+        print(f"swiftdrop: {problem.line}", file=sys.stderr)
+
+
 def add_config_option(parser):
     parser.add_argument("--config", default=config_module.DEFAULT_PATH, metavar="PATH",
                         help="the ini file (default: %(default)s)")
@@ -452,7 +458,7 @@ def check(options):
     try:
         config = config_module.load(options.config)
     except config_module.ConfigError as error:
-        print(f"swiftdrop: {error}", file=sys.stderr)
+        print_config_error(error)
         return EX_CONFIG
     mode = os.stat(config.path).st_mode
     if mode & stat.S_IROTH:
@@ -505,7 +511,7 @@ def queue_command(options):
     try:
         config = config_module.load(options.config)
     except config_module.ConfigError as error:
-        print(f"swiftdrop: {error}", file=sys.stderr)
+        print_config_error(error)
         return EX_CONFIG
     sections = {destination.section: destination for destination in config.destinations}
     if options.destination not in sections:

@@ -6,8 +6,10 @@ key to its own container, possibly in another account. Named sections inherit
 every key from ``[DEFAULT]`` except ``recipient``; an empty value in a section
 drops an inherited one (``tenant_name =``).
 
+What each key is (type, range, default) is the table in swiftdrop.settings.
 Everything is checked up front so that a typo stops the service at start with
-the file, section and key named, instead of turning into 451s at 3 a.m.
+the file, section and key named, instead of turning into 451s at 3 a.m.; and
+every problem of the file is reported at once, not the first only.
 """
 
 import dataclasses
@@ -20,58 +22,47 @@ import urllib.parse
 
 from configobj import ConfigObj, ConfigObjError
 
+from . import settings
 from .lease import HEARTBEAT_ROOM, LEASE_MARGIN, longest_request, shortest_lease
-from .verdicts import REFUSABLE
+from .settings import BY_NAME, OS_OPTIONS, OS_OPTIONS_PREFIX, setting_of
 
 DEFAULT_PATH = "/etc/swiftdrop.ini"
 CATCH_ALL = "DEFAULT"
-
-# os_options that swiftclient's get_auth() understands; anything else is a typo
-# that would silently be ignored by swiftclient.
-OS_OPTIONS = frozenset({
-    "tenant_id", "tenant_name", "project_id", "project_name",
-    "user_id", "user_domain_id", "user_domain_name",
-    "project_domain_id", "project_domain_name",
-    "service_type", "endpoint_type", "interface", "region_name",
-    "auth_type", "application_credential_id", "application_credential_secret",
-    "object_storage_url",
-})
-SCALAR_KEYS = frozenset({
-    "container", "auth_version", "authurl", "user", "key", "tenant_name",
-    "cacert", "insecure", "timeout", "retries", "create_container",
-    # read by the queue tools only (swiftdrop queue)
-    "queue_index", "queue_lock", "queue_redis_url", "queue_lease", "queue_max_attempts",
-    "queue_retry_delay", "queue_retry_longest", "queue_command_timeout", "queue_dedup_window",
-    # read by the webhook worker only (swiftdrop queue run without a command)
-    "webhook_url", "webhook_secret", "webhook_format", "webhook_timeout", "webhook_insecure",
-    "webhook_cacert", "webhook_inline_limit", "webhook_link_lifetime", "webhook_tempurl_key",
-})
-# Keys whose value is a comma-separated list.
-LIST_KEYS = frozenset({"recipient", "reject_verdicts"})
-QUEUE_LOCKS = ("swift", "redis")
-QUEUE_INDEXES = ("listing", "redis-stream")
+LIST_KEYS = frozenset(s.name for s in settings.SETTINGS if s.kind == settings.LIST)
+SCALAR_KEYS = frozenset(BY_NAME) - LIST_KEYS
+QUEUE_LOCKS = BY_NAME["queue_lock"].choices
+QUEUE_INDEXES = BY_NAME["queue_index"].choices
+WEBHOOK_FORMATS = BY_NAME["webhook_format"].choices
 DEFAULT_GROUP = "default"  # the consumer group of queue commands without --group
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-WEBHOOK_FORMATS = ("json", "raw")
 AUTH_VERSIONS = {"1": "1.0", "1.0": "1.0", "2": "2.0", "2.0": "2.0", "3": "3"}
 BOOLEANS = {"true": True, "yes": True, "on": True, "1": True,
             "false": False, "no": False, "off": False, "0": False}
 ADDRESS = re.compile(r"^[^@\s]+@[^@\s]+$")
+# key = value#more, the value not quoted: configobj reads "value" and a comment.
+CUT_BY_HASH = re.compile(r"^\s*([^\s=\[#]+)\s*=\s*([^\s\"'].*?\S#.*)$")
+SECTION_LINE = re.compile(r"^\s*\[\s*([^\]]+?)\s*\]")
 
-DEFAULT_TIMEOUT = 10.0
-DEFAULT_RETRIES = 2
+DEFAULT_TIMEOUT = BY_NAME["timeout"].default
+DEFAULT_RETRIES = BY_NAME["retries"].default
 
 
 class ConfigError(Exception):
-    """A configuration problem, worded for the operator who has to fix it."""
+    """Configuration problems, worded for the operator who has to fix them.
 
-    def __init__(self, path, section, key, problem):
+    One line per problem, each naming the file, section and key; `problems`
+    holds them one by one, and path/section/key are the first one's.
+    """
+
+    def __init__(self, path, section, key, problem, *, more=()):
         where = path
         if section is not None:
             where += f": [{section}]"
         if key is not None:
             where += f" {key}"
-        super().__init__(f"{where}: {problem}")
+        self.problem, self.line = problem, f"{where}: {problem}"
+        self.problems = [self, *more]
+        super().__init__("\n".join(error.line for error in self.problems))
         self.path, self.section, self.key = path, section, key
 
 
@@ -107,20 +98,20 @@ class QueueSettings:
     # listing: consumers list the container and move bodies between prefixes;
     # redis-stream: the filter announces each copy in a Redis stream and the
     # state lives there (swiftdrop.queue.stream, docs/queue.md).
-    index: str = "listing"
-    lock: str = "swift"
+    index: str = BY_NAME["queue_index"].default
+    lock: str = BY_NAME["queue_lock"].default
     redis_url: str | None = None
-    lease: float = 300.0
+    lease: float = BY_NAME["queue_lease"].default
     # 60 s doubling up to an hour, 30 attempts: a consumer may be down for
     # a day (24 h 3 min, swiftdrop.queue.finish.retry_schedule) before its
     # messages go to failed/; Mailgun retries for 8 h, Postmark ~10 h, SendGrid 3 days.
-    max_attempts: int = 30
-    retry_delay: float = 60.0
-    retry_longest: float = 3600.0
+    max_attempts: int = BY_NAME["queue_max_attempts"].default
+    retry_delay: float = BY_NAME["queue_retry_delay"].default
+    retry_longest: float = BY_NAME["queue_retry_longest"].default
     # What one run of a worker's command may take before it is killed and
     # its message retried; 0: no limit (a hung command holds its message).
-    command_timeout: float = 900.0
-    dedup_window: float = 86400.0
+    command_timeout: float = BY_NAME["queue_command_timeout"].default
+    dedup_window: float = BY_NAME["queue_dedup_window"].default
 
 
 @dataclass(frozen=True)
@@ -133,13 +124,13 @@ class WebhookSettings:
 
     url: str
     secret: str = field(repr=False)
-    format: str = "json"
-    timeout: float = 30.0
+    format: str = BY_NAME["webhook_format"].default
+    timeout: float = BY_NAME["webhook_timeout"].default
     insecure: bool = False
     cacert: str | None = None
     # Attachments larger than this are stored as objects of their own and linked.
-    inline_limit: int = 262144
-    link_lifetime: float = 604800.0  # 7 days
+    inline_limit: int = BY_NAME["webhook_inline_limit"].default
+    link_lifetime: float = BY_NAME["webhook_link_lifetime"].default
     tempurl_key: str | None = field(default=None, repr=False)
 
 
@@ -178,7 +169,7 @@ class Config:
 
 
 def load(path=DEFAULT_PATH):
-    """Parse and validate the ini at `path`; raise ConfigError on any problem."""
+    """Parse and validate the ini at `path`; raise ConfigError naming every problem."""
     try:
         with open(path, encoding="utf-8") as handle:
             lines = handle.read().splitlines()
@@ -191,32 +182,76 @@ def load(path=DEFAULT_PATH):
                            file_error=False, raise_errors=True)
     except ConfigObjError as error:
         raise ConfigError(path, None, None, str(error)) from None
-    return _validate(path, parsed)
+    problems = _Problems(path)
+    _cut_by_hash(lines, problems)
+    config = _validate(path, parsed, problems)
+    problems.raise_any()
+    return config
 
 
-def _validate(path, parsed):
+class _Problems:
+    """Every problem found in one file, in the order found."""
+
+    def __init__(self, path):
+        self.path = path
+        self.found = []
+
+    def add(self, section, key, problem):
+        self.found.append(ConfigError(self.path, section, key, problem))
+
+    def raise_any(self):
+        if self.found:
+            first, *more = self.found
+            raise ConfigError(self.path, first.section, first.key, first.problem, more=more)
+
+
+def _cut_by_hash(lines, problems):
+    """An unquoted ``#`` right after a value's text: configobj ends the value there.
+
+    Refused rather than warned: the text after it is gone (a password cut
+    short fails later, at every message, as a 401), and the role quotes every
+    value, so only a hand-written file meets this. A ``#`` after a space is a
+    comment, as configobj means it.
+    """
+    section = None
+    for line in lines:
+        if header := SECTION_LINE.match(line):
+            section = header.group(1)
+            continue
+        if match := CUT_BY_HASH.match(line):
+            key = match.group(1)
+            setting = setting_of(key)
+            shown = "the value" if setting is None or setting.secret else repr(
+                match.group(2).split("#", 1)[0].rstrip())
+            problems.add(section, key, f"an unquoted # ends {shown} here and the rest is read "
+                         "as a comment: quote the whole value (key = \"...#...\"), or put a "
+                         "space before the # if a comment is meant")
+
+
+def _validate(path, parsed, problems):
     for key in parsed.scalars:
-        raise ConfigError(path, None, key, "is outside any section; put it under [DEFAULT]")
+        problems.add(None, key, "is outside any section; put it under [DEFAULT]")
     if CATCH_ALL not in parsed.sections:
-        raise ConfigError(path, CATCH_ALL, None,
-                          "section missing: it is the catch-all destination")
+        problems.add(CATCH_ALL, None, "section missing: it is the catch-all destination")
+        return None
     for name in parsed.sections:
         for sub in parsed[name].sections:
-            raise ConfigError(path, name, None, f"nested section [[{sub}]] is not supported")
+            problems.add(name, None, f"nested section [[{sub}]] is not supported")
         for key in parsed[name].scalars:
-            _check_key_name(path, name, key)
+            if setting_of(key) is None:
+                problems.add(name, key, settings.unknown_key_problem(key))
 
     defaults = parsed[CATCH_ALL]
     order = [CATCH_ALL] + [name for name in parsed.sections if name != CATCH_ALL]
     destinations, owners = [], {}
     for name in order:
-        section = _Section(path, name, parsed[name], None if name == CATCH_ALL else defaults)
+        section = _Section(name, parsed[name], None if name == CATCH_ALL else defaults,
+                           problems)
         recipients = _recipients(section)
         for address in recipients:
             if address in owners:
-                raise ConfigError(path, name, "recipient",
-                                  f"{address} is already routed by [{owners[address]}]")
-            owners[address] = name
+                section.problem("recipient", f"{address} is already routed by [{owners[address]}]")
+            owners.setdefault(address, name)
         account = _account(section)
         queue = _queue(section, account)
         webhook_keys = _webhook(section, queue)
@@ -225,7 +260,7 @@ def _validate(path, parsed):
             recipients=recipients,
             container=_container(section),
             account=account,
-            create_container=section.boolean("create_container", False),
+            create_container=section.boolean("create_container"),
             queue=queue,
             reject_verdicts=_reject_verdicts(section),
             webhook=webhook_keys if webhook_keys.url else None,
@@ -234,27 +269,31 @@ def _validate(path, parsed):
     return Config(path=path, destinations=tuple(destinations))
 
 
-def _check_key_name(path, section, key):
-    if key in LIST_KEYS or key in SCALAR_KEYS:
-        return
-    if key.startswith("os_options_"):
-        option = key[len("os_options_"):]
-        if option in OS_OPTIONS:
-            return
-        raise ConfigError(path, section, key,
-                          f"unknown os_options name {option!r}; known: "
-                          + ", ".join(sorted(OS_OPTIONS)))
-    raise ConfigError(path, section, key, "unknown key")
-
-
 class _Section:
-    """A section's values with [DEFAULT] inheritance and error context."""
+    """A section's values with [DEFAULT] inheritance, read by the settings table.
 
-    def __init__(self, path, name, values, defaults):
-        self.path, self.name, self.values, self.defaults = path, name, values, defaults
+    A bad value is noted as a problem and read as its default, so that the
+    rest of the file is checked too.
+    """
 
-    def error(self, key, problem):
-        return ConfigError(self.path, self.name, key, problem)
+    def __init__(self, name, values, defaults, problems):
+        self.name, self.values, self.defaults, self.problems = name, values, defaults, problems
+
+    def problem(self, key, text):
+        self.problems.add(self.name, key, text)
+
+    def value_problem(self, key, text):
+        """A problem of the value itself: told once, where it is written ([DEFAULT]'s, there)."""
+        self.combination_problem((key,), key, text)
+
+    def combination_problem(self, keys, key, text):
+        """A problem of `keys` together: not told again where all of them are inherited."""
+        if self.defaults is None or any(name in self.values for name in keys):
+            self.problem(key, text)
+
+    def given(self, key):
+        """Whether this section, or [DEFAULT] for it, sets `key` to something."""
+        return self.raw(key) is not None
 
     def raw(self, key, inherit=True):
         if key in self.values:
@@ -264,49 +303,76 @@ class _Section:
         else:
             value = None
         if isinstance(value, list) and key not in LIST_KEYS:
-            raise self.error(key, "must be a single value; quote it if it contains a comma")
+            self.value_problem(key, "must be a single value; quote it if it contains a comma")
+            return None
         if isinstance(value, str):
             value = value.strip()
         return value if value not in ("", None) else None
 
+    def text(self, key):
+        value = self.raw(key)
+        return BY_NAME[key].default if value is None else value
+
     def required(self, key):
         value = self.raw(key)
         if value is None:
-            raise self.error(key, "is required")
+            self.value_problem(key, "is required")
+            return ""
         return value
 
-    def boolean(self, key, default):
+    def boolean(self, key):
         value = self.raw(key)
         if value is None:
-            return default
-        try:
-            return BOOLEANS[value.lower()]
-        except KeyError:
-            raise self.error(key, f"{value!r} is not a boolean (true/false)") from None
+            return BY_NAME[key].default
+        if value.lower() not in BOOLEANS:
+            self.value_problem(key, f"{value!r} is not a boolean (true/false)")
+            return BY_NAME[key].default
+        return BOOLEANS[value.lower()]
 
-    def number(self, key, kind, default, minimum):
-        value = self.raw(key)
+    def number(self, key):
+        setting, value = BY_NAME[key], self.raw(key)
         if value is None:
-            return default
+            return setting.default
+        kind = int if setting.kind == settings.INTEGER else float
         try:
             number = kind(value)
         except ValueError:
-            raise self.error(key, f"{value!r} is not a number") from None
+            whole = " whole" if kind is int else ""
+            self.value_problem(key, f"{value!r} is not a{whole} number")
+            return setting.default
         if not math.isfinite(number):  # nan, inf, 1e400: every socket timeout would fail
-            raise self.error(key, f"{value!r} is not a finite number")
-        if number < minimum:
-            raise self.error(key, f"must be at least {minimum}")
+            self.value_problem(key, f"{value!r} is not a finite number")
+            return setting.default
+        if number < setting.minimum:
+            unit = f" {setting.unit}" if setting.unit else ""
+            self.value_problem(key, f"must be at least {setting.minimum:g}{unit}")
+            return setting.default
         return number
 
+    def choice(self, key):
+        setting, value = BY_NAME[key], self.raw(key)
+        if value is None:
+            return setting.default
+        if value not in setting.choices:
+            self.value_problem(key, f"{value!r} is not one of {', '.join(setting.choices)}")
+            return setting.default
+        return value
+
+    def file(self, key):
+        value = self.raw(key)
+        if value is not None and not os.path.isfile(value):
+            self.value_problem(key, f"{value!r} is not a file")
+        return value
+
     def os_options(self):
-        names = {key for key in self.values.scalars if key.startswith("os_options_")}
+        names = {key for key in self.values.scalars if key.startswith(OS_OPTIONS_PREFIX)}
         if self.defaults is not None:
-            names |= {key for key in self.defaults.scalars if key.startswith("os_options_")}
+            names |= {key for key in self.defaults.scalars if key.startswith(OS_OPTIONS_PREFIX)}
         options = {}
         for key in sorted(names):
             value = self.raw(key)
-            if value is not None:
-                options[key[len("os_options_"):]] = value
+            if value is not None and key[len(OS_OPTIONS_PREFIX):] in OS_OPTIONS:
+                options[key[len(OS_OPTIONS_PREFIX):]] = value
         return tuple(sorted(options.items()))
 
 
@@ -316,14 +382,15 @@ def _recipients(section):
     addresses = [address.strip() for address in addresses if address.strip()]
     if section.name == CATCH_ALL:
         if addresses not in ([], [CATCH_ALL]):
-            raise section.error("recipient", "must be DEFAULT or empty in the catch-all section")
+            section.problem("recipient", "must be DEFAULT or empty in the catch-all section")
         return ()
     if not addresses:
-        raise section.error("recipient", "is required: which addresses go to this section?")
-    for address in addresses:
-        if not ADDRESS.match(address):
-            raise section.error("recipient", f"{address!r} is not a full address (local@domain)")
-    return tuple(dict.fromkeys(address.casefold() for address in addresses))
+        section.problem("recipient", "is required: which addresses go to this section?")
+    wrong = [address for address in addresses if not ADDRESS.match(address)]
+    for address in wrong:
+        section.problem("recipient", f"{address!r} is not a full address (local@domain)")
+    return tuple(dict.fromkeys(address.casefold() for address in addresses
+                               if address not in wrong))
 
 
 def _reject_verdicts(section):
@@ -331,77 +398,73 @@ def _reject_verdicts(section):
     value = section.raw("reject_verdicts")
     names = value if isinstance(value, list) else [] if value is None else [value]
     names = [name.strip().lower() for name in names if name.strip()]
+    known = BY_NAME["reject_verdicts"].choices
     for name in names:
-        if name not in REFUSABLE:
-            raise section.error("reject_verdicts", f"{name!r} is not one of "
-                                + ", ".join(sorted(REFUSABLE)))
-    return tuple(dict.fromkeys(names))
+        if name not in known:
+            section.value_problem("reject_verdicts", f"{name!r} is not one of " + ", ".join(known))
+    return tuple(dict.fromkeys(name for name in names if name in known))
 
 
 def _container(section):
     container = section.required("container")
     if "/" in container or len(container.encode()) > 256:
-        raise section.error("container", f"{container!r} is not a valid container name")
+        section.value_problem("container", f"{container!r} is not a valid container name")
     return container
 
 
 def _queue(section, account):
-    lock = section.raw("queue_lock") or "swift"
-    if lock not in QUEUE_LOCKS:
-        raise section.error("queue_lock", f"{lock!r} is not one of {', '.join(QUEUE_LOCKS)}")
-    index = section.raw("queue_index") or "listing"
-    if index not in QUEUE_INDEXES:
-        raise section.error("queue_index", f"{index!r} is not one of {', '.join(QUEUE_INDEXES)}")
+    lock, index = section.choice("queue_lock"), section.choice("queue_index")
     redis_url = section.raw("queue_redis_url")
     for key, value, needs in (("queue_lock", lock, "redis"),
                               ("queue_index", index, "redis-stream")):
         if value == needs and not (redis_url or "").startswith(REDIS_SCHEMES):
-            raise section.error("queue_redis_url", "is required (redis://host:port/db) with "
-                                                   f"{key} = {needs}")
-    defaults = QueueSettings()
+            section.combination_problem(
+                (key, "queue_redis_url"), "queue_redis_url",
+                f"is required (redis://host:port/db) with {key} = {needs}")
+    retry_delay = section.number("queue_retry_delay")
+    retry_longest = section.number("queue_retry_longest")
+    if retry_longest < retry_delay:
+        section.combination_problem(("queue_retry_delay", "queue_retry_longest"),
+                                    "queue_retry_longest", f"{retry_longest:g} s is shorter than "
+                        f"queue_retry_delay ({retry_delay:g} s), the first delay")
     return QueueSettings(
         index=index,
         lock=lock,
         redis_url=redis_url,
-        lease=_lease(section, account, defaults.lease),
-        max_attempts=section.number("queue_max_attempts", int, defaults.max_attempts, 1),
-        retry_delay=section.number("queue_retry_delay", float, defaults.retry_delay, 0),
-        retry_longest=section.number("queue_retry_longest", float, defaults.retry_longest, 0),
-        command_timeout=section.number("queue_command_timeout", float,
-                                       defaults.command_timeout, 0),
-        dedup_window=section.number("queue_dedup_window", float, defaults.dedup_window, 0),
+        lease=_lease(section, account),
+        max_attempts=section.number("queue_max_attempts"),
+        retry_delay=retry_delay,
+        retry_longest=retry_longest,
+        command_timeout=section.number("queue_command_timeout"),
+        dedup_window=section.number("queue_dedup_window"),
     )
 
 
 def _webhook(section, queue):
     """The webhook_* keys; a webhook_url needs its webhook_secret: no unsigned POSTs."""
-    defaults = WebhookSettings(url="", secret="")
     url, secret = section.raw("webhook_url") or "", section.raw("webhook_secret") or ""
-    insecure = section.boolean("webhook_insecure", defaults.insecure)
+    insecure = section.boolean("webhook_insecure")
     if url:
         problem = webhook_url_problem(url, insecure)
         if problem:
-            raise section.error("webhook_url", problem)
+            section.combination_problem(("webhook_url", "webhook_insecure"), "webhook_url",
+                                        problem)
         if not secret:
-            raise section.error("webhook_secret", "is required with webhook_url: every POST "
-                                "is signed with it")
-    webhook_format = section.raw("webhook_format") or defaults.format
-    if webhook_format not in WEBHOOK_FORMATS:
-        raise section.error("webhook_format", f"{webhook_format!r} is not one of "
-                            + ", ".join(WEBHOOK_FORMATS))
-    timeout = section.number("webhook_timeout", float, defaults.timeout, 0.1)
-    if url or section.raw("webhook_timeout") is not None:
+            section.combination_problem(
+                ("webhook_url", "webhook_secret"), "webhook_secret",
+                "is required with webhook_url: every POST is signed with it")
+    timeout = section.number("webhook_timeout")
+    if url or section.given("webhook_timeout"):
         problem = webhook_timeout_problem(timeout, queue.lease)
         if problem:
-            raise section.error("webhook_timeout", problem)
-    cacert = section.raw("webhook_cacert")
-    if cacert is not None and not os.path.isfile(cacert):
-        raise section.error("webhook_cacert", f"{cacert!r} is not a file")
+            section.combination_problem(
+                ("webhook_timeout", "queue_lease", "timeout", "retries"), "webhook_timeout",
+                problem)
     return WebhookSettings(
-        url=url, secret=secret, format=webhook_format, timeout=timeout, insecure=insecure,
-        cacert=cacert,
-        inline_limit=section.number("webhook_inline_limit", int, defaults.inline_limit, 0),
-        link_lifetime=section.number("webhook_link_lifetime", float, defaults.link_lifetime, 1),
+        url=url, secret=secret, format=section.choice("webhook_format"), timeout=timeout,
+        insecure=insecure, cacert=section.file("webhook_cacert"),
+        inline_limit=section.number("webhook_inline_limit"),
+        link_lifetime=section.number("webhook_link_lifetime"),
         tempurl_key=section.raw("webhook_tempurl_key"))
 
 
@@ -483,19 +546,19 @@ def is_loopback(host):
         return False
 
 
-def _lease(section, account, default):
+def _lease(section, account):
     """queue_lease: long enough for one whole Swift request of this account (swiftdrop.lease).
 
     A lease set in the ini that is shorter is an error; the default grows to fit.
     """
     shortest = shortest_lease(account.timeout, account.retries)
-    lease = section.number("queue_lease", float, None, 1)
-    if lease is None:
-        return max(default, shortest)
+    if not section.given("queue_lease"):
+        return max(BY_NAME["queue_lease"].default, shortest)
+    lease = section.number("queue_lease")
     if lease < shortest:
         longest = longest_request(account.timeout, account.retries)
         attempts = account.retries + 1
-        raise section.error("queue_lease", (
+        section.combination_problem(("queue_lease", "timeout", "retries"), "queue_lease", (
             f"{lease:g} s is too short: make it at least {shortest}, or lower timeout or "
             f"retries. One Swift request may take {longest:g} s here (timeout = "
             f"{account.timeout:g} s for each of {attempts} attempt{'s' * (attempts > 1)}, "
@@ -508,23 +571,32 @@ def _lease(section, account, default):
 
 def _account(section):
     authurl = section.required("authurl")
-    if not authurl.startswith(("http://", "https://")):
-        raise section.error("authurl", f"{authurl!r} is not an http(s) URL")
-    version = section.raw("auth_version") or "1.0"
-    if version not in AUTH_VERSIONS:
-        raise section.error("auth_version", f"{version!r} is not one of 1, 2, 3")
-    cacert = section.raw("cacert")
-    if cacert is not None and not os.path.isfile(cacert):
-        raise section.error("cacert", f"{cacert!r} is not a file")
+    if authurl and not authurl.startswith(("http://", "https://")):
+        section.value_problem("authurl", f"{authurl!r} is not an http(s) URL")
+    version = section.choice("auth_version")
+    cacert, insecure = section.file("cacert"), section.boolean("insecure")
+    if cacert is not None and insecure:
+        section.combination_problem(
+            ("cacert", "insecure"), "insecure",
+            "true turns off the verification that cacert is for: keep one of the two")
+    os_options = section.os_options()
+    tenant_name = section.raw("tenant_name")
+    project = next((f"os_options_{name}" for name, _ in os_options
+                    if name in ("tenant_name", "project_name")), None)
+    if tenant_name is not None and project is not None:
+        section.combination_problem(
+            ("tenant_name", project), "tenant_name",
+            f"and {project} both name the project: keep one (in a named section, "
+            "tenant_name = drops the inherited one)")
     return Account(
         authurl=authurl,
         user=section.required("user"),
         key=section.required("key"),
         auth_version=AUTH_VERSIONS[version],
-        tenant_name=section.raw("tenant_name"),
-        os_options=section.os_options(),
+        tenant_name=tenant_name,
+        os_options=os_options,
         cacert=cacert,
-        insecure=section.boolean("insecure", False),
-        timeout=section.number("timeout", float, DEFAULT_TIMEOUT, 0.1),
-        retries=section.number("retries", int, DEFAULT_RETRIES, 0),
+        insecure=insecure,
+        timeout=section.number("timeout"),
+        retries=section.number("retries"),
     )

@@ -211,7 +211,11 @@ def serve(options):
             metrics.serve_metrics(options.metrics_listen)
         listeners = ([bind_listener(spec) for spec in options.listen] if options.listen
                      else inherited_listeners())
-    except (config_module.ConfigError, UnsafeListenAddress, OSError) as error:
+    except config_module.ConfigError as error:
+        for problem in error.problems:  # one journal entry each, the file's every problem
+            log.error("cannot start: %s", problem.line)
+        return EX_CONFIG
+    except (UnsafeListenAddress, OSError) as error:
         log.error("cannot start: %s", error)
         return EX_CONFIG
     if not listeners:

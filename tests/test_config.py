@@ -105,6 +105,19 @@ def test_key_is_not_in_the_repr(tmp_path):
     (BASE + "timeout = nan\n", "DEFAULT", "timeout", "'nan' is not a finite number"),
     (BASE + "[P]\nrecipient = a@x.example\ntimeout = inf\n", "P", "timeout", "not a finite"),
     (BASE + "queue_lease = 1e400\n", "DEFAULT", "queue_lease", "not a finite number"),
+    (BASE + "retries = 2.5\n", "DEFAULT", "retries", "'2.5' is not a whole number"),
+    (BASE + "contianer = typo\n", "DEFAULT", "contianer", "did you mean container?"),
+    (BASE + "queue_leese = 600\n", "DEFAULT", "queue_leese", "did you mean queue_lease?"),
+    (BASE + "os_options_project_nam = p\n", "DEFAULT", "os_options_project_nam",
+     "did you mean os_options_project_name?"),
+    (BASE.replace("container = fallback", "container = mail#2026"), "DEFAULT", "container",
+     "an unquoted # ends 'mail' here"),
+    (BASE + "cacert = /etc/hostname\ninsecure = true\n", "DEFAULT", "insecure",
+     "keep one of the two"),
+    (BASE + "tenant_name = a\n[P]\nrecipient = a@x.example\nos_options_project_name = b\n",
+     "P", "tenant_name", "and os_options_project_name both name the project"),
+    (BASE + "queue_retry_delay = 600\nqueue_retry_longest = 60\n", "DEFAULT",
+     "queue_retry_longest", "shorter than queue_retry_delay"),
 ])
 def test_bad_config_names_file_section_and_key(tmp_path, text, section, key, words):
     error = error_for(tmp_path, text)
@@ -114,6 +127,37 @@ def test_bad_config_names_file_section_and_key(tmp_path, text, section, key, wor
     assert words in str(error)
     if key:
         assert f"] {key}: " in str(error)
+
+
+def test_an_unquoted_hash_that_would_cut_a_secret_is_refused_without_showing_it(tmp_path):
+    error = error_for(tmp_path, BASE.replace("key = testing", "key = pass#word"))
+    assert (error.section, error.key) == ("DEFAULT", "key")
+    assert "quote the whole value" in str(error)
+    assert "pass" not in str(error).replace("password", "")
+
+
+def test_a_hash_after_a_space_or_inside_quotes_is_taken_as_configobj_means_it(tmp_path):
+    config = load(write(tmp_path, BASE.replace("key = testing", 'key = "pass#word"')
+                        + "timeout = 5  # a comment\n"))
+    assert config.catch_all.account.key == "pass#word"
+    assert config.catch_all.account.timeout == 5
+
+
+def test_every_problem_of_the_file_is_reported_at_once(tmp_path):
+    error = error_for(tmp_path, BASE.replace("authurl = http", "authurl = ftp") + """
+        timeout = nan
+        contianer = typo
+        [P]
+        recipient = nobody
+        queue_lock = zookeeper
+    """)
+    found = [(problem.section, problem.key) for problem in error.problems]
+    # an inherited value's problem is told once, in [DEFAULT]
+    assert found == [("DEFAULT", "contianer"), ("DEFAULT", "authurl"), ("DEFAULT", "timeout"),
+                     ("P", "recipient"), ("P", "queue_lock")]
+    assert str(error).count("\n") == len(found) - 1
+    assert all(line.startswith(str(tmp_path / "swiftdrop.ini") + ": [")
+               for line in str(error).splitlines())
 
 
 def test_unreadable_and_unparsable_files(tmp_path):
