@@ -35,6 +35,7 @@ QUEUE_INDEXES = BY_NAME["queue_index"].choices
 WEBHOOK_FORMATS = BY_NAME["webhook_format"].choices
 DEFAULT_GROUP = "default"  # the consumer group of queue commands without --group
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+# The loader takes the earlier SwiftDrop's "1.0" and "2.0" too.
 AUTH_VERSIONS = {"1": "1.0", "1.0": "1.0", "2": "2.0", "2.0": "2.0", "3": "3"}
 BOOLEANS = {"true": True, "yes": True, "on": True, "1": True,
             "false": False, "no": False, "off": False, "0": False}
@@ -333,11 +334,12 @@ class _Section:
         setting, value = BY_NAME[key], self.raw(key)
         if value is None:
             return setting.default
-        kind = int if setting.kind == settings.INTEGER else float
         try:
-            number = kind(value)
+            number = float(value)
+            if setting.kind == settings.INTEGER:
+                number = int(value)
         except ValueError:
-            whole = " whole" if kind is int else ""
+            whole = " whole" if setting.kind == settings.INTEGER and _is_float(value) else ""
             self.value_problem(key, f"{value!r} is not a{whole} number")
             return setting.default
         if not math.isfinite(number):  # nan, inf, 1e400: every socket timeout would fail
@@ -349,11 +351,11 @@ class _Section:
             return setting.default
         return number
 
-    def choice(self, key):
+    def choice(self, key, aliases=()):
         setting, value = BY_NAME[key], self.raw(key)
         if value is None:
             return setting.default
-        if value not in setting.choices:
+        if value not in setting.choices and value not in aliases:
             self.value_problem(key, f"{value!r} is not one of {', '.join(setting.choices)}")
             return setting.default
         return value
@@ -374,6 +376,14 @@ class _Section:
             if value is not None and key[len(OS_OPTIONS_PREFIX):] in OS_OPTIONS:
                 options[key[len(OS_OPTIONS_PREFIX):]] = value
         return tuple(sorted(options.items()))
+
+
+def _is_float(text):
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _recipients(section):
@@ -573,7 +583,7 @@ def _account(section):
     authurl = section.required("authurl")
     if authurl and not authurl.startswith(("http://", "https://")):
         section.value_problem("authurl", f"{authurl!r} is not an http(s) URL")
-    version = section.choice("auth_version")
+    version = section.choice("auth_version", aliases=AUTH_VERSIONS)
     cacert, insecure = section.file("cacert"), section.boolean("insecure")
     if cacert is not None and insecure:
         section.combination_problem(

@@ -59,7 +59,7 @@ SETTINGS = (
     Setting("container", TEXT, "the container the messages are stored in", role="container",
             required=True),
     Setting("auth_version", CHOICE, "Swift/Keystone authentication version", default="1",
-            choices=("1", "1.0", "2", "2.0", "3"), role="auth_version"),
+            choices=("1", "2", "3"), role="auth_version"),
     Setting("authurl", URL, "authentication URL (tempauth or Keystone)", role="authurl",
             required=True),
     Setting("user", TEXT, "the account's user name", role="user", required=True),
