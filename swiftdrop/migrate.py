@@ -14,19 +14,21 @@ silently dropped.
 """
 
 import json
+import math
 import re
 
 from . import config as config_module
+from . import settings
 
 PREFIX = "SWIFTDROP_"
 OPTIONS = sorted(
-    {"recipient", *config_module.SCALAR_KEYS,
+    {*config_module.LIST_KEYS, *config_module.SCALAR_KEYS,
      *(f"os_options_{name}" for name in config_module.OS_OPTIONS)},
     key=len, reverse=True)
 # Values that go to the Vault file, not to the group_vars in the clear.
 SECRETS = {"key", "os_options_application_credential_secret", "queue_redis_url"}
-BOOLEAN_KEYS = {"insecure", "create_container"}
-NUMBER_KEYS = {"timeout": float, "retries": int}
+BOOLEAN_KEYS = {s.name for s in settings.SETTINGS if s.kind == settings.BOOLEAN}
+NUMBER_KEYS = {s.name for s in settings.SETTINGS if s.kind in (settings.NUMBER, settings.INTEGER)}
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -168,9 +170,12 @@ def _typed(option, value):
         return config_module.BOOLEANS[value.lower()]
     if option in NUMBER_KEYS:
         try:
-            return NUMBER_KEYS[option](value)
+            number = float(value)
         except ValueError:
             raise MigrationError(f"{option}: {value!r} is not a number") from None
+        if not math.isfinite(number):
+            raise MigrationError(f"{option}: {value!r} is not a finite number")
+        return int(number) if number.is_integer() else number
     return value
 
 
