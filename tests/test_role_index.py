@@ -349,6 +349,8 @@ def test_a_worker_or_webhook_joins_group_redis_only_on_a_destination_using_the_l
               "group": "archive"}
     conf = rendered(tmp_path, "swiftdrop-worker.conf", item=worker, **LOCAL)
     assert groups(conf) == ["redis"]
+    # and starts after that Redis: a boot does not begin with failed claims
+    assert {"After=redis-server.service", "Wants=redis-server.service"} <= set(unit_lines(conf))
     assert groups(rendered(tmp_path, "swiftdrop-worker.conf",
                            item={**worker, "destination": "DEFAULT", "group": None},
                            **LOCAL)) == []
@@ -356,13 +358,17 @@ def test_a_worker_or_webhook_joins_group_redis_only_on_a_destination_using_the_l
                            swiftdrop_destinations=[SWIFT, {**STREAM,
                                                            "queue_redis_url": VAULTED_URL}])) == []
     hooked = {**STREAM, "webhook": {"url": "https://hooks.example.test/in", "secret": "s"}}
-    assert groups(rendered(tmp_path, "swiftdrop-webhook.conf", item="billing",
-                           _webhook=hooked["webhook"], swiftdrop_redis_install=True,
-                           swiftdrop_destinations=[SWIFT, hooked])) == ["redis"]
-    assert groups(rendered(tmp_path, "swiftdrop-webhook.conf", item="DEFAULT",
-                           _webhook=hooked["webhook"], swiftdrop_redis_install=True,
-                           swiftdrop_destinations=[{**SWIFT, "webhook": hooked["webhook"]},
-                                                   STREAM])) == []
+    webhook = rendered(tmp_path, "swiftdrop-webhook.conf", item="billing",
+                       _webhook=hooked["webhook"], swiftdrop_redis_install=True,
+                       swiftdrop_destinations=[SWIFT, hooked])
+    assert groups(webhook) == ["redis"]
+    assert "After=redis-server.service" in unit_lines(webhook)
+    elsewhere = rendered(tmp_path, "swiftdrop-webhook.conf", item="DEFAULT",
+                         _webhook=hooked["webhook"], swiftdrop_redis_install=True,
+                         swiftdrop_destinations=[{**SWIFT, "webhook": hooked["webhook"]},
+                                                 STREAM])
+    assert groups(elsewhere) == []
+    assert "After=redis-server.service" not in unit_lines(elsewhere)
 
 
 # -- the queue-stats timer: the announce lag ----------------------------------------------
