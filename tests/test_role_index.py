@@ -357,6 +357,11 @@ def test_a_worker_or_webhook_joins_group_redis_only_on_a_destination_using_the_l
     assert groups(rendered(tmp_path, "swiftdrop-worker.conf", item=worker,
                            swiftdrop_destinations=[SWIFT, {**STREAM,
                                                            "queue_redis_url": VAULTED_URL}])) == []
+    # a destination that names the local socket itself uses that Redis too
+    assert groups(rendered(tmp_path, "swiftdrop-worker.conf", item=worker,
+                           swiftdrop_redis_install=True,
+                           swiftdrop_destinations=[SWIFT, {
+                               **STREAM, "queue_redis_url": f"unix://{SOCKET}?db=3"}])) == ["redis"]
     hooked = {**STREAM, "webhook": {"url": "https://hooks.example.test/in", "secret": "s"}}
     webhook = rendered(tmp_path, "swiftdrop-webhook.conf", item="billing",
                        _webhook=hooked["webhook"], swiftdrop_redis_install=True,
