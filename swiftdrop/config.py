@@ -198,7 +198,9 @@ class _Problems:
         self.found = []
 
     def add(self, section, key, problem):
-        self.found.append(ConfigError(self.path, section, key, problem))
+        if not any((error.section, error.key, error.problem) == (section, key, problem)
+                   for error in self.found):  # a value read twice is one problem
+            self.found.append(ConfigError(self.path, section, key, problem))
 
     def raise_any(self):
         if self.found:
