@@ -27,37 +27,222 @@ OPTIONS = sorted(
     key=len, reverse=True)
 # Values that go to the Vault file, not to the group_vars in the clear.
 SECRETS = {"key", "os_options_application_credential_secret", "queue_redis_url"}
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 BOOLEAN_KEYS = {s.name for s in settings.SETTINGS if s.kind == settings.BOOLEAN}
 NUMBER_KEYS = {s.name for s in settings.SETTINGS if s.kind in (settings.NUMBER, settings.INTEGER)}
-NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class MigrationError(Exception):
     """An environment that cannot be carried over as it is; says which variable."""
 
 
-def read_env_file(path):
-    """KEY=VALUE lines as Docker's --env-file and shell files write them.
+def read_env_file(path, dialect, environ):
+    """(variables, warnings) of an env file read as `dialect` ("docker" or "shell") reads it.
 
-    Comments and blank lines are skipped; a value in matching single or
-    double quotes loses them. A line without ``=`` is not an assignment
-    (the earlier README abbreviates with ``...``) and is left out.
+    The two read quotes, escapes and comments differently, so the same file
+    can give another password either way; nothing here guesses which way the
+    earlier SwiftDrop's users passed theirs. Without a dialect the file must
+    read the same both ways (DialectNeeded otherwise). Each warning names a
+    variable the other dialect reads differently, never its value. A name
+    without a value is taken from `environ`, as docker run and a shell's
+    ``export NAME`` take it from theirs.
     """
-    variables = {}
-    with open(path, encoding="utf-8") as env_file:
-        for number, line in enumerate(env_file, 1):
-            text = line.strip()
-            if not text or text.startswith("#") or "=" not in text:
-                continue
-            name, _, value = text.partition("=")
-            name = name.strip().removeprefix("export ").strip()
-            if not NAME.match(name):
-                raise MigrationError(f"{path}:{number}: {name!r} is not a variable name")
-            value = value.strip()
-            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-                value = value[1:-1]
+    lines = _lines(path)
+    if dialect is None:
+        differing = _differing(*(_leniently(lines, name, environ) for name in DIALECTS))
+        if differing:
+            raise DialectNeeded(path, differing)
+        dialect = "docker"
+    variables, unset = _strictly(path, lines, dialect, environ)
+    other = next(name for name in DIALECTS if name != dialect)
+    warnings = [f"{name}: {DIALECTS[other]} would read another value (or none); "
+                f"taken as {DIALECTS[dialect]} reads it"
+                for name in _differing(variables, _leniently(lines, other, environ))]
+    warnings += [f"{path}:{number}: {name} has no value and is not set in this environment: "
+                 f"left out, as {DIALECTS[dialect]} leaves it out" for number, name in unset]
+    warnings += [f"{name}: begins or ends with blanks, which the ini loses: swiftdrop strips "
+                 "every value it reads" for name, value in variables.items()
+                 if name.startswith(PREFIX) and value != value.strip()]
+    return variables, warnings
+
+
+class DialectNeeded(MigrationError):
+    """An env file whose values depend on who reads it: the user must say who did."""
+
+    def __init__(self, path, differing):
+        super().__init__(
+            f"{path} reads differently as docker run --env-file and as a shell reads it "
+            f"({', '.join(differing)}): choose --dialect docker (each line taken literally, "
+            "quotes and backslashes part of the value) or --dialect shell (quotes and "
+            "escapes read as sh reads them, trailing comments dropped)")
+
+
+def _lines(path):
+    """The file's lines as Docker splits them: at newlines only, a UTF-8 BOM dropped."""
+    with open(path, encoding="utf-8-sig", newline="") as env_file:
+        text = env_file.read()
+    return text.removesuffix("\n").split("\n") if text else []
+
+
+def _strictly(path, lines, dialect, environ):
+    """{name: value}, and (line, name) of names given no value; a line it cannot read raises."""
+    variables, unset = {}, []
+    for number, line in enumerate(lines, 1):
+        try:
+            assignment = READERS[dialect](line, environ)
+        except MigrationError as error:
+            raise MigrationError(f"{path}:{number}: {error}") from None
+        if assignment is None:
+            continue
+        name, value = assignment
+        if value is None:
+            shown = name if IDENTIFIER.fullmatch(name) else "the name on this line"
+            unset.append((number, shown))
+            variables.pop(name, None)
+        else:
             variables[name] = value
+    return variables, unset
+
+
+def _leniently(lines, dialect, environ):
+    """{name: value or None (unset)} for comparing; a line it cannot read gives UNREADABLE."""
+    variables = {}
+    for number, line in enumerate(lines, 1):
+        try:
+            assignment = READERS[dialect](line, environ)
+        except MigrationError:
+            words = line.split("=", 1)[0].split()
+            assignment = (_shown(words[-1] if words else "", number), UNREADABLE)
+        if assignment is not None:
+            variables[assignment[0]] = assignment[1]
     return variables
+
+
+def _shown(name, number):
+    """A name fit for a message, or its line: a line that is no assignment may hold a secret."""
+    return name if IDENTIFIER.fullmatch(name) else f"line {number}"
+
+
+def _differing(first, second):
+    """The names whose values (or presence) differ between two readings."""
+    return sorted(name for name in first.keys() | second.keys()
+                  if first.get(name) != second.get(name))
+
+
+def _docker_assignment(line, environ):
+    """One line as ``docker run --env-file`` reads it: (name, value), or None to skip.
+
+    docker/cli pkg/kvfile: leading whitespace goes, then a line that is empty
+    or starts with ``#`` is skipped; the rest up to the first ``=`` is the
+    name (no blanks in it) and everything after it the value, untouched:
+    quotes, backslashes, ``#`` and trailing blanks included. ``NAME`` alone
+    takes NAME from the environment, or leaves it out if unset there.
+    """
+    text = line.removesuffix("\r").lstrip()
+    if not text or text.startswith("#"):
+        return None
+    name, equals, value = text.partition("=")
+    if not name:
+        raise MigrationError("no variable name before the =")
+    if re.search(r"[ \t]", name):
+        raise MigrationError("a blank before the = (docker run refuses the file)")
+    return (name, value) if equals else (name, environ.get(name))
+
+
+def _shell_assignment(line, environ):
+    """One line as ``set -a; . FILE`` would read it: (name, value), or None to skip.
+
+    Only what needs no shell to evaluate: NAME=WORD with an optional
+    ``export``; single quotes literal; double quotes where a backslash escapes
+    only a backslash, double quote, dollar or backtick; outside quotes a
+    backslash escaping the next character; a comment after a blank.
+    Expansions, commands and anything else a shell would have to run raise
+    MigrationError naming what, rather than a guess.
+    """
+    text = line.lstrip(" \t")
+    if not text or text.startswith("#"):
+        return None
+    exported = re.match(r"export[ \t]+", text)
+    if exported:
+        text = text[exported.end():]
+    match = re.match(r"([A-Za-z_][A-Za-z0-9_]*)(=?)", text)
+    if not match or not (match[2] or exported):
+        raise MigrationError("not an assignment: a shell would run it as a command")
+    if not match[2]:
+        _only_a_comment(text[match.end():])
+        return match[1], environ.get(match[1])
+    value, rest = _shell_word(text[match.end():])
+    _only_a_comment(rest)
+    return match[1], value
+
+
+def _only_a_comment(rest):
+    if rest.strip(" \t") and not rest.lstrip(" \t").startswith("#"):
+        raise MigrationError("more than one assignment or a command on the line; "
+                             "a shell would have to run it")
+
+
+def _shell_word(text):
+    """The value of one unquoted-or-quoted shell word at the start of `text`, and the rest."""
+    value, index = [], 0
+    while index < len(text) and text[index] not in " \t":
+        char = text[index]
+        if char == "'":
+            end = text.find("'", index + 1)
+            if end < 0:
+                raise MigrationError("a single quote not closed on its line")
+            value.append(text[index + 1:end])
+            index = end + 1
+        elif char == '"':
+            chunk, index = _double_quoted(text, index + 1)
+            value.append(chunk)
+        elif char == "\\":
+            if index + 1 == len(text):
+                raise MigrationError("a backslash continues the line; join the lines")
+            value.append(text[index + 1])
+            index += 2
+        else:
+            _refuse_expansion(text, index, unquoted=True)
+            value.append(char)
+            index += 1
+    return "".join(value), text[index:]
+
+
+def _double_quoted(text, index):
+    """The inside of a double-quoted part starting at `index`, and the index after it."""
+    chunk = []
+    while index < len(text):
+        char = text[index]
+        if char == '"':
+            return "".join(chunk), index + 1
+        if char == "\\" and text[index + 1:index + 2] in ("$", "`", '"', "\\"):
+            chunk.append(text[index + 1])
+            index += 2
+            continue
+        if char == "\\" and index + 1 == len(text):
+            raise MigrationError("a backslash continues the line; join the lines")
+        _refuse_expansion(text, index, unquoted=False)
+        chunk.append(char)
+        index += 1
+    raise MigrationError("a double quote not closed on its line")
+
+
+def _refuse_expansion(text, index, *, unquoted):
+    """$ (but a last one), ` and, outside quotes, operators and ~: a shell's to evaluate."""
+    char, following = text[index], text[index + 1:index + 2]
+    if char == "$" and following not in ("", " ", "\t", '"'):
+        raise MigrationError("$ expansion needs a shell; quote it with '...' or \\$")
+    if char == "`":
+        raise MigrationError("command substitution needs a shell")
+    if unquoted and char in ";&|<>()":
+        raise MigrationError(f"{char!r} is shell syntax; quote the value")
+    if unquoted and char == "~" and (index == 0 or text[index - 1] == ":"):
+        raise MigrationError("~ would be expanded to a home directory; quote it")
+
+
+DIALECTS = {"docker": "docker run --env-file", "shell": "a shell"}
+READERS = {"docker": _docker_assignment, "shell": _shell_assignment}
+UNREADABLE = object()  # what a dialect makes of a line it cannot read, for comparing
 
 
 def sections_of(variables):
