@@ -26,7 +26,9 @@ OPTIONS = sorted(
      *(f"os_options_{name}" for name in config_module.OS_OPTIONS)},
     key=len, reverse=True)
 # Values that go to the Vault file, not to the group_vars in the clear.
-SECRETS = {"key", "os_options_application_credential_secret", "queue_redis_url"}
+SECRETS = {option for option in OPTIONS if settings.setting_of(option).secret}
+# What Jinja (so Ansible, on every variable it reads) takes as the start of a template.
+TEMPLATE_MARKERS = ("{{", "{%", "{#")
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 BOOLEAN_KEYS = {s.name for s in settings.SETTINGS if s.kind == settings.BOOLEAN}
 NUMBER_KEYS = {s.name for s in settings.SETTINGS if s.kind in (settings.NUMBER, settings.INTEGER)}
@@ -295,47 +297,26 @@ def _ini_value(value):
 
 
 def to_ansible(variables):
-    """group_vars for roles/swiftdrop, then the Vault file with the secrets."""
+    """group_vars for roles/swiftdrop, then the Vault file with the secrets.
+
+    What came from the environment reaches Ansible as data, never as a
+    template: every secret and any value with Jinja's ``{{``, ``{%`` or
+    ``{#`` is tagged ``!unsafe``, so a password like ``a{{b}}`` is written
+    into the ini as it is instead of failing or being evaluated.
+    """
     group_vars, vault = {}, {}
     if variables.get("MYHOSTNAME"):
-        group_vars["swiftdrop_myhostname"] = variables["MYHOSTNAME"]
-    group_vars["swiftdrop_relay_domains"] = [
-        domain.strip() for domain in variables.get("RELAY_DOMAINS", "").split(",")
-        if domain.strip()]
+        group_vars["swiftdrop_myhostname"] = _literal(variables["MYHOSTNAME"])
+    group_vars["swiftdrop_relay_domains"] = _listed(variables.get("RELAY_DOMAINS", ""))
     if variables.get("MYRECIPIENTS"):
-        try:
-            recipients = json.loads(variables["MYRECIPIENTS"])
-        except ValueError as error:
-            raise MigrationError(f"MYRECIPIENTS: not a JSON list: {error}") from None
-        if not isinstance(recipients, list):
-            raise MigrationError("MYRECIPIENTS: not a JSON list")
-        group_vars["swiftdrop_recipients"] = [str(recipient) for recipient in recipients]
-    destinations = []
-    routed = set()
-    for section, options in sections_of(variables).items():
-        destination = {"name": section}
-        os_options = {}
-        for option, given in options.items():
-            value = given
-            if option in SECRETS and given:
-                vault_name = f"vault_swiftdrop_{section.lower()}_{option}"
-                vault[vault_name] = given
-                value = "{{ " + vault_name + " }}"
-            if option == "recipient":
-                if section != config_module.CATCH_ALL:
-                    destination["recipients"] = [
-                        r.strip() for r in value.split(",") if r.strip()]
-                    routed.update(r.casefold() for r in destination["recipients"])
-            elif option.startswith("os_options_"):
-                os_options[option[len("os_options_"):]] = value
-            else:
-                destination[option] = _typed(option, value)
-        if os_options:
-            destination["os_options"] = os_options
-        destinations.append(destination)
+        group_vars["swiftdrop_recipients"] = [_literal(r) for r in _json_list(variables)]
+    destinations = [_destination(section, options, vault)
+                    for section, options in sections_of(variables).items()]
     group_vars["swiftdrop_destinations"] = destinations
     # The role accepts a destination's recipients by itself; MYRECIPIENTS
     # listed them too because Postfix needed every address there.
+    routed = {r.casefold() for destination in destinations
+              for r in destination.get("recipients", ())}
     if "swiftdrop_recipients" in group_vars:
         group_vars["swiftdrop_recipients"] = [
             r for r in group_vars["swiftdrop_recipients"] if r.casefold() not in routed]
@@ -345,9 +326,62 @@ def to_ansible(variables):
             + (_yaml(vault) if vault else "{}\n"))
 
 
+def _json_list(variables):
+    try:
+        recipients = json.loads(variables["MYRECIPIENTS"])
+    except ValueError as error:
+        quoted = re.fullmatch(r"(['\"]).*\1", variables["MYRECIPIENTS"], re.S)
+        hint = (" (in quotes, which docker run --env-file keeps: if the earlier SwiftDrop "
+                "got it without them, its file was read as --dialect shell)" if quoted else "")
+        raise MigrationError(f"MYRECIPIENTS: not a JSON list{hint}: {error}") from None
+    if not isinstance(recipients, list):
+        raise MigrationError("MYRECIPIENTS: not a JSON list")
+    return [str(recipient) for recipient in recipients]
+
+
+def _destination(section, options, vault):
+    """One entry of swiftdrop_destinations; its secrets go to `vault`, referenced by name."""
+    destination = {"name": section}
+    for option, given in options.items():
+        value = _literal(given)
+        if option in SECRETS and given:
+            vault_name = f"vault_swiftdrop_{section.lower()}_{option}"
+            vault[vault_name] = Literal(given)
+            value = "{{ " + vault_name + " }}"
+        if option == "recipient":
+            if section != config_module.CATCH_ALL:
+                destination["recipients"] = _listed(given)
+        elif option.startswith("os_options_"):
+            destination.setdefault("os_options", {})[option[len("os_options_"):]] = value
+        elif option == "webhook_cacert":
+            raise MigrationError(f"{PREFIX}{section}_WEBHOOK_CACERT: the role takes the "
+                                 "receiver's CA as PEM text (webhook.cacert), not a path; "
+                                 "leave it out here and put the file's content there")
+        elif option.startswith("webhook_"):
+            destination.setdefault("webhook", {})[option[len("webhook_"):]] = _typed(
+                option, value)
+        else:
+            destination[option] = _typed(option, value)
+    return destination
+
+
+def _listed(value):
+    """A comma-separated value as the role's list, each item data for Ansible."""
+    return [_literal(item.strip()) for item in value.split(",") if item.strip()]
+
+
+class Literal(str):
+    """A value Ansible must take as it is: written with the YAML tag ``!unsafe``."""
+
+
+def _literal(value):
+    """`value` as a Literal if Ansible would otherwise read a template in it."""
+    return Literal(value) if any(marker in value for marker in TEMPLATE_MARKERS) else value
+
+
 def _typed(option, value):
     """Role variables are typed (meta/argument_specs.yml); a blank stays a blank."""
-    if value == "":
+    if value == "" or isinstance(value, Literal):
         return value
     if option in BOOLEAN_KEYS:
         if value.lower() not in config_module.BOOLEANS:
@@ -388,4 +422,6 @@ def _yaml(value, indent=0):
 def _scalar(value):
     if isinstance(value, (dict, list)):
         return "{}" if isinstance(value, dict) else "[]"
+    if isinstance(value, Literal):
+        return "!unsafe " + json.dumps(value)
     return json.dumps(value)

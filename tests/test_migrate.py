@@ -65,6 +65,23 @@ def sourced_env_file(tmp_path):
     return path
 
 
+class Unsafe(str):
+    """A value the YAML tagged !unsafe, as Ansible's loader marks it."""
+
+
+class AnsibleLikeLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that reads !unsafe, which Ansible's vars loader understands."""
+
+
+AnsibleLikeLoader.add_constructor(
+    "!unsafe", lambda loader, node: Unsafe(loader.construct_scalar(node)))
+
+
+def ansible_documents(text):
+    """group_vars and vault from import-env --format ansible."""
+    return list(yaml.load_all(text, Loader=AnsibleLikeLoader))
+
+
 def test_the_earlier_example_as_it_stands_needs_a_dialect(env_file):
     result = run_swiftdrop("import-env", "--env-file", str(env_file))
     assert result.returncode == 2, result.stderr
@@ -105,7 +122,7 @@ def test_the_earlier_example_becomes_group_vars_with_secrets_for_vault(sourced_e
     result = run_swiftdrop("import-env", "--env-file", str(sourced_env_file),
                            "--dialect", "shell", "--format", "ansible")
     assert result.returncode == 0, result.stderr
-    group_vars, vault = yaml.safe_load_all(result.stdout)
+    group_vars, vault = ansible_documents(result.stdout)
     assert group_vars == {
         "swiftdrop_myhostname": "swiftdrop.example.com",
         "swiftdrop_relay_domains": ["example.com", "test.com"],
@@ -120,6 +137,8 @@ def test_the_earlier_example_becomes_group_vars_with_secrets_for_vault(sourced_e
              "container": "production"},
         ]}
     assert vault == {"vault_swiftdrop_default_key": "xxx"}
+    assert isinstance(vault["vault_swiftdrop_default_key"], Unsafe)  # never templated
+    assert not isinstance(group_vars["swiftdrop_destinations"][0]["key"], Unsafe)  # a reference
     assert "xxx" not in result.stdout.split("---")[1]  # the secret only in the Vault part
     assert_valid_role_variables(group_vars)
 
@@ -277,3 +296,19 @@ def test_a_dialect_without_a_file_is_a_usage_error():
     result = run_swiftdrop("import-env", "--dialect", "shell")
     assert result.returncode == 2
     assert "--dialect says how to read --env-file's FILE" in result.stderr
+
+
+def test_quotes_docker_run_kept_are_named_when_they_spoil_myrecipients(env_file):
+    result = run_swiftdrop("import-env", "--env-file", str(env_file), "--dialect", "docker",
+                           "--format", "ansible")
+    assert result.returncode == 78
+    assert ("MYRECIPIENTS: not a JSON list (in quotes, which docker run --env-file keeps: if "
+            "the earlier SwiftDrop got it without them, its file was read as --dialect shell)"
+            in result.stderr)
+
+
+def test_a_webhook_cacert_path_is_not_passed_off_as_the_pem_the_role_wants():
+    with pytest.raises(migrate.MigrationError,
+                       match="SWIFTDROP_P_WEBHOOK_CACERT: the role takes the receiver's CA as PEM"):
+        migrate.to_ansible({"SWIFTDROP_DEFAULT_CONTAINER": "c",
+                            "SWIFTDROP_P_WEBHOOK_CACERT": "/etc/ssl/hook.pem"})
