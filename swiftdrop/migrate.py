@@ -81,8 +81,11 @@ class DialectNeeded(MigrationError):
 
 def _lines(path):
     """The file's lines as Docker splits them: at newlines only, a UTF-8 BOM dropped."""
-    with open(path, encoding="utf-8-sig", newline="") as env_file:
-        text = env_file.read()
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as env_file:
+            text = env_file.read()
+    except UnicodeDecodeError as error:
+        raise MigrationError(f"{path}: not UTF-8, which docker run refuses too: {error}") from None
     return text.removesuffix("\n").split("\n") if text else []
 
 
@@ -161,6 +164,9 @@ def _shell_assignment(line, environ):
     Expansions, commands and anything else a shell would have to run raise
     MigrationError naming what, rather than a guess.
     """
+    if line.endswith("\r"):
+        raise MigrationError("a Windows line end: a shell keeps its CR as part of the line; "
+                             "convert the file (dos2unix) or, if Docker read it, --dialect docker")
     text = line.lstrip(" \t")
     if not text or text.startswith("#"):
         return None
