@@ -238,7 +238,9 @@ def _double_quoted(text, index):
 def _refuse_expansion(text, index, *, unquoted):
     """$ (but a last one), ` and, outside quotes, operators and ~: a shell's to evaluate."""
     char, following = text[index], text[index + 1:index + 2]
-    if char == "$" and following not in ("", " ", "\t", '"'):
+    # A $ before a blank, the end or (inside double quotes) the closing quote is itself.
+    literal = following in ("", " ", "\t") or (following == '"' and not unquoted)
+    if char == "$" and not literal:
         raise MigrationError("$ expansion needs a shell; quote it with '...' or \\$")
     if char == "`":
         raise MigrationError("command substitution needs a shell")

@@ -201,11 +201,16 @@ def read_both_ways(tmp_path, text, environ=None):
     ("K=a\\ b", "a\\ b", "a b"),
     ("K='it'\\''s'", "'it'\\''s'", "it's"),
     ("K=pay$", "pay$", "pay$"),  # a last $ expands nothing
+    ('K="pay$"', '"pay$"', "pay$"),
+    ('K="pay$ x"', '"pay$ x"', "pay$ x"),
     ("  K=x=y,z", "x=y,z", "x=y,z"),
 ])
 def test_the_dialects_read_a_line_as_docker_run_and_sh_do(tmp_path, line, docker, shell):
     assert read_both_ways(tmp_path, f"# a comment\n\n{line}\n") == {
         "docker": {"K": docker}, "shell": {"K": shell}}
+    sourced = subprocess.run(["sh", "-c", 'set -a; . "$0"; printf %s "$K"', tmp_path / "one.env"],
+                             capture_output=True, text=True, check=True)
+    assert sourced.stdout == shell  # what a real shell makes of it
 
 
 @pytest.mark.parametrize(("dialect", "text"), [
@@ -225,6 +230,7 @@ def test_a_name_without_a_value_takes_the_environment(tmp_path, dialect, text):
     ("K=s3cr3t$HOME", "$ expansion needs a shell"),
     ('K="s3cr3t${HOME}"', "$ expansion needs a shell"),
     ("K=s3cr3t$(id)", "$ expansion needs a shell"),
+    ('K=s3cr3t$"x"', "$ expansion needs a shell"),  # bash's $"..." translates
     ("K=s3cr3t`id`", "command substitution needs a shell"),
     ('K="s3cr3t`id`"', "command substitution needs a shell"),
     ("K=s3cr3t;reboot", "';' is shell syntax"),
