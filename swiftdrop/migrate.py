@@ -285,9 +285,9 @@ def to_ini(variables):
 
 
 def _ini_entry(option, value):
-    if option == "recipient":  # a list in the ini: one value per address
-        addresses = [address.strip() for address in value.split(",") if address.strip()]
-        return ", ".join(_ini_value(address) for address in addresses) or '""'
+    if settings.setting_of(option).kind == settings.LIST:  # one value per item in the ini
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        return ", ".join(_ini_value(item) for item in items) or '""'
     return _ini_value(value)
 
 
@@ -348,28 +348,30 @@ def _json_list(variables):
 
 
 def _destination(section, options, vault):
-    """One entry of swiftdrop_destinations; its secrets go to `vault`, referenced by name."""
+    """One entry of swiftdrop_destinations; its secrets go to `vault`, referenced by name.
+
+    Where each key goes and what type it takes is the settings table's
+    (``role``: ``webhook.secret`` is the secret of the entry's ``webhook``).
+    """
     destination = {"name": section}
     for option, given in options.items():
-        value = _literal(given)
-        if option in SECRETS and given:
-            vault_name = f"vault_swiftdrop_{section.lower()}_{option}"
-            vault[vault_name] = Literal(given)
-            value = "{{ " + vault_name + " }}"
-        if option == "recipient":
-            if section != config_module.CATCH_ALL:
-                destination["recipients"] = _listed(given)
-        elif option.startswith("os_options_"):
-            destination.setdefault("os_options", {})[option[len("os_options_"):]] = value
-        elif option == "webhook_cacert":
+        setting = settings.setting_of(option)
+        if option == "recipient" and section == config_module.CATCH_ALL:
+            continue  # the catch-all takes what no section routes; the role says so itself
+        if option == "webhook_cacert":
             raise MigrationError(f"{PREFIX}{section}_WEBHOOK_CACERT: the role takes the "
                                  "receiver's CA as PEM text (webhook.cacert), not a path; "
                                  "leave it out here and put the file's content there")
-        elif option.startswith("webhook_"):
-            destination.setdefault("webhook", {})[option[len("webhook_"):]] = _typed(
-                option, value)
+        if setting.secret and given:
+            vault_name = f"vault_swiftdrop_{section.lower()}_{option}"
+            vault[vault_name] = Literal(given)
+            value = "{{ " + vault_name + " }}"
+        elif setting.kind == settings.LIST:
+            value = _listed(given)
         else:
-            destination[option] = _typed(option, value)
+            value = _typed(option, _literal(given))
+        group, _, key = setting.role.rpartition(".")
+        (destination.setdefault(group, {}) if group else destination)[key] = value
     return destination
 
 

@@ -34,6 +34,7 @@ SETTINGS = {
     "DEFAULT_OS_OPTIONS_PROJECT_NAME": "project",
     "DEFAULT_OS_OPTIONS_PROJECT_DOMAIN_NAME": "project_domain",
     "DEFAULT_OS_OPTIONS_USER_DOMAIN_NAME": "user_domain",
+    "DEFAULT_REJECT_VERDICTS": "spam-reject, dkim-fail",
     "PRODUCTION_RECIPIENT": "swiftdrop@example.com",
     "PRODUCTION_CONTAINER": "production",
     "PRODUCTION_WEBHOOK_URL": "https://hooks.example.test/mail",
@@ -91,6 +92,7 @@ def test_the_role_renders_the_ini_confd_would_have_written(tmp_path, dialect, wr
     assert dict(sections["APPCRED"].account.os_options)["application_credential_secret"] == (
         PASSWORDS["APPCRED_OS_OPTIONS_APPLICATION_CREDENTIAL_SECRET"])
     assert sections["PRODUCTION"].account == sections["DEFAULT"].account  # inherited
+    assert sections["PRODUCTION"].reject_verdicts == ("spam-reject", "dkim-fail")
     assert (sections["PRODUCTION"].webhook.secret,
             sections["PRODUCTION"].webhook.tempurl_key) == (
         PASSWORDS["PRODUCTION_WEBHOOK_SECRET"], PASSWORDS["PRODUCTION_WEBHOOK_TEMPURL_KEY"])
