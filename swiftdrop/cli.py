@@ -220,6 +220,11 @@ def build_parser():
     import_parser.add_argument("--env-file", metavar="FILE",
                                help="read KEY=VALUE lines from FILE (default: this process's "
                                     "environment)")
+    import_parser.add_argument("--dialect", choices=tuple(migrate.DIALECTS),
+                               help="how the earlier SwiftDrop's users passed FILE: docker "
+                                    "(docker run --env-file: each line literal, quotes kept) "
+                                    "or shell (sourced: quotes and escapes read, $ refused); "
+                                    "required unless FILE reads the same both ways")
     import_parser.add_argument("--format", choices=("ini", "ansible"), default="ini",
                                help="ini: /etc/swiftdrop.ini as confd wrote it; ansible: "
                                     "group_vars for roles/swiftdrop, secrets in a Vault part")
@@ -243,11 +248,22 @@ def add_status_command(commands):
 
 def import_env(options):
     """``swiftdrop import-env``: print the converted configuration."""
+    if options.dialect and not options.env_file:
+        print("swiftdrop import-env: --dialect says how to read --env-file's FILE; "
+              "the environment needs no reading", file=sys.stderr)
+        return EX_USAGE
+    variables, warnings = dict(os.environ), []
     try:
-        variables = (migrate.read_env_file(options.env_file) if options.env_file
-                     else dict(os.environ))
+        if options.env_file:
+            variables, warnings = migrate.read_env_file(
+                options.env_file, options.dialect, os.environ)
+        for warning in warnings:
+            print(f"swiftdrop import-env: warning: {warning}", file=sys.stderr)
         convert = migrate.to_ini if options.format == "ini" else migrate.to_ansible
         sys.stdout.write(convert(variables))
+    except migrate.DialectNeeded as error:
+        print(f"swiftdrop import-env: {error}", file=sys.stderr)
+        return EX_USAGE
     except (OSError, migrate.MigrationError) as error:
         print(f"swiftdrop import-env: {error}", file=sys.stderr)
         return EX_CONFIG
