@@ -308,8 +308,9 @@ class _Section:
         if isinstance(value, list) and key not in LIST_KEYS:
             self.value_problem(key, "must be a single value; quote it if it contains a comma")
             return None
-        if isinstance(value, str):
-            value = value.strip()
+        setting = setting_of(key)
+        if isinstance(value, str) and not (setting and setting.secret):
+            value = value.strip()  # a secret is as quoted: "pass " keeps its space
         return value if value not in ("", None) else None
 
     def text(self, key):

@@ -63,8 +63,9 @@ def read_env_file(path, dialect, environ):
     warnings += [f"{path}:{number}: {name} has no value and is not set in this environment: "
                  f"left out, as {DIALECTS[dialect]} leaves it out" for number, name in unset]
     warnings += [f"{name}: begins or ends with blanks, which the ini loses: swiftdrop strips "
-                 "every value it reads" for name, value in variables.items()
-                 if name.startswith(PREFIX) and value != value.strip()]
+                 "every value it reads but a secret's" for name, value in variables.items()
+                 if name.startswith(PREFIX) and value != value.strip()
+                 and not _is_secret(name)]
     return variables, warnings
 
 
@@ -255,14 +256,24 @@ READERS = {"docker": _docker_assignment, "shell": _shell_assignment}
 UNREADABLE = object()  # what a dialect makes of a line it cannot read, for comparing
 
 
+def _option_of(name):
+    """The ini key a SWIFTDROP_<SECTION>_<OPTION> variable ends in (None: no known one)."""
+    rest = name[len(PREFIX):].lower()
+    return next((option for option in OPTIONS if rest.endswith("_" + option)), None)
+
+
+def _is_secret(name):
+    option = _option_of(name)
+    return option is not None and settings.setting_of(option).secret
+
+
 def sections_of(variables):
     """{SECTION: {option: value}} from the SWIFTDROP_* variables, DEFAULT first."""
     sections = {}
     for name, value in variables.items():
         if not name.startswith(PREFIX):
             continue
-        rest = name[len(PREFIX):].lower()
-        option = next((o for o in OPTIONS if rest.endswith("_" + o)), None)
+        option = _option_of(name)
         if option is None:
             raise MigrationError(f"{name}: does not end in a known option "
                                  f"(e.g. _CONTAINER, _AUTHURL, _OS_OPTIONS_PROJECT_NAME)")

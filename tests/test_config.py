@@ -143,6 +143,11 @@ def test_a_hash_after_a_space_or_inside_quotes_is_taken_as_configobj_means_it(tm
     assert config.catch_all.account.timeout == 5
 
 
+def test_a_quoted_secret_keeps_its_blanks(tmp_path):
+    config = load(write(tmp_path, BASE.replace("key = testing", 'key = " pass word "')))
+    assert config.catch_all.account.key == " pass word "
+
+
 def test_every_problem_of_the_file_is_reported_at_once(tmp_path):
     error = error_for(tmp_path, BASE.replace("authurl = http", "authurl = ftp") + """
         timeout = nan

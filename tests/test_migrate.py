@@ -290,14 +290,16 @@ def test_a_file_that_reads_the_same_both_ways_needs_no_dialect(tmp_path):
     assert "key = k3y\n" in result.stdout
 
 
-def test_blanks_the_ini_would_lose_are_warned_of(tmp_path):
+def test_blanks_the_ini_would_lose_are_warned_of_and_a_secret_keeps_them(tmp_path):
     path = tmp_path / "blank.env"
-    path.write_text("SWIFTDROP_DEFAULT_KEY=k3y \n")
-    assert migrate.read_env_file(path, "docker", {})[1] == [
+    path.write_text("SWIFTDROP_DEFAULT_USER=u \nSWIFTDROP_DEFAULT_KEY=k3y \n")
+    assert sorted(migrate.read_env_file(path, "docker", {})[1]) == [
         "SWIFTDROP_DEFAULT_KEY: a shell would read another value (or none); "
         "taken as docker run --env-file reads it",
-        "SWIFTDROP_DEFAULT_KEY: begins or ends with blanks, which the ini loses: swiftdrop "
-        "strips every value it reads"]
+        "SWIFTDROP_DEFAULT_USER: a shell would read another value (or none); "
+        "taken as docker run --env-file reads it",
+        "SWIFTDROP_DEFAULT_USER: begins or ends with blanks, which the ini loses: swiftdrop "
+        "strips every value it reads but a secret's"]
 
 
 def test_a_dialect_without_a_file_is_a_usage_error():
