@@ -40,7 +40,7 @@ REPLY_DETAILS = ("id", "full")
 RSPAMD_TIMEOUT = 5.0  # seconds; a share of the message's own --store-timeout
 FINISHED_AS_FAILED = "finished as failed with swiftdrop queue finish"
 MAX_METADATA_VALUE = 256  # Swift's default max_meta_value_length
-EX_USAGE = 2  # what argparse exits with on a bad command line
+EX_USAGE = 64  # sysexits.h: the command line is wrong (argparse alone would exit 2)
 UNPROCESSED = ("cur/", "retry/")  # what purge deletes only when told twice
 QUEUE_CONTRACT = """\
 The promise: every message is handed to a consumer at least once, and a
@@ -140,8 +140,37 @@ def span(seconds):
     return f"{hours} h" + (f" {minutes} min" if minutes else "")
 
 
+class CommandLineParser(argparse.ArgumentParser):
+    """argparse, refusing a bad command line in one line and with EX_USAGE (64).
+
+    Plain argparse prints its usage lines before the error and exits 2, which
+    a script cannot tell from a command's own failures: one line names the
+    subcommand and what is wrong, and 64 is what sysexits.h says it is.
+    Subcommands' parsers are of this class too (add_subparsers makes them so).
+    """
+
+    def error(self, message):
+        self.exit(EX_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but unknown arguments are refused by the subcommand they follow."""
+        options, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            self.chosen(options).error(f"unrecognized arguments: {' '.join(unknown)}")
+        return options
+
+    def chosen(self, options):
+        """The parser of the deepest subcommand `options` were parsed by (``queue purge``)."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):  # argparse has no public way
+                name = getattr(options, action.dest, None)
+                if name in action.choices:
+                    return action.choices[name].chosen(options)
+        return self
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="swiftdrop",
         description="Postfix before-queue filter that stores every accepted message in Swift.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -812,7 +841,7 @@ def run_worker(queue, options):
         signal.signal(signum, lambda *_: stop.set())
     if options.concurrency < 1:
         print("swiftdrop: --concurrency must be at least 1", file=sys.stderr)
-        return 2
+        return EX_USAGE
     if options.metrics_listen:
         serve_metrics(options.metrics_listen, WORKER_REGISTRY)
     queues = [queue] + [make_queue(queue.destination, queue_group(options))
@@ -875,7 +904,8 @@ def main(argv=None):
     options = parser.parse_args(argv)
     if options.command == "serve":
         if options.alert_mail and not options.admin_relay:
-            parser.error("--alert-mail needs --admin-relay (the mail goes through Postfix)")
+            parser.chosen(options).error(
+                "--alert-mail needs --admin-relay (the mail goes through Postfix)")
         from .service import serve  # noqa: PLC0415 - see the module docstring
 
         return serve(options)
