@@ -19,6 +19,7 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.parse
 
 from . import __version__, migrate
 from . import config as config_module
@@ -179,29 +180,32 @@ def build_parser():
     serve_parser = commands.add_parser("serve", help="run the SMTP filter")
     add_config_option(serve_parser)
     serve_parser.add_argument(
-        "--listen", action="append", metavar="ADDRESS",
+        "--listen", action="append", type=listen_address, metavar="ADDRESS",
         help="bind unix:/path, 127.0.0.1:PORT or [::1]:PORT instead of taking the "
              "socket from systemd (repeatable; loopback only)")
     serve_parser.add_argument("--hostname", help="host name for object names and the banner")
-    serve_parser.add_argument("--max-message-size", type=int, default=DEFAULT_MAX_MESSAGE_SIZE,
-                              metavar="BYTES", help="refuse larger messages with 552 "
+    serve_parser.add_argument("--max-message-size", type=positive_count,
+                              default=DEFAULT_MAX_MESSAGE_SIZE, metavar="BYTES",
+                              help="refuse larger messages with 552 "
                               "(keep above Postfix's message_size_limit)")
-    serve_parser.add_argument("--store-timeout", type=float, default=DEFAULT_STORE_TIMEOUT,
-                              metavar="SECONDS", help="give up storing a message (451) after "
+    serve_parser.add_argument("--store-timeout", type=positive_duration,
+                              default=DEFAULT_STORE_TIMEOUT, metavar="SECONDS",
+                              help="give up storing a message (451) after "
                               "this long; keep well under Postfix's smtpd_proxy_timeout")
-    serve_parser.add_argument("--idle-timeout", type=float, default=300, metavar="SECONDS",
+    serve_parser.add_argument("--idle-timeout", type=positive_duration, default=300,
+                              metavar="SECONDS",
                               help="close a connection that sends nothing for this long")
     serve_parser.add_argument("--spool-dir", help="where messages over 256 KiB are spooled "
                               "(default: the temporary directory)")
-    serve_parser.add_argument("--max-connections", type=int, default=200,
+    serve_parser.add_argument("--max-connections", type=positive_count, default=200,
                               help="concurrent sessions; more wait in the listen backlog")
-    serve_parser.add_argument("--alert-webhook", metavar="URL",
+    serve_parser.add_argument("--alert-webhook", type=alert_webhook_url, metavar="URL",
                               default=os.environ.get("SWIFTDROP_ALERT_WEBHOOK") or None,
                               help="POST a JSON notice here when storing fails (besides the "
                                    "journal entry at priority err); default "
                                    "$SWIFTDROP_ALERT_WEBHOOK, which keeps a secret URL out "
                                    "of the process list")
-    serve_parser.add_argument("--alert-interval", type=float, default=600, metavar="SECONDS",
+    serve_parser.add_argument("--alert-interval", type=duration, default=600, metavar="SECONDS",
                               help="at most one notice per destination this often; the next "
                                    "says how many failures were not reported")
     serve_parser.add_argument("--admin-relay", type=loopback_address, metavar="HOST:PORT",
@@ -228,7 +232,7 @@ def build_parser():
                                    "SPF, DKIM, DMARC and spam verdicts of every message and "
                                    "store them as metadata on each copy (default: no "
                                    "verdicts); see reject_verdicts in the ini")
-    serve_parser.add_argument("--rspamd-timeout", type=float, default=RSPAMD_TIMEOUT,
+    serve_parser.add_argument("--rspamd-timeout", type=positive_duration, default=RSPAMD_TIMEOUT,
                               metavar="SECONDS", help="give up on rspamd after this long "
                               "(cut to what is left of --store-timeout) and store the message "
                               "with every verdict \"unavailable\" (default: %(default)s)")
@@ -266,7 +270,8 @@ def add_status_command(commands):
                        "destination, the last failure; the socket; the metrics if given")
     status.add_argument("--since", type=duration, default=3600, metavar="AGE",
                         help="how far back, e.g. 30m, 12h, 2d (default: 1h)")
-    status.add_argument("--match", action="append", default=[], metavar="FIELD=VALUE",
+    status.add_argument("--match", action="append", default=[], type=journal_match,
+                        metavar="FIELD=VALUE",
                         help="only journal entries with this field too, as journalctl "
                              "takes it (e.g. _HOSTNAME=mx1, _PID=1234; repeatable)")
     status.add_argument("--metrics", type=host_and_port, metavar="ADDRESS",
@@ -375,14 +380,14 @@ def add_queue_commands(commands):
                              + retry_schedule_text(),
                              formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--dedup", action="store_true")
-    run.add_argument("--poll", type=float, default=5.0, metavar="SECONDS",
+    run.add_argument("--poll", type=positive_duration, default=5.0, metavar="SECONDS",
                      help="wait this long when the queue is empty")
     run.add_argument("--once", action="store_true", help="stop when the queue is empty")
-    run.add_argument("--concurrency", type=int, default=1, metavar="N",
+    run.add_argument("--concurrency", type=positive_count, default=1, metavar="N",
                      help="N worker loops in this process, each with its own connection")
-    run.add_argument("--grace", type=float, default=30.0, metavar="SECONDS",
+    run.add_argument("--grace", type=duration, default=30.0, metavar="SECONDS",
                      help="after SIGTERM, let a running command finish for this long")
-    run.add_argument("--timeout", type=float, metavar="SECONDS",
+    run.add_argument("--timeout", type=duration, metavar="SECONDS",
                      help="kill a command running longer (SIGTERM, SIGKILL 5 s later) and "
                           "retry its message; 0: no limit (default: the ini's "
                           "queue_command_timeout, 900); a webhook has webhook_timeout")
@@ -441,17 +446,61 @@ def loopback_address(text):
     return text
 
 
+def listen_address(text):
+    """``unix:/path`` or a loopback ``HOST:PORT``: only Postfix on this host may reach us."""
+    if text.startswith("unix:"):
+        if not text[len("unix:"):]:
+            raise argparse.ArgumentTypeError(f"{text!r} names no socket path")
+        return text
+    host_and_port(text)
+    if not config_module.is_loopback(text.rpartition(":")[0].strip("[]")):
+        raise argparse.ArgumentTypeError(f"{text!r}: the filter listens on loopback only")
+    return text
+
+
 def rspamd_url(text):
-    if not text.startswith("http://") or not text[len("http://"):].strip("/"):
+    """http://HOST[:PORT][/PATH], checked now: a bad one would stop the filter at its start."""
+    try:
+        parts = urllib.parse.urlsplit(text)
+        usable = parts.scheme == "http" and parts.hostname and parts.port != 0
+    except ValueError:  # a port that is not a number below 65536, an unclosed [V6
+        usable = False
+    if not usable:
         raise argparse.ArgumentTypeError(f"{text!r} is not an http://HOST:PORT URL")
+    return text
+
+
+def alert_webhook_url(text):
+    """An http:// or https:// URL with a valid port; the error shows no credential of it."""
+    problem = config_module.webhook_url_problem(text, insecure=True)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return text
 
 
 def host_and_port(text):
     host, colon, port = text.rpartition(":")
-    if not colon or not host or not port.isdigit():
+    if not colon or not host or not port.isdigit() or int(port) > 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT or [V6]:PORT")
     return text
+
+
+def journal_match(text):
+    """FIELD=VALUE as journalctl takes it; the journal refuses anything else only later."""
+    if not re.fullmatch(r"[A-Z0-9_]+=.*", text, re.DOTALL):
+        raise argparse.ArgumentTypeError(f"{text!r} is not FIELD=VALUE (e.g. _HOSTNAME=mx1)")
+    return text
+
+
+def positive_count(text):
+    """A whole number above zero: a count or size of 0 would stop everything."""
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number above zero")
+    return number
 
 
 def comma_list(text):
@@ -471,6 +520,14 @@ def duration(text):
     if not math.isfinite(seconds) or seconds < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30d: "
                                          "finite, and not below zero")
+    return seconds
+
+
+def positive_duration(text):
+    """A duration above zero: a timeout, poll or window of 0 would never wait at all."""
+    seconds = duration(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration above zero like 30s")
     return seconds
 
 
@@ -839,9 +896,6 @@ def run_worker(queue, options):
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    if options.concurrency < 1:
-        print("swiftdrop: --concurrency must be at least 1", file=sys.stderr)
-        return EX_USAGE
     if options.metrics_listen:
         serve_metrics(options.metrics_listen, WORKER_REGISTRY)
     queues = [queue] + [make_queue(queue.destination, queue_group(options))
