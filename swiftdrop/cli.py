@@ -151,7 +151,8 @@ class CommandLineParser(argparse.ArgumentParser):
     """
 
     def error(self, message):
-        self.exit(EX_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+        one_line = message.replace("\n", "\\n")  # a newline typed into an argument
+        self.exit(EX_USAGE, f"{self.prog}: {one_line} (see {self.prog} --help)\n")
 
     def parse_args(self, args=None, namespace=None):
         """As argparse's, but unknown arguments are refused by the subcommand they follow."""
