@@ -82,6 +82,16 @@ not. See docs/stream-index.md.
 
 See docs/queue.md for the details.
 """
+EXIT_STATUS = """\
+Exit status: 0 done; 1 done with a part that was not there or not yours
+(claim found nothing, finish a claim not yours or not in processing/, check
+a section failing, replay a NAME not found); 64 (EX_USAGE) the command line
+is wrong, said in one line naming the subcommand and the option or value;
+75 (EX_TEMPFAIL) Swift or Keystone away, try again later (queue); 77
+(EX_NOPERM) Swift refused a right (queue); 78 (EX_CONFIG) the ini, its
+--destination section or import-env's --env-file is wrong. queue run's
+COMMAND answers with a contract of its own: see swiftdrop queue run --help.
+"""
 REPLAY_CONTRACT = """\
 Without --execute, lists what it would replay, one line each: name,
 delivery time, attempts and Last-Error (Failed-Reason when no attempt
@@ -174,7 +184,8 @@ class CommandLineParser(argparse.ArgumentParser):
 def build_parser():
     parser = CommandLineParser(
         prog="swiftdrop",
-        description="Postfix before-queue filter that stores every accepted message in Swift.")
+        description="Postfix before-queue filter that stores every accepted message in Swift.",
+        epilog=EXIT_STATUS)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
