@@ -333,7 +333,8 @@ def add_queue_commands(commands):
     claim = actions.add_parser("claim", help="move the oldest message to processing/ and "
                                "print its name, lock token, delivery count and metadata "
                                "as JSON")
-    claim.add_argument("--output", metavar="FILE", help="write the message's bytes here")
+    claim.add_argument("--output", type=output_file, metavar="FILE",
+                       help="write the message's bytes here")
     claim.add_argument("--dedup", action="store_true", help="skip (mark done) messages whose "
                        "Message-ID and content were done within queue_dedup_window")
     finish = actions.add_parser("finish", help="move a claimed message on and release it")
@@ -383,7 +384,7 @@ def add_queue_commands(commands):
                             "textfile collector")
     stats.add_argument("--json", action="store_const", const="json", dest="format",
                        help="the same as --format json")
-    stats.add_argument("--output", metavar="FILE",
+    stats.add_argument("--output", type=output_file, metavar="FILE",
                        help="write to FILE, replacing it atomically (default: stdout)")
     run = actions.add_parser("run", help="worker loop: pipe each message to COMMAND (exit 0 "
                              "done, 65 failed, anything else retry), or POST it to the "
@@ -501,6 +502,17 @@ def journal_match(text):
     """FIELD=VALUE as journalctl takes it; the journal refuses anything else only later."""
     if not re.fullmatch(r"[A-Z0-9_]+=.*", text, re.DOTALL):
         raise argparse.ArgumentTypeError(f"{text!r} is not FIELD=VALUE (e.g. _HOSTNAME=mx1)")
+    return text
+
+
+def output_file(text):
+    """A file that can be written, checked before claim moves a message it could not write."""
+    directory = os.path.dirname(os.path.abspath(text))
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory")
+    if not (os.path.isdir(directory) and os.access(directory, os.W_OK)):
+        raise argparse.ArgumentTypeError(f"{text!r}: {directory!r} is no directory "
+                                         "this user can write in")
     return text
 
 
