@@ -120,6 +120,8 @@ USAGE_CASES = [
                  ["--from", "'cur/'"], id="replay-from-cur"),
     pytest.param(["queue", "--config", INI, "stats", "--format", "xml"], ["--format", "'xml'"],
                  id="stats-unknown-format"),
+    pytest.param(["queue", "--config", INI, "stats", "--output", "/"], ["--output", "'/'"],
+                 id="stats-output-a-directory"),
     pytest.param(["queue", "--config", INI, "run", "--webhook-format", "xml"],
                  ["--webhook-format", "'xml'"], id="run-unknown-webhook-format"),
     # durations and ages: negative, zero where it must be above, not finite, not a number
@@ -217,6 +219,15 @@ USAGE_CASES = [
 @pytest.mark.parametrize("args, words", USAGE_CASES)
 def test_a_bad_command_line_is_refused_with_64_in_one_line(ini, args, words):
     refused(run_swiftdrop(*with_ini(args, ini)), EX_USAGE, *words)
+
+
+def test_the_help_lists_every_exit_status():
+    result = run_swiftdrop("--help")
+    assert result.returncode == 0, result.stderr
+    statuses = result.stdout.partition("Exit status:")[2]
+    for status in ("0 done", "1 done", "64 (EX_USAGE)", "75 (EX_TEMPFAIL)", "77 (EX_NOPERM)",
+                   "78 (EX_CONFIG)"):
+        assert status in " ".join(statuses.split()), statuses
 
 
 def test_a_usage_error_points_to_the_subcommand_s_help(ini):
@@ -370,6 +381,8 @@ DESTRUCTIVE_CASES = [
                  ["swiftdrop queue finish:", "--now"], id="finish-unknown-flag"),
     pytest.param(["finish", "--state", "done", "--token", "{token}"], ["name", "required"],
                  id="finish-without-name"),
+    pytest.param(["claim", "--output", "/nonexistent/message.eml"],
+                 ["--output", "'/nonexistent'"], id="claim-output-nowhere"),
 ]
 
 
