@@ -108,6 +108,10 @@ USAGE_CASES = [
     # choices
     pytest.param(["import-env", "--format", "xml"], ["--format", "'xml'"],
                  id="import-env-unknown-format"),
+    pytest.param(["import-env", "--dialect", "bash"], ["--dialect", "'bash'"],
+                 id="import-env-unknown-dialect"),
+    pytest.param(["import-env", "--dialect", "shell"], ["swiftdrop import-env:", "--dialect"],
+                 id="import-env-dialect-without-file"),
     pytest.param(["serve", "--reply-detail", "all"], ["--reply-detail", "'all'"],
                  id="serve-unknown-reply-detail"),
     pytest.param(["serve", "--log-target", "syslog"], ["--log-target", "'syslog'"],
