@@ -19,6 +19,7 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.parse
 
 from . import __version__, migrate
 from . import config as config_module
@@ -40,7 +41,7 @@ REPLY_DETAILS = ("id", "full")
 RSPAMD_TIMEOUT = 5.0  # seconds; a share of the message's own --store-timeout
 FINISHED_AS_FAILED = "finished as failed with swiftdrop queue finish"
 MAX_METADATA_VALUE = 256  # Swift's default max_meta_value_length
-EX_USAGE = 2  # what argparse exits with on a bad command line
+EX_USAGE = 64  # sysexits.h: the command line is wrong (argparse alone would exit 2)
 UNPROCESSED = ("cur/", "retry/")  # what purge deletes only when told twice
 QUEUE_CONTRACT = """\
 The promise: every message is handed to a consumer at least once, and a
@@ -80,6 +81,16 @@ again after Redis lost its data. reconcile announces what the filter could
 not. See docs/stream-index.md.
 
 See docs/queue.md for the details.
+"""
+EXIT_STATUS = """\
+Exit status: 0 done; 1 done with a part that was not there or not yours
+(claim found nothing, finish a claim not yours or not in processing/, check
+a section failing, replay a NAME not found); 64 (EX_USAGE) the command line
+is wrong, said in one line naming the subcommand and the option or value;
+75 (EX_TEMPFAIL) Swift or Keystone away, try again later (queue); 77
+(EX_NOPERM) Swift refused a right (queue); 78 (EX_CONFIG) the ini, its
+--destination section or import-env's --env-file is wrong. queue run's
+COMMAND answers with a contract of its own: see swiftdrop queue run --help.
 """
 REPLAY_CONTRACT = """\
 Without --execute, lists what it would replay, one line each: name,
@@ -140,39 +151,73 @@ def span(seconds):
     return f"{hours} h" + (f" {minutes} min" if minutes else "")
 
 
+class CommandLineParser(argparse.ArgumentParser):
+    """argparse, refusing a bad command line in one line and with EX_USAGE (64).
+
+    Plain argparse prints its usage lines before the error and exits 2, which
+    a script cannot tell from a command's own failures: one line names the
+    subcommand and what is wrong, and 64 is what sysexits.h says it is.
+    Subcommands' parsers are of this class too (add_subparsers makes them so).
+    """
+
+    def error(self, message):
+        one_line = message.replace("\n", "\\n")  # a newline typed into an argument
+        self.exit(EX_USAGE, f"{self.prog}: {one_line} (see {self.prog} --help)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but unknown arguments are refused by the subcommand they follow."""
+        options, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            self.chosen(options).error(f"unrecognized arguments: {' '.join(unknown)}")
+        return options
+
+    def chosen(self, options):
+        """The parser of the deepest subcommand `options` were parsed by (``queue purge``)."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):  # argparse has no public way
+                name = getattr(options, action.dest, None)
+                if name in action.choices:
+                    return action.choices[name].chosen(options)
+        return self
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="swiftdrop",
-        description="Postfix before-queue filter that stores every accepted message in Swift.")
+        description="Postfix before-queue filter that stores every accepted message in Swift.",
+        epilog=EXIT_STATUS)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve_parser = commands.add_parser("serve", help="run the SMTP filter")
     add_config_option(serve_parser)
     serve_parser.add_argument(
-        "--listen", action="append", metavar="ADDRESS",
+        "--listen", action="append", type=listen_address, metavar="ADDRESS",
         help="bind unix:/path, 127.0.0.1:PORT or [::1]:PORT instead of taking the "
              "socket from systemd (repeatable; loopback only)")
     serve_parser.add_argument("--hostname", help="host name for object names and the banner")
-    serve_parser.add_argument("--max-message-size", type=int, default=DEFAULT_MAX_MESSAGE_SIZE,
-                              metavar="BYTES", help="refuse larger messages with 552 "
+    serve_parser.add_argument("--max-message-size", type=positive_count,
+                              default=DEFAULT_MAX_MESSAGE_SIZE, metavar="BYTES",
+                              help="refuse larger messages with 552 "
                               "(keep above Postfix's message_size_limit)")
-    serve_parser.add_argument("--store-timeout", type=float, default=DEFAULT_STORE_TIMEOUT,
-                              metavar="SECONDS", help="give up storing a message (451) after "
+    serve_parser.add_argument("--store-timeout", type=positive_duration,
+                              default=DEFAULT_STORE_TIMEOUT, metavar="SECONDS",
+                              help="give up storing a message (451) after "
                               "this long; keep well under Postfix's smtpd_proxy_timeout")
-    serve_parser.add_argument("--idle-timeout", type=float, default=300, metavar="SECONDS",
+    serve_parser.add_argument("--idle-timeout", type=positive_duration, default=300,
+                              metavar="SECONDS",
                               help="close a connection that sends nothing for this long")
     serve_parser.add_argument("--spool-dir", help="where messages over 256 KiB are spooled "
                               "(default: the temporary directory)")
-    serve_parser.add_argument("--max-connections", type=int, default=200,
+    serve_parser.add_argument("--max-connections", type=positive_count, default=200,
                               help="concurrent sessions; more wait in the listen backlog")
-    serve_parser.add_argument("--alert-webhook", metavar="URL",
+    serve_parser.add_argument("--alert-webhook", type=alert_webhook_url, metavar="URL",
                               default=os.environ.get("SWIFTDROP_ALERT_WEBHOOK") or None,
                               help="POST a JSON notice here when storing fails (besides the "
                                    "journal entry at priority err); default "
                                    "$SWIFTDROP_ALERT_WEBHOOK, which keeps a secret URL out "
                                    "of the process list")
-    serve_parser.add_argument("--alert-interval", type=float, default=600, metavar="SECONDS",
+    serve_parser.add_argument("--alert-interval", type=duration, default=600, metavar="SECONDS",
                               help="at most one notice per destination this often; the next "
                                    "says how many failures were not reported")
     serve_parser.add_argument("--admin-relay", type=loopback_address, metavar="HOST:PORT",
@@ -199,7 +244,7 @@ def build_parser():
                                    "SPF, DKIM, DMARC and spam verdicts of every message and "
                                    "store them as metadata on each copy (default: no "
                                    "verdicts); see reject_verdicts in the ini")
-    serve_parser.add_argument("--rspamd-timeout", type=float, default=RSPAMD_TIMEOUT,
+    serve_parser.add_argument("--rspamd-timeout", type=positive_duration, default=RSPAMD_TIMEOUT,
                               metavar="SECONDS", help="give up on rspamd after this long "
                               "(cut to what is left of --store-timeout) and store the message "
                               "with every verdict \"unavailable\" (default: %(default)s)")
@@ -237,7 +282,8 @@ def add_status_command(commands):
                        "destination, the last failure; the socket; the metrics if given")
     status.add_argument("--since", type=duration, default=3600, metavar="AGE",
                         help="how far back, e.g. 30m, 12h, 2d (default: 1h)")
-    status.add_argument("--match", action="append", default=[], metavar="FIELD=VALUE",
+    status.add_argument("--match", action="append", default=[], type=journal_match,
+                        metavar="FIELD=VALUE",
                         help="only journal entries with this field too, as journalctl "
                              "takes it (e.g. _HOSTNAME=mx1, _PID=1234; repeatable)")
     status.add_argument("--metrics", type=host_and_port, metavar="ADDRESS",
@@ -287,7 +333,8 @@ def add_queue_commands(commands):
     claim = actions.add_parser("claim", help="move the oldest message to processing/ and "
                                "print its name, lock token, delivery count and metadata "
                                "as JSON")
-    claim.add_argument("--output", metavar="FILE", help="write the message's bytes here")
+    claim.add_argument("--output", type=output_file, metavar="FILE",
+                       help="write the message's bytes here")
     claim.add_argument("--dedup", action="store_true", help="skip (mark done) messages whose "
                        "Message-ID and content were done within queue_dedup_window")
     finish = actions.add_parser("finish", help="move a claimed message on and release it")
@@ -337,7 +384,7 @@ def add_queue_commands(commands):
                             "textfile collector")
     stats.add_argument("--json", action="store_const", const="json", dest="format",
                        help="the same as --format json")
-    stats.add_argument("--output", metavar="FILE",
+    stats.add_argument("--output", type=output_file, metavar="FILE",
                        help="write to FILE, replacing it atomically (default: stdout)")
     run = actions.add_parser("run", help="worker loop: pipe each message to COMMAND (exit 0 "
                              "done, 65 failed, anything else retry), or POST it to the "
@@ -346,14 +393,14 @@ def add_queue_commands(commands):
                              + retry_schedule_text(),
                              formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--dedup", action="store_true")
-    run.add_argument("--poll", type=float, default=5.0, metavar="SECONDS",
+    run.add_argument("--poll", type=positive_duration, default=5.0, metavar="SECONDS",
                      help="wait this long when the queue is empty")
     run.add_argument("--once", action="store_true", help="stop when the queue is empty")
-    run.add_argument("--concurrency", type=int, default=1, metavar="N",
+    run.add_argument("--concurrency", type=positive_count, default=1, metavar="N",
                      help="N worker loops in this process, each with its own connection")
-    run.add_argument("--grace", type=float, default=30.0, metavar="SECONDS",
+    run.add_argument("--grace", type=duration, default=30.0, metavar="SECONDS",
                      help="after SIGTERM, let a running command finish for this long")
-    run.add_argument("--timeout", type=float, metavar="SECONDS",
+    run.add_argument("--timeout", type=duration, metavar="SECONDS",
                      help="kill a command running longer (SIGTERM, SIGKILL 5 s later) and "
                           "retry its message; 0: no limit (default: the ini's "
                           "queue_command_timeout, 900); a webhook has webhook_timeout")
@@ -412,17 +459,72 @@ def loopback_address(text):
     return text
 
 
+def listen_address(text):
+    """``unix:/path`` or a loopback ``HOST:PORT``: only Postfix on this host may reach us."""
+    if text.startswith("unix:"):
+        if not text[len("unix:"):]:
+            raise argparse.ArgumentTypeError(f"{text!r} names no socket path")
+        return text
+    host_and_port(text)
+    if not config_module.is_loopback(text.rpartition(":")[0].strip("[]")):
+        raise argparse.ArgumentTypeError(f"{text!r}: the filter listens on loopback only")
+    return text
+
+
 def rspamd_url(text):
-    if not text.startswith("http://") or not text[len("http://"):].strip("/"):
+    """http://HOST[:PORT][/PATH], checked now: a bad one would stop the filter at its start."""
+    try:
+        parts = urllib.parse.urlsplit(text)
+        usable = parts.scheme == "http" and parts.hostname and parts.port != 0
+    except ValueError:  # a port that is not a number below 65536, an unclosed [V6
+        usable = False
+    if not usable:
         raise argparse.ArgumentTypeError(f"{text!r} is not an http://HOST:PORT URL")
+    return text
+
+
+def alert_webhook_url(text):
+    """An http:// or https:// URL with a valid port; the error shows no credential of it."""
+    problem = config_module.webhook_url_problem(text, insecure=True)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return text
 
 
 def host_and_port(text):
     host, colon, port = text.rpartition(":")
-    if not colon or not host or not port.isdigit():
+    if not colon or not host or not port.isdigit() or int(port) > 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT or [V6]:PORT")
     return text
+
+
+def journal_match(text):
+    """FIELD=VALUE as journalctl takes it; the journal refuses anything else only later."""
+    if not re.fullmatch(r"[A-Z0-9_]+=.*", text, re.DOTALL):
+        raise argparse.ArgumentTypeError(f"{text!r} is not FIELD=VALUE (e.g. _HOSTNAME=mx1)")
+    return text
+
+
+def output_file(text):
+    """A file that can be written, checked before claim moves a message it could not write."""
+    directory = os.path.dirname(os.path.abspath(text))
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is a directory")
+    if not (os.path.isdir(directory) and os.access(directory, os.W_OK)):
+        raise argparse.ArgumentTypeError(f"{text!r}: {directory!r} is no directory "
+                                         "this user can write in")
+    return text
+
+
+def positive_count(text):
+    """A whole number above zero: a count or size of 0 would stop everything."""
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number above zero")
+    return number
 
 
 def comma_list(text):
@@ -442,6 +544,14 @@ def duration(text):
     if not math.isfinite(seconds) or seconds < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30d: "
                                          "finite, and not below zero")
+    return seconds
+
+
+def positive_duration(text):
+    """A duration above zero: a timeout, poll or window of 0 would never wait at all."""
+    seconds = duration(text)
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration above zero like 30s")
     return seconds
 
 
@@ -810,9 +920,6 @@ def run_worker(queue, options):
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    if options.concurrency < 1:
-        print("swiftdrop: --concurrency must be at least 1", file=sys.stderr)
-        return 2
     if options.metrics_listen:
         serve_metrics(options.metrics_listen, WORKER_REGISTRY)
     queues = [queue] + [make_queue(queue.destination, queue_group(options))
@@ -875,7 +982,8 @@ def main(argv=None):
     options = parser.parse_args(argv)
     if options.command == "serve":
         if options.alert_mail and not options.admin_relay:
-            parser.error("--alert-mail needs --admin-relay (the mail goes through Postfix)")
+            parser.chosen(options).error(
+                "--alert-mail needs --admin-relay (the mail goes through Postfix)")
         from .service import serve  # noqa: PLC0415 - see the module docstring
 
         return serve(options)

@@ -84,7 +84,7 @@ def ansible_documents(text):
 
 def test_the_earlier_example_as_it_stands_needs_a_dialect(env_file):
     result = run_swiftdrop("import-env", "--env-file", str(env_file))
-    assert result.returncode == 2, result.stderr
+    assert result.returncode == 64, result.stderr
     # MYRECIPIENTS keeps its quotes for docker run, loses them in a shell; "..." is
     # a name Docker looks up, a command for a shell (line 27).
     assert "(MYRECIPIENTS, line 27): choose --dialect docker" in result.stderr
@@ -304,7 +304,7 @@ def test_blanks_the_ini_would_lose_are_warned_of_and_a_secret_keeps_them(tmp_pat
 
 def test_a_dialect_without_a_file_is_a_usage_error():
     result = run_swiftdrop("import-env", "--dialect", "shell")
-    assert result.returncode == 2
+    assert result.returncode == 64
     assert "--dialect says how to read --env-file's FILE" in result.stderr
 
 

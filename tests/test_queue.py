@@ -518,7 +518,7 @@ def test_purge_refuses_an_age_that_is_not_above_zero_and_finite(ini, age):
     names = store(queue, 2, start=1_700_000_200)
     result = run_swiftdrop("queue", "--config", str(ini), "purge", f"--older-than={age}",
                            "--prefix", "cur/", "--include-unprocessed", "--execute")
-    assert result.returncode == 2
+    assert result.returncode == 64
     assert f"argument --older-than: {age!r} is not a" in result.stderr
     assert "Traceback" not in result.stderr
     assert set(names) <= set(names_under(queue, "cur/"))  # nothing deleted
@@ -530,6 +530,6 @@ def test_purge_of_unprocessed_mail_needs_include_unprocessed(ini, prefix):
     names = store(queue, 1, start=1_700_000_300)
     result = run_swiftdrop("queue", "--config", str(ini), "purge", "--older-than=1s",
                            "--prefix", prefix, "--execute")
-    assert result.returncode == 2
+    assert result.returncode == 64
     assert "--include-unprocessed" in result.stderr and "Traceback" not in result.stderr
     assert set(names) <= set(names_under(queue, "cur/"))  # nothing deleted

@@ -281,7 +281,7 @@ def test_finish_acts_only_with_the_claim_s_token(ini):
     finish = ["queue", "--config", str(ini), "finish", name, "--state", "done"]
     without = subprocess.run(swiftdrop_command(*finish), capture_output=True, text=True,
                              check=False)
-    assert without.returncode == 2 and "--token" in without.stderr, without.stderr
+    assert without.returncode == 64 and "--token" in without.stderr, without.stderr
     wrong = subprocess.run(swiftdrop_command(*finish, "--token", "0" * 32),
                            capture_output=True, text=True, check=False)
     assert wrong.returncode == 1 and "not yours" in wrong.stderr, wrong.stderr

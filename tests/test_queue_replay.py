@@ -199,13 +199,13 @@ def test_a_message_replayed_from_done_is_not_taken_for_its_own_duplicate(ini):  
 ])
 def test_replay_refuses_a_choice_that_is_none_or_ambiguous(ini, arguments, problem):  # noqa: F811
     result = cli(ini, "replay", *arguments)
-    assert (result.returncode, result.stdout) == (2, "")
+    assert (result.returncode, result.stdout) == (64, "")
     assert result.stderr == f"swiftdrop: queue replay {problem}\n"
 
 
 def test_replay_says_what_a_time_must_look_like(ini):  # noqa: F811
     result = cli(ini, "replay", "--since", "yesterday")
-    assert result.returncode == 2
+    assert result.returncode == 64
     assert "neither an ISO 8601 time like 2026-12-01T10:00Z nor an age like 2h" in result.stderr
 
 

@@ -329,9 +329,9 @@ def test_listing_only_options_are_refused_with_the_stream_index(ini):
                        (("replay", "--all", "--from", "done/"), "takes dead letters"),
                        (("purge", "--older-than", "1d", "--prefix", "cur/"), "--prefix done/")):
         result = queue_cli(ini, *args)
-        assert result.returncode == 2 and says in result.stderr, result.stderr
+        assert result.returncode == 64 and says in result.stderr, result.stderr
     bad_group = queue_cli(ini, "stats", group="no spaces")
-    assert bad_group.returncode == 2 and "consumer group" in bad_group.stderr
+    assert bad_group.returncode == 64 and "consumer group" in bad_group.stderr
 
 
 # -- Redis restarted, killed: the consumer's ledger ------------------------------------

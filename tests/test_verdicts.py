@@ -409,5 +409,5 @@ def test_reject_verdicts_typo_names_file_section_and_key(swift, tmp_path):
 def test_serve_refuses_a_url_that_is_not_http(swift_ini):
     result = run_swiftdrop("serve", "--config", str(swift_ini),
                            "--rspamd-url", "127.0.0.1:11333")
-    assert result.returncode == 2
+    assert result.returncode == 64
     assert "is not an http://HOST:PORT URL" in result.stderr
