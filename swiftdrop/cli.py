@@ -6,29 +6,34 @@ or ``check --config-only`` must not pay for Swift's client libraries, and
 """
 
 import argparse
-import collections
-import datetime
-import json
 import logging
-import math
 import os
-import re
-import signal
 import stat
 import sys
 import textwrap
-import threading
-import time
-import urllib.parse
 
 from . import __version__, migrate
 from . import config as config_module
-from .admin_relay import parse_address
-from .process import EX_CONFIG, configure_logging
+from .arguments import (
+    CommandLineParser,
+    alert_webhook_url,
+    comma_list,
+    duration,
+    host_and_port,
+    journal_match,
+    listen_address,
+    loopback_address,
+    metadata_text,
+    output_file,
+    point_in_time,
+    positive_count,
+    positive_duration,
+    purge_age,
+    rspamd_url,
+)
+from .process import EX_CONFIG, EX_USAGE, configure_logging, print_config_error
+from .queue_commands import queue_command
 from .retries import retry_schedule
-
-EX_TEMPFAIL = 75  # sysexits.h: a service we need is away; try again later
-EX_NOPERM = 77  # sysexits.h: Swift refused this user a request (403); someone must grant it
 
 # Postfix gives up on the filter after smtpd_proxy_timeout (100 s by default);
 # our reply must come well before, or a message stored after the client was
@@ -40,9 +45,6 @@ DEFAULT_ADMIN_LOCAL_PARTS = ("postmaster", "abuse", "hostmaster")
 REPLY_DETAILS = ("id", "full")
 RSPAMD_TIMEOUT = 5.0  # seconds; a share of the message's own --store-timeout
 FINISHED_AS_FAILED = "finished as failed with swiftdrop queue finish"
-MAX_METADATA_VALUE = 256  # Swift's default max_meta_value_length
-EX_USAGE = 64  # sysexits.h: the command line is wrong (argparse alone would exit 2)
-UNPROCESSED = ("cur/", "retry/")  # what purge deletes only when told twice
 QUEUE_CONTRACT = """\
 The promise: every message is handed to a consumer at least once, and a
 repeat can be recognised. Each hand-over is counted: claim's "delivery"
@@ -149,36 +151,6 @@ def span(seconds):
         return f"{seconds:g} s" if seconds < 60 else f"{minutes} min"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h" + (f" {minutes} min" if minutes else "")
-
-
-class CommandLineParser(argparse.ArgumentParser):
-    """argparse, refusing a bad command line in one line and with EX_USAGE (64).
-
-    Plain argparse prints its usage lines before the error and exits 2, which
-    a script cannot tell from a command's own failures: one line names the
-    subcommand and what is wrong, and 64 is what sysexits.h says it is.
-    Subcommands' parsers are of this class too (add_subparsers makes them so).
-    """
-
-    def error(self, message):
-        one_line = message.replace("\n", "\\n")  # a newline typed into an argument
-        self.exit(EX_USAGE, f"{self.prog}: {one_line} (see {self.prog} --help)\n")
-
-    def parse_args(self, args=None, namespace=None):
-        """As argparse's, but unknown arguments are refused by the subcommand they follow."""
-        options, unknown = self.parse_known_args(args, namespace)
-        if unknown:
-            self.chosen(options).error(f"unrecognized arguments: {' '.join(unknown)}")
-        return options
-
-    def chosen(self, options):
-        """The parser of the deepest subcommand `options` were parsed by (``queue purge``)."""
-        for action in self._actions:
-            if isinstance(action, argparse._SubParsersAction):  # argparse has no public way
-                name = getattr(options, action.dest, None)
-                if name in action.choices:
-                    return action.choices[name].chosen(options)
-        return self
 
 
 def build_parser():
@@ -416,163 +388,6 @@ def add_queue_commands(commands):
     run.add_argument("worker_command", nargs=argparse.REMAINDER, metavar="-- COMMAND")
 
 
-def metadata_text(text):
-    """`text` if Swift takes it as a metadata value: printable, at most 256 bytes."""
-    if not text.isprintable() or len(text.encode()) > MAX_METADATA_VALUE:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: at most {MAX_METADATA_VALUE} bytes of printable text")
-    return text
-
-
-def point_in_time(text):
-    """Unix seconds from an ISO 8601 time (UTC unless it says) or an age: 2h is 2 hours ago."""
-    if re.fullmatch(r"[0-9]+(\.[0-9]+)?[dhms]?", text):
-        return time.time() - duration(text)
-    try:
-        moment = datetime.datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is neither an ISO 8601 time like 2026-12-01T10:00Z nor an age "
-            "like 2h") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.UTC)
-    return moment.timestamp()
-
-
-def replay_selection_problem(options):
-    """Why replay's NAMEs, window and --all do not choose unambiguously, or None."""
-    window = options.since is not None or options.until is not None
-    if not (options.names or window or options.all):
-        return "queue replay needs NAMEs, a window (--since, --until) or --all"
-    if options.names and (window or options.all):
-        return "queue replay takes NAMEs or a window or --all, not NAMEs with either"
-    if options.all and window:
-        return "queue replay takes a window or --all, not both"
-    return None
-
-
-def loopback_address(text):
-    try:
-        parse_address(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return text
-
-
-def listen_address(text):
-    """``unix:/path`` or a loopback ``HOST:PORT``: only Postfix on this host may reach us."""
-    if text.startswith("unix:"):
-        if not text[len("unix:"):]:
-            raise argparse.ArgumentTypeError(f"{text!r} names no socket path")
-        return text
-    host_and_port(text)
-    if not config_module.is_loopback(text.rpartition(":")[0].strip("[]")):
-        raise argparse.ArgumentTypeError(f"{text!r}: the filter listens on loopback only")
-    return text
-
-
-def rspamd_url(text):
-    """http://HOST[:PORT][/PATH], checked now: a bad one would stop the filter at its start."""
-    try:
-        parts = urllib.parse.urlsplit(text)
-        usable = parts.scheme == "http" and parts.hostname and parts.port != 0
-    except ValueError:  # a port that is not a number below 65536, an unclosed [V6
-        usable = False
-    if not usable:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an http://HOST:PORT URL")
-    return text
-
-
-def alert_webhook_url(text):
-    """An http:// or https:// URL with a valid port; the error shows no credential of it."""
-    problem = config_module.webhook_url_problem(text, insecure=True)
-    if problem:
-        raise argparse.ArgumentTypeError(problem)
-    return text
-
-
-def host_and_port(text):
-    host, colon, port = text.rpartition(":")
-    if not colon or not host or not port.isdigit() or int(port) > 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT or [V6]:PORT")
-    return text
-
-
-def journal_match(text):
-    """FIELD=VALUE as journalctl takes it; the journal refuses anything else only later."""
-    if not re.fullmatch(r"[A-Z0-9_]+=.*", text, re.DOTALL):
-        raise argparse.ArgumentTypeError(f"{text!r} is not FIELD=VALUE (e.g. _HOSTNAME=mx1)")
-    return text
-
-
-def output_file(text):
-    """A file that can be written, checked before claim moves a message it could not write."""
-    directory = os.path.dirname(os.path.abspath(text))
-    if os.path.isdir(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is a directory")
-    if not (os.path.isdir(directory) and os.access(directory, os.W_OK)):
-        raise argparse.ArgumentTypeError(f"{text!r}: {directory!r} is no directory "
-                                         "this user can write in")
-    return text
-
-
-def positive_count(text):
-    """A whole number above zero: a count or size of 0 would stop everything."""
-    try:
-        number = int(text)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number above zero")
-    return number
-
-
-def comma_list(text):
-    return tuple(item.strip() for item in text.split(",") if item.strip())
-
-
-def duration(text):
-    """Seconds from 30d / 12h / 90m / 45s / 3600: finite, and not below zero."""
-    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-    try:
-        if text[-1:] in units:
-            seconds = float(text[:-1]) * units[text[-1]]
-        else:
-            seconds = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30d") from None
-    if not math.isfinite(seconds) or seconds < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30d: "
-                                         "finite, and not below zero")
-    return seconds
-
-
-def positive_duration(text):
-    """A duration above zero: a timeout, poll or window of 0 would never wait at all."""
-    seconds = duration(text)
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration above zero like 30s")
-    return seconds
-
-
-def purge_age(text):
-    """A duration above zero: what purge deletes must have waited a while.
-
-    A negative or zero age makes every object "older" than it: purge
-    --older-than=-1d once selected all of cur/, mail nobody had processed.
-    """
-    seconds = duration(text)
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an age above zero like 30d")
-    return seconds
-
-
-def print_config_error(error):
-    """Every problem of the file, a line each (``check --config-only`` lists them all)."""
-    for problem in error.problems:
-        print(f"swiftdrop: {problem.line}", file=sys.stderr)
-
-
 def add_config_option(parser):
     parser.add_argument("--config", default=config_module.DEFAULT_PATH, metavar="PATH",
                         help="the ini file (default: %(default)s)")
@@ -624,353 +439,6 @@ def check(options):
         print(f"ok   {where(destination)}: "
               f"{headers.get('x-container-object-count', '?')} objects{index}")
     return 1 if failures else 0
-
-
-def queue_command(options):
-    """``swiftdrop queue ...``: one destination's container as a work queue."""
-    # A worker under systemd logs to the journal with its fields (a webhook's
-    # SWIFTDROP_WEBHOOK_*, for swiftdrop status); the one-shot commands to stderr.
-    configure_logging("auto" if options.action == "run" else "stderr")
-    # Under systemd stdout is the journal: what recover or purge did is
-    # there as soon as it says so, not when the process exits.
-    sys.stdout.reconfigure(line_buffering=True)
-    try:
-        config = config_module.load(options.config)
-    except config_module.ConfigError as error:
-        print_config_error(error)
-        return EX_CONFIG
-    sections = {destination.section: destination for destination in config.destinations}
-    if options.destination not in sections:
-        print(f"swiftdrop: {config.path}: no section [{options.destination}]", file=sys.stderr)
-        return EX_CONFIG
-    if options.action == "replay" and (problem := replay_selection_problem(options)):
-        print(f"swiftdrop: {problem}", file=sys.stderr)
-        return EX_USAGE
-    from .failures import describe_failure, service_errors  # noqa: PLC0415 - see the module docstring
-
-    destination = sections[options.destination]
-    if (problem := index_problem(destination, options)) is not None:
-        print(f"swiftdrop: {problem}", file=sys.stderr)
-        return EX_USAGE
-    if (options.action == "purge" and options.prefix in UNPROCESSED
-            and not options.include_unprocessed):
-        print(f"swiftdrop: queue purge --prefix {options.prefix} deletes mail no consumer has "
-              "processed yet; add --include-unprocessed if that is what you want",
-              file=sys.stderr)
-        return EX_USAGE
-    queue = make_queue(destination, queue_group(options))
-    if options.action == "run":
-        return run_worker(queue, options)  # it rides out outages itself
-    try:
-        if options.action == "reconcile":
-            return reconcile_command(queue)
-        return queue_action(queue, options)
-    except (*service_errors(), *queue.errors) as error:
-        refusal = queue.refusal(error)
-        if refusal is not None:
-            print(f"swiftdrop: queue {options.action}: {refusal}; {rights_needed(options)}",
-                  file=sys.stderr)
-            return EX_NOPERM
-        # Swift or Keystone away: say so in one line; a script may try again later.
-        print(f"swiftdrop: queue {options.action}: {describe_failure(error)}", file=sys.stderr)
-        return EX_TEMPFAIL
-    finally:
-        queue.close()  # a claim's lock now lasts its lease: finish it within that
-
-
-def index_problem(destination, options):
-    """Why these options do not fit the destination's queue_index (None: they do)."""
-    from .stream_index import group_problem  # noqa: PLC0415 - see the module docstring
-
-    streamed = destination.queue.index == "redis-stream"
-    if not streamed:
-        if options.action == "reconcile" or options.group is not None:
-            what = "queue reconcile" if options.action == "reconcile" else "--group"
-            return (f"{what} needs queue_index = redis-stream in [{destination.section}] "
-                    "(it has the listing queue)")
-        return None
-    if options.group is not None and (problem := group_problem(options.group)) is not None:
-        return problem
-    if getattr(options, "dedup", False):
-        return "--dedup needs the listing queue (queue_index = listing)"
-    if options.action == "replay" and options.source != "failed/":
-        return "with queue_index = redis-stream, queue replay takes dead letters (failed/)"
-    if options.action == "purge" and options.prefix not in ("done/", "failed/"):
-        return "with queue_index = redis-stream, queue purge takes --prefix done/ or failed/"
-    return None
-
-
-def queue_group(options):
-    """The consumer group an action works for; None: every group (recover and stats only).
-
-    recover and stats create no group: one nobody consumes would keep every
-    body from purge, as purge waits for every group.
-    """
-    if options.group is None and options.action not in ("recover", "stats"):
-        return config_module.DEFAULT_GROUP
-    return options.group
-
-
-def make_queue(destination, group):
-    """The destination's queue: the container's listing, or its Redis stream index."""
-    if destination.queue.index == "redis-stream":
-        from .queue.stream import StreamQueue  # noqa: PLC0415 - see the module docstring
-
-        return StreamQueue(destination, group)
-    from .queue import MailQueue  # noqa: PLC0415
-
-    return MailQueue(destination)
-
-
-def reconcile_command(queue):
-    """``queue reconcile``: a line per copy announced now, and how many."""
-    from .queue.envelope import read_recipients  # noqa: PLC0415 - see the module docstring
-    from .queue.states import metadata_of  # noqa: PLC0415
-    from .stream_index import StreamIndex, reconcile  # noqa: PLC0415
-    from .verdicts import VERDICT_KEYS  # noqa: PLC0415
-
-    index = StreamIndex(None, queue.container, client=queue.client)
-
-    def envelope_of(name):
-        headers = queue.connection.head_object(queue.container, "cur/" + name)
-        metadata = metadata_of(headers)
-        envelope = {"mail_from": metadata.get("mail-from", "<>"),
-                    "rcpt_to": read_recipients(queue.connection, queue.container, metadata),
-                    **{key: metadata.get(key.replace("_", "-"), "") for key in (
-                        "client_address", "client_name", "client_helo", "message_id")}}
-        verdicts = {key: metadata[key] for key in VERDICT_KEYS if key in metadata}
-        return envelope, int(headers.get("content-length", 0)), verdicts
-
-    announced = reconcile(index, queue.connection, envelope_of=envelope_of)
-    for name in announced:
-        print(f"announced {name}")
-    print(f"announced {len(announced)} copy(ies) the filter had not")
-    return 0
-
-
-def rights_needed(options):
-    """Which rights on the container a queue action needs (docs/deployment.md)."""
-    if options.action == "stats" or (options.action in ("purge", "replay")
-                                      and not options.execute):
-        return (f"queue {options.action} needs the container's read ACL (X-Container-Read) "
-                "or Swift's operator role")
-    return (f"queue {options.action} needs the container's read and write ACLs "
-            "(X-Container-Read, X-Container-Write) or Swift's operator role")
-
-
-def envelope_fields(claimed):
-    """claim's JSON keys for the envelope (docs/queue.md, "What a consumer gets")."""
-    metadata = claimed.metadata
-    return {"mail_from": metadata.get("mail-from", ""), "rcpt_to": claimed.recipients,
-            "rcpt_count": len(claimed.recipients),
-            "message_id": metadata.get("message-id", ""),
-            "dedup_md5": claimed.dedup_md5}
-
-
-def queue_action(queue, options):
-    """One claim, finish, recover, purge or stats; its exit status."""
-    from .libraries import ClientException  # noqa: PLC0415 - see the module docstring
-    from .queue import Claimed, LostLock  # noqa: PLC0415
-    from .queue.envelope import read_recipients  # noqa: PLC0415
-    from .queue.states import CUR, DONE, FAILED, PROCESSING, RETRY, metadata_of  # noqa: PLC0415
-    from .queue_report import format_stats, write_output  # noqa: PLC0415
-
-    action = options.action
-    if action == "claim":
-        claimed = queue.claim(dedup=options.dedup)
-        if claimed is None:
-            print("swiftdrop: nothing to claim", file=sys.stderr)
-            return 1
-        if options.output:
-            with open(options.output, "wb") as handle:
-                handle.write(claimed.body)
-        print(json.dumps({"name": claimed.name, "token": claimed.token,
-                          "size": len(claimed.body), "attempts": claimed.attempts,
-                          "delivery": claimed.delivery, "redelivered": claimed.redelivered,
-                          "replayed": claimed.replayed,
-                          "possible_repeat": claimed.possible_repeat,
-                          "metadata": claimed.metadata,
-                          "skipped_duplicates": claimed.skipped_duplicates,
-                          **envelope_fields(claimed)}))
-    elif action == "finish":
-        if not options.token:
-            print("swiftdrop: queue finish needs --token, the token its claim printed: "
-                  "without it, it could finish a claim that is not yours", file=sys.stderr)
-            return EX_USAGE
-        if hasattr(queue, "held"):  # the stream index: the token names the entry
-            return finish_held(queue, options)
-        try:
-            headers = queue.connection.head_object(queue.container, PROCESSING + options.name)
-        except ClientException as error:
-            if error.http_status != 404:
-                raise
-            # No claim to finish: not a failure that passes by itself (75).
-            state = queue.state_of(options.name, (DONE, FAILED, RETRY, CUR))
-            where = f"it is in {state}" if state else "no such message in any state"
-            print(f"swiftdrop: queue finish: {options.name} is not in {PROCESSING} "
-                  f"({where}): nothing to finish", file=sys.stderr)
-            return 1
-        # The claim records its token on the object: another token there is another
-        # claim. The copy's Last-Modified fences the move, as the claim's own would.
-        mine = headers.get("x-object-meta-lock-token") == options.token
-        metadata = metadata_of(headers)
-        dedup = metadata.get("dedup") == "1"  # its claim's --dedup: leave a marker
-        # The marker's key needs the content's digest: from the body, unless
-        # the filter stored it (earlier builds stored it as Dedup-Md5).
-        body = (queue.connection.get_object(queue.container, PROCESSING + options.name)[1]
-                if dedup and mine and "dedup-md5" not in metadata else b"")
-        claimed = Claimed(options.name, body, metadata, options.token,
-                          attempts=int(headers.get("x-object-meta-attempts", 0)),
-                          delivery=int(headers.get("x-object-meta-deliveries", 0)) + 1,
-                          fence=headers.get("last-modified"),
-                          dedup=dedup,
-                          recipients=read_recipients(queue.connection, queue.container,
-                                                     metadata) if dedup and mine else [])
-        try:
-            if not mine:
-                raise LostLock(options.name)
-            reason = options.reason if options.state == "failed" else None
-            print(queue.finish(claimed, options.state, reason=reason) + options.name)
-        except LostLock:
-            print(f"swiftdrop: the lock on {options.name} is not yours (any more)",
-                  file=sys.stderr)
-            return 1
-    elif action == "recover":
-        for what, name in queue.recover():
-            print(f"{name}: {what}")
-    elif action == "purge":
-        old = queue.purge(options.older_than, options.prefix, execute=options.execute)
-        verb = "deleted" if options.execute else "would delete"
-        for item in old:
-            print(f"{verb} {item['name']} ({item['bytes']} bytes, {item['last_modified']})")
-        print(f"{verb} {len(old)} object(s)" + ("" if options.execute else "; add --execute"))
-    elif action == "replay":
-        return replay_command(queue, options)
-    elif action == "stats":
-        write_output(format_stats(queue.stats(), queue.destination, options.format),
-                     options.output)
-    return 0
-
-
-def finish_held(queue, options):
-    """``queue finish`` on the stream index: the claim the token names, if it still holds."""
-    from .queue import LostLock  # noqa: PLC0415 - see the module docstring
-
-    reason = options.reason if options.state == "failed" else None
-    try:
-        claimed = queue.held(options.name, options.token)
-        print(queue.finish(claimed, options.state, reason=reason) + options.name)
-    except LostLock:
-        print(f"swiftdrop: the claim on {options.name} is not yours (any more)",
-              file=sys.stderr)
-        return 1
-    return 0
-
-
-def replay_command(queue, options):
-    """``queue replay``: a line per message (or one JSON array); 1 if a NAME was not there."""
-    from .queue.replay import NOT_FOUND, REPLAYED, WOULD_REPLAY  # noqa: PLC0415 - see the module docstring
-
-    source = options.source
-    names = [name.removeprefix(source) for name in options.names]
-    letters = queue.replay(source, names, since=options.since, until=options.until,
-                           execute=options.execute)
-    if options.json:
-        print(json.dumps([{"name": letter.name, "from": source,
-                           "received_at": iso_time(letter.received_at),
-                           "attempts": letter.attempts, "deliveries": letter.deliveries,
-                           "replayed": letter.replayed, "last_error": letter.last_error,
-                           "failed_reason": letter.failed_reason, "result": letter.outcome,
-                           "reason": letter.reason} for letter in letters]))
-    else:
-        for letter in letters:
-            if letter.outcome == NOT_FOUND:
-                print(f"swiftdrop: queue replay: {letter.name} is {letter.reason}",
-                      file=sys.stderr)
-            elif letter.outcome in (WOULD_REPLAY, REPLAYED):
-                print(f"{letter.outcome} {letter.name} (delivered "
-                      f"{iso_time(letter.received_at, 'seconds') or 'at an unknown time'}, "
-                      f"{letter.attempts} attempts): {letter.cause}")
-            else:
-                verb = "would not replay" if not options.execute else "not replayed"
-                print(f"{verb} {letter.name}: {letter.reason}")
-        moved = sum(letter.outcome in (WOULD_REPLAY, REPLAYED) for letter in letters)
-        verb = "replayed" if options.execute else "would replay"
-        print(f"{verb} {moved} message(s) from {source}"
-              + ("" if options.execute else "; add --execute"))
-    return 1 if any(letter.outcome == NOT_FOUND for letter in letters) else 0
-
-
-def iso_time(seconds, timespec="auto"):
-    """2026-12-01T10:00:00.123456Z (to the second with timespec="seconds"), or None for None."""
-    if seconds is None:
-        return None
-    moment = datetime.datetime.fromtimestamp(seconds, datetime.UTC)
-    return moment.isoformat(timespec=timespec).replace("+00:00", "Z")
-
-
-def run_worker(queue, options):
-    from .metrics import WORKER_REGISTRY, serve_metrics  # noqa: PLC0415 - see the module docstring
-    from .worker import consume  # noqa: PLC0415
-
-    consumer = worker_consumer(queue.destination, options)
-    if isinstance(consumer, str):
-        print(f"swiftdrop: {consumer}", file=sys.stderr)
-        return EX_USAGE
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
-    if options.metrics_listen:
-        serve_metrics(options.metrics_listen, WORKER_REGISTRY)
-    queues = [queue] + [make_queue(queue.destination, queue_group(options))
-                        for _ in range(options.concurrency - 1)]
-    results = [None] * len(queues)
-
-    def loop(index):
-        results[index] = consume(queues[index], consumer, stop, poll=options.poll,
-                                 dedup=options.dedup, once=options.once)
-
-    threads = [threading.Thread(target=loop, args=(index,), name=f"worker-{index + 1}")
-               for index in range(len(queues))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for each in queues:
-        each.close()
-    if None in results:  # a loop died of a bug in our code: its traceback is above
-        return 1
-    print(json.dumps(dict(sum(results, collections.Counter()))))
-    return 0
-
-
-def worker_consumer(destination, options):
-    """What ``queue run`` hands messages to: the COMMAND, the webhook, or why neither.
-
-    A string is the usage error to print: a command and --webhook together,
-    or neither a command nor a webhook to POST to.
-    """
-    from .worker import CommandConsumer, WebhookConsumer  # noqa: PLC0415 - see the module docstring
-
-    command = options.worker_command[1:] if options.worker_command[:1] == ["--"] \
-        else options.worker_command
-    if command:
-        if options.webhook or options.webhook_format:
-            return "queue run takes a COMMAND or a webhook (--webhook, --webhook-format), " \
-                   "not both"
-        timeout = destination.queue.command_timeout if options.timeout is None \
-            else options.timeout
-        return CommandConsumer(command, grace=options.grace, timeout=timeout)
-    if options.webhook is None and destination.webhook is None:
-        return (f"queue run needs a command after --, or a webhook: webhook_url in "
-                f"[{destination.section}] or --webhook URL")
-    try:
-        settings = config_module.webhook_override(
-            destination, options.webhook, secret=os.environ.get("SWIFTDROP_WEBHOOK_SECRET"),
-            webhook_format=options.webhook_format)
-    except ValueError as error:
-        return f"queue run --webhook: {error}"
-    return WebhookConsumer(destination, settings)
 
 
 def main(argv=None):

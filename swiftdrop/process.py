@@ -10,7 +10,11 @@ import sys
 
 from systemd.journal import JournalHandler
 
-EX_CONFIG = 78  # sysexits.h; systemd shows it as "exited, status=78/CONFIG"
+# sysexits.h's exit statuses, as the commands use them (swiftdrop --help lists them)
+EX_USAGE = 64  # the command line is wrong (argparse alone would exit 2)
+EX_TEMPFAIL = 75  # a service we need is away; try again later
+EX_NOPERM = 77  # Swift refused this user a request (403); someone must grant it
+EX_CONFIG = 78  # systemd shows it as "exited, status=78/CONFIG"
 
 
 def configure_logging(target="auto", level=logging.INFO):
@@ -29,3 +33,9 @@ def configure_logging(target="auto", level=logging.INFO):
     # swiftclient and urllib3 log request details (headers) at debug level.
     for noisy in ("swiftclient", "urllib3", "requests", "keystoneclient", "keystoneauth"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def print_config_error(error):
+    """Every problem of the file, a line each (``check --config-only`` lists them all)."""
+    for problem in error.problems:
+        print(f"swiftdrop: {problem.line}", file=sys.stderr)

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 import pytest
 
 from swiftdrop import config as config_module
-from swiftdrop.cli import duration, point_in_time, positive_duration, purge_age
+from swiftdrop.arguments import duration, point_in_time, positive_duration, purge_age
 from swiftdrop.queue import MailQueue
 from tests.conftest import write_ini
 from tests.support.filterproc import run_swiftdrop
