@@ -49,9 +49,8 @@ def race(claimers, work):
     return results
 
 
-def lock_wins(swift, claimers, rounds):
-    """Rounds in which more than one lock PUT won, of `rounds`."""
-    container = "race-locks"
+def lock_wins(swift, claimers, rounds, container="race-locks"):
+    """Rounds in which more than one lock PUT won, of `rounds`; `container` must be new."""
     swift.connection().put_container(container)
     locks = [SwiftLock(swift.connection(), container) for _ in range(claimers)]
     doubles = 0
@@ -73,11 +72,14 @@ def drain(queue):
     return got
 
 
-def hand_overs(swift, ini_text, claimers, rounds, messages):
-    """(messages handed over twice, of those with the same delivery, messages in all)."""
+def hand_overs(swift, ini_text, claimers, rounds, messages, *, prefix="race"):
+    """(messages handed over twice, of those with the same delivery, messages in all).
+
+    Each round uses a new container, ``<prefix>-<round>``.
+    """
     doubles = silent = 0
     for number in range(rounds):
-        container = f"race-{number}"
+        container = f"{prefix}-{number}"
         swift.connection().put_container(container)
         ini = pathlib.Path(ini_text["dir"]) / f"{container}.ini"
         ini.write_text(ini_text["text"].format(container=container))

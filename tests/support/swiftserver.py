@@ -101,7 +101,7 @@ pipeline = catch_errors gatekeeper healthcheck proxy-logging cache
 use = egg:swift#proxy
 allow_account_management = true
 account_autocreate = true
-
+{proxy_options}
 [filter:tempauth]
 use = egg:swift#tempauth
 token_life = {token_life}
@@ -165,6 +165,13 @@ operator_roles = admin, member
 # --------------------------------------------------------------------------
 
 
+def tempauth_users() -> str:
+    """tempauth's user lines: ACCOUNTS as their accounts' admins, MEMBERS not."""
+    return "\n".join(
+        [f"user_{user.replace(':', '_')} = {key} .admin" for user, key in ACCOUNTS.values()]
+        + [f"user_{user.replace(':', '_')} = {key}" for user, key in MEMBERS.values()])
+
+
 def write_configs(workdir: pathlib.Path, log_port: int, memcache: str,
                   token_life: int,
                   keystone: dict[str, str] | None = None, *,
@@ -181,9 +188,6 @@ def write_configs(workdir: pathlib.Path, log_port: int, memcache: str,
     (workdir / "devices" / DEVICE).mkdir(parents=True, exist_ok=True)
     (workdir / "swift.conf").write_text(SWIFT_CONF)
     common = COMMON_CONF.format(workdir=workdir, host=HOST, log_port=log_port)
-    users = "\n".join(
-        [f"user_{user.replace(':', '_')} = {key} .admin" for user, key in ACCOUNTS.values()]
-        + [f"user_{user.replace(':', '_')} = {key}" for user, key in MEMBERS.values()])
     paths = {}
     for server in STORAGE_SERVERS:
         paths[server] = workdir / f"{server}-server.conf"
@@ -191,8 +195,8 @@ def write_configs(workdir: pathlib.Path, log_port: int, memcache: str,
     paths["proxy"] = workdir / "proxy-server.conf"
     proxy = PROXY_CONF.format(
         auth="authtoken keystoneauth" if keystone else "tempauth",
-        token_life=token_life, users=users, memcache=memcache,
-        storage_url_scheme=storage_url_scheme)
+        token_life=token_life, users=tempauth_users(), memcache=memcache,
+        storage_url_scheme=storage_url_scheme, proxy_options="")
     if keystone:
         proxy += KEYSTONE_FILTERS.format(memcache=memcache, **keystone)
     paths["proxy"].write_text(common + proxy)
@@ -366,6 +370,26 @@ def accepts_connections(port: int) -> bool:
     return True
 
 
+def start_memcached(timeout: float) -> tuple[subprocess.Popen, int]:
+    """A memcached on a reserved loopback port, once it accepts connections."""
+    binary = shutil.which("memcached") or "/usr/bin/memcached"
+    port = reserve_port()
+    command = [binary, "-l", HOST, "-p", str(port), "-U", "0"]
+    if os.geteuid() == 0:  # memcached refuses to run as root without -u
+        command += ["-u", "root"]
+    process = subprocess.Popen(command)
+    wait_until(lambda: alive(process, "memcached") and accepts_connections(port),
+               timeout, "memcached")
+    return process, port
+
+
+def alive(process: subprocess.Popen, name: str) -> bool:
+    """Return True, or raise if the process has already exited."""
+    if process.poll() is not None:
+        raise RuntimeError(f"{name} exited with {process.returncode}")
+    return True
+
+
 class SwiftServer(LaunchedServer):
     """Runs the launcher above (plus memcached) as child processes.
 
@@ -409,7 +433,7 @@ class SwiftServer(LaunchedServer):
         if self.process is not None:
             raise RuntimeError("swift is already running")
         if self.memcached is None:
-            self._start_memcached(timeout)
+            self.memcached, self.memcache_port = start_memcached(timeout)
             if self.keystone is not None:
                 self.keystone.register_swift(self.port)
         command = [
@@ -445,24 +469,6 @@ class SwiftServer(LaunchedServer):
         user, key = self.accounts[account]
         return swiftclient.Connection(authurl=self.auth_url, user=user,
                                       key=key, auth_version="1", **kwargs)
-
-    def _start_memcached(self, timeout: float) -> None:
-        binary = shutil.which("memcached") or "/usr/bin/memcached"
-        self.memcache_port = reserve_port()
-        command = [binary, "-l", HOST, "-p", str(self.memcache_port), "-U", "0"]
-        if os.geteuid() == 0:  # memcached refuses to run as root without -u
-            command += ["-u", "root"]
-        self.memcached = subprocess.Popen(command)
-        wait_until(lambda: self._alive(self.memcached, "memcached")
-                   and accepts_connections(self.memcache_port),
-                   timeout, "memcached")
-
-    @staticmethod
-    def _alive(process: subprocess.Popen, name: str) -> bool:
-        """Return True, or raise if the process has already exited."""
-        if process.poll() is not None:
-            raise RuntimeError(f"{name} exited with {process.returncode}")
-        return True
 
 
 if __name__ == "__main__":
