@@ -4,8 +4,10 @@
 # SwiftDrop role.
 #
 #   guest.sh base [--suite S]     build (once, cached) the base tree of suite S
-#   guest.sh up NAME [--suite S]  overlay + netns + veth + NAT, boot, wait for
-#                                 ssh, print connection JSON on stdout
+#   guest.sh up NAME [--suite S] [--reach PEER,...]
+#                             overlay + netns + veth + NAT, boot, wait for
+#                             ssh, print connection JSON on stdout; --reach:
+#                             NAME may open connections to these guests
 #   guest.sh down NAME        power off and remove everything of NAME
 #   guest.sh ssh NAME [CMD]   ssh into the guest as root
 #   guest.sh status [NAME]    list instances (or print JSON of one)
@@ -21,6 +23,11 @@
 # masqueraded, and the forward path only lets through DNS to the host's
 # nameservers and HTTP(S) to the addresses of the package mirrors
 # (SWIFTDROP_GUEST_EGRESS_HOSTS); everything else from the guest is dropped.
+# A guest started with --reach PEER,... may also open connections to those
+# guests (already up), from its own address to theirs, unmasqueraded, so that
+# they see who is talking: a sending MTA and the MX hosts it delivers to.
+# Every guest accepts what another guest's own rules let through to it; no
+# guest can reach another one that its own "up" did not name.
 #
 # Environment:
 #   SWIFTDROP_GUEST_SUITE   Debian suite when --suite is not given (bookworm);
@@ -348,7 +355,7 @@ ssh_ok() {
 }
 
 setup_network() {
-    local name=$1 idx=$2 ns table hveth haddr gaddr
+    local name=$1 idx=$2 reach_addrs=$3 ns table hveth haddr gaddr
     ns=$(netns_of "$name")
     table=$(nft_table_of "$idx")
     hveth=sdg$idx
@@ -388,9 +395,13 @@ setup_network() {
         done < <(getent ahostsv4 "$h" | awk '{ print $1 }' | sort -u)
     done
     ((${#web[@]} > 0)) || die "cannot resolve mirror host(s) ${hosts[*]}"
-    local dns_set web_set
+    local dns_set web_set reach_forward="" reach_nat=""
     dns_set=$(IFS=,; echo "${dns[*]:-127.0.0.1}")
     web_set=$(IFS=,; echo "${web[*]}")
+    if [[ -n $reach_addrs ]]; then
+        reach_forward="iifname \"$hveth\" ip saddr $gaddr ip daddr { $reach_addrs } accept"
+        reach_nat="ip saddr $gaddr ip daddr { $reach_addrs } accept"
+    fi
     nft -f - <<EOF
 table ip $table {
     chain forward {
@@ -399,11 +410,14 @@ table ip $table {
         oifname "$hveth" ct state established,related accept
         iifname "$hveth" ip daddr { $dns_set } meta l4proto { tcp, udp } th dport 53 accept
         iifname "$hveth" ip daddr { $web_set } tcp dport { 80, 443 } accept
+        $reach_forward
+        oifname "$hveth" iifname "sdg*" ip saddr $SUBNET_PREFIX.0/24 ip daddr $gaddr accept
         iifname "$hveth" drop
         oifname "$hveth" drop
     }
     chain postrouting {
         type nat hook postrouting priority srcnat; policy accept;
+        $reach_nat
         ip saddr $gaddr/32 oifname != "$hveth" masquerade
     }
 }
@@ -436,8 +450,20 @@ teardown_network() {
     fi
 }
 
+# Addresses (comma-separated) of the guests named in REACH, which must be up.
+reach_addresses() {
+    local peer addrs=()
+    [[ -n $REACH ]] || return 0
+    for peer in ${REACH//,/ }; do
+        check_name "$peer"
+        nspawn_pid "$peer" >/dev/null || die "--reach $peer: $peer is not up"
+        addrs+=("$(guest_addr "$(cat "$(idir "$peer")/index")")")
+    done
+    (IFS=,; echo "${addrs[*]}")
+}
+
 cmd_up() {
-    local name=${1:?usage: guest.sh up NAME [--suite S]}
+    local name=${1:?usage: guest.sh up NAME [--suite S] [--reach PEER,...]}
     check_name "$name"
     need_root
     need_tools systemd-nspawn ip nft ssh setsid flock getent sysctl
@@ -451,7 +477,7 @@ cmd_up() {
     exec 9>"$STATE/.lock"
     flock 9
     if [[ -f $d/index ]] && nspawn_pid "$name" >/dev/null \
-        && [[ $(suite_of "$name") == "$SUITE" ]]; then
+        && [[ $(suite_of "$name") == "$SUITE" && $(cat "$d/reach" 2>/dev/null) == "$REACH" ]]; then
         idx=$(cat "$d/index")
         if ssh_ok "$(guest_addr "$idx")"; then
             flock -u 9
@@ -465,13 +491,15 @@ cmd_up() {
         cmd_down "$name" >/dev/null
         flock 9
     fi
-    local start=$SECONDS
+    local start=$SECONDS reach_addrs
+    reach_addrs=$(reach_addresses)
     install -d -m 0755 "$d" "$d/upper" "$d/work" "$d/merged"
     idx=$(alloc_index)
     echo "$idx" >"$d/index"
     echo "$SUITE" >"$d/suite"
+    echo "$REACH" >"$d/reach"
     addr=$(guest_addr "$idx")
-    setup_network "$name" "$idx"
+    setup_network "$name" "$idx" "$reach_addrs"
     flock -u 9
 
     mount -t overlay "swiftdrop-guest-$name" \
@@ -588,10 +616,13 @@ main() {
     local cmd=${1:-}
     [[ $# -gt 0 ]] && shift
     local args=() suite=${SWIFTDROP_GUEST_SUITE:-bookworm}
+    REACH=""
     while [[ $# -gt 0 ]]; do
         case $1 in
         --suite) suite=${2:?--suite needs a value}; shift 2 ;;
         --suite=*) suite=${1#--suite=}; shift ;;
+        --reach) REACH=${2:?--reach needs a value}; shift 2 ;;
+        --reach=*) REACH=${1#--reach=}; shift ;;
         *) args+=("$1"); shift ;;
         esac
     done
