@@ -163,3 +163,35 @@ def test_no_number_outside_a_key_s_range_is_taken(tmp_path, setting, value):
     number = taken.get(setting.name, taken.get(setting.name.removeprefix("queue_")))
     assert number == setting.default or number >= setting.minimum
     assert re.fullmatch(r"[0-9.e+-]*", value) or value == "", "garbage was taken"
+
+
+MINIMAL = {"container": "c", "authurl": "http://127.0.0.1/auth/v1.0", "user": "u", "key": "k"}
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda setting: setting.name)
+def test_the_keys_the_table_calls_required_are_the_ones_the_loader_asks_for(tmp_path, setting):
+    given = {name: value for name, value in MINIMAL.items() if name != setting.name}
+    ini = tmp_path / "swiftdrop.ini"
+    ini.write_text("[DEFAULT]\nrecipient = DEFAULT\n"
+                   + "".join(f"{name} = {value}\n" for name, value in given.items()))
+    try:
+        config.load(str(ini))
+    except config.ConfigError as error:
+        assert setting.required
+        assert [(p.key, p.problem) for p in error.problems] == [(setting.name, "is required")]
+    else:
+        assert not setting.required
+
+
+@pytest.mark.parametrize("setting", [s for s in SETTINGS if s.kind == settings.TEXT],
+                         ids=lambda setting: setting.name)
+def test_a_named_section_inherits_what_the_table_says_it_inherits(tmp_path, setting):
+    ini = tmp_path / "swiftdrop.ini"
+    ini.write_text("[DEFAULT]\nrecipient = DEFAULT\n"
+                   + "".join(f"{name} = {value}\n" for name, value in MINIMAL.items()
+                             if name != setting.name)
+                   + f"{setting.name} = from-default\n[P]\nrecipient = p@example.com\n")
+    _, named = config.load(str(ini)).destinations
+    read = {"container": named.container, "user": named.account.user,
+            "tenant_name": named.account.tenant_name}
+    assert (read[setting.name] == "from-default") == setting.inherited
