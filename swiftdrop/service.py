@@ -7,7 +7,6 @@ refused. One process serves all connections, a thread each at a time, so the
 per-account Swift token and keep-alive connections are shared.
 """
 
-import ipaddress
 import logging
 import os
 import queue
@@ -49,7 +48,7 @@ def bind_listener(spec):
     else:
         host, _, port = spec.rpartition(":")
         host = host.strip("[]")
-        if not _is_loopback(host):
+        if not config_module.is_loopback(host):
             raise UnsafeListenAddress(f"{spec}: the filter listens on loopback only")
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         listener = socket.socket(family, socket.SOCK_STREAM)
@@ -65,16 +64,9 @@ def inherited_listeners():
     for listener in listeners:
         if listener.family in (socket.AF_INET, socket.AF_INET6):
             host = listener.getsockname()[0]
-            if not _is_loopback(host):
+            if not config_module.is_loopback(host):
                 raise UnsafeListenAddress(f"systemd passed a socket on {host}: loopback only")
     return listeners
-
-
-def _is_loopback(host):
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 class Server:
