@@ -23,6 +23,8 @@ from .process import (
 )
 
 UNPROCESSED = ("cur/", "retry/")  # what purge deletes only when told twice
+# How late the main thread may see a SIGTERM that the kernel gave a worker thread.
+SIGNAL_LATENCY = 0.5  # seconds
 
 
 def queue_command(options):
@@ -346,7 +348,11 @@ def run_worker(queue, options):
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
+        # The kernel hands SIGTERM to any thread; Python runs the handler in
+        # the main thread, once that thread runs Python code again. A join()
+        # without a timeout would sleep through the signal, for good.
+        while thread.is_alive():
+            thread.join(SIGNAL_LATENCY)
     for each in queues:
         each.close()
     if None in results:  # a loop died of a bug in our code: its traceback is above

@@ -89,11 +89,28 @@ class Server:
         self.active_sessions = 0
         self.stopping = threading.Event()
         self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_writer.setblocking(False)  # as signal.set_wakeup_fd wants it
 
     def stop(self):
         """Stop accepting; safe to call from a signal handler."""
         self.stopping.set()
         self._wake_writer.send(b"x")
+
+    def stop_on_signals(self, on_stop=lambda: None):
+        """SIGTERM and SIGINT call `on_stop`, then stop(); only from the main thread.
+
+        The kernel may hand the signal to a session thread, while Python runs
+        the handler in the main thread once that one runs Python code again.
+        The wakeup fd is the wake socket: the signal's byte on it stirs the
+        accept loop's select, which then runs the handler at once.
+        """
+        def on_signal(signum, frame):
+            on_stop()
+            self.stop()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        signal.set_wakeup_fd(self._wake_writer.fileno())
 
     def run(self, grace=90):
         """Serve until stop(); then let running sessions finish for up to `grace` seconds."""
@@ -242,12 +259,7 @@ def serve(options):
     server = Server(listeners, make_session, options.max_connections, Heartbeat(activity))
 
     # notify() does nothing unless systemd asked for it (Type=notify).
-    def on_signal(signum, frame):
-        notify("STOPPING=1")
-        server.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    server.stop_on_signals(lambda: notify("STOPPING=1"))
     where = ", ".join(str(listener.getsockname()) for listener in listeners)
     log.info("serving on %s with %d destination(s) from %s",
              where, len(config.destinations), config.path)

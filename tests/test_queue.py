@@ -1,6 +1,7 @@
 """swiftdrop queue against the real Swift (and a real Redis for the strict lock)."""
 
 import collections
+import ctypes
 import hashlib
 import json
 import os
@@ -394,6 +395,32 @@ def test_run_maps_exit_status_and_stops_on_sigterm(ini, tmp_path):
     assert worker.wait(30) == 0
     assert json.loads(worker.stdout.read().splitlines()[-1]) == {"done": 1}
     assert names_under(queue, "processing/") == []
+
+
+def test_run_stops_on_a_sigterm_the_kernel_gave_a_worker_thread(ini):
+    """The kernel may hand a process's signal to any of its threads.
+
+    Python runs the handler in the main thread only, and only once that
+    thread runs Python code again: a main thread asleep in a join() without
+    a timeout never did, and `queue run` went on working (seen once in CI).
+    tgkill sends the signal to one worker thread, the case that is rare
+    with kill(1) and certain here.
+    """
+    worker = subprocess.Popen(swiftdrop_command("queue", "--config", str(ini), "run",
+                                                "--poll", "0.2", "--", "cat"),
+                              stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while len(threads := os.listdir(f"/proc/{worker.pid}/task")) < 2:
+        assert time.monotonic() < deadline, "queue run started no worker thread"
+        time.sleep(0.1)
+    thread_id = next(int(each) for each in threads if int(each) != worker.pid)
+    assert ctypes.CDLL(None, use_errno=True).tgkill(worker.pid, thread_id,
+                                                    signal.SIGTERM) == 0
+    try:
+        assert worker.wait(30) == 0
+    finally:
+        worker.kill()
+    assert json.loads(worker.stdout.read().splitlines()[-1]) == {}
 
 
 def test_swift_lock_excludes_and_expires(swift):

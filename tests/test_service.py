@@ -384,6 +384,49 @@ def test_a_worker_serves_the_next_connection_and_max_connections_bounds_them():
     assert not runner.is_alive()
 
 
+def test_a_sigterm_the_kernel_gave_another_thread_stops_the_accept_loop():
+    """Python runs a signal's handler in the main thread, and only once it runs Python code.
+
+    With no heartbeat the accept loop's select has no timeout: before the
+    wakeup fd, a SIGTERM that landed on another thread was not seen until a
+    connection came. pthread_kill lands it on another thread once the main
+    one sleeps in epoll_wait; the fallback stop() after 30 s, if it was
+    needed, fails the test rather than hanging it.
+    """
+    server = Server([bind_listener("127.0.0.1:0")], lambda connection: None)
+    stops = []
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    server.stop_on_signals(lambda: stops.append("signal"))
+
+    def stop_anyway():
+        stops.append("fallback")
+        server.stop()
+
+    fallback = threading.Timer(30, stop_anyway)
+
+    main_thread = threading.get_native_id()
+
+    def signal_from_here():
+        # Only a main thread asleep in select shows the difference: a signal
+        # that comes while it still runs Python code is handled at once.
+        wchan = pathlib.Path(f"/proc/self/task/{main_thread}/wchan")
+        deadline = time.monotonic() + 30
+        while "epoll_wait" not in wchan.read_text() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+        fallback.start()
+
+    try:
+        threading.Thread(target=signal_from_here).start()
+        server.run(grace=1)
+    finally:
+        fallback.cancel()
+        signal.set_wakeup_fd(-1)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    assert stops == ["signal"]
+
+
 def test_journald_entry_has_structured_fields(swift, swift_ini, tmp_path, journald):
     """The default 250 names an opaque id only; the journal leads from it to the object."""
     with FilterProcess(swift_ini, tmp_path, "--log-target", "journal") as process:
