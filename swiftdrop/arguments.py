@@ -7,7 +7,6 @@ begun to change anything (issue 25's bad-input suite, tests/test_bad_input_cli.p
 
 import argparse
 import datetime
-import math
 import os
 import re
 import time
@@ -16,6 +15,7 @@ import urllib.parse
 from . import config as config_module
 from .admin_relay import parse_address
 from .process import EX_USAGE
+from .settings import duration_seconds
 
 MAX_METADATA_VALUE = 256  # Swift's default max_meta_value_length
 
@@ -155,15 +155,8 @@ def comma_list(text):
 
 def duration(text):
     """Seconds from 30d / 12h / 90m / 45s / 3600: finite, and not below zero."""
-    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-    try:
-        if text[-1:] in units:
-            seconds = float(text[:-1]) * units[text[-1]]
-        else:
-            seconds = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30d") from None
-    if not math.isfinite(seconds) or seconds < 0:
+    seconds = duration_seconds(text)
+    if seconds is None or seconds < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30d: "
                                          "finite, and not below zero")
     return seconds

@@ -147,6 +147,8 @@ class Destination:
     queue: QueueSettings = QueueSettings()
     # Verdicts that get a message refused (550) instead of stored; () tags only.
     reject_verdicts: tuple = ()
+    # Seconds after which Swift's object-expirer deletes a stored copy; None: never.
+    retention: float | None = None
     # What the webhook worker POSTs to; None without webhook_url.
     webhook: WebhookSettings | None = None
     # The other webhook_* keys, validated, for ``queue run --webhook URL``
@@ -266,10 +268,27 @@ def _validate(path, parsed, problems):
             create_container=section.boolean("create_container"),
             queue=queue,
             reject_verdicts=_reject_verdicts(section),
+            retention=section.duration("retention"),
             webhook=webhook_keys if webhook_keys.url else None,
             webhook_keys=webhook_keys,
         ))
+    _same_retention_per_copy(destinations, problems)
     return Config(path=path, destinations=tuple(destinations))
+
+
+def _same_retention_per_copy(destinations, problems):
+    """Sections that store into one container share each message's one copy, and its expiry."""
+    first = {}
+    told = {(error.section, error.key) for error in problems.found}
+    for destination in destinations:
+        if (destination.section, "retention") in told:  # its value is wrong already
+            continue
+        other = first.setdefault(destination.target, destination)
+        if other.retention != destination.retention:
+            problems.add(destination.section, "retention",
+                         f"differs from [{other.section}]'s, which stores into the same "
+                         f"container {destination.container!r}: a message for both is one "
+                         "copy, with one expiry")
 
 
 class _Section:
@@ -353,6 +372,21 @@ class _Section:
             self.value_problem(key, f"must be at least {setting.minimum:g}{unit}")
             return setting.default
         return number
+
+    def duration(self, key):
+        """Seconds, from 90d / 12h / 30m / 45s or a number of seconds; None when unset."""
+        setting, value = BY_NAME[key], self.raw(key)
+        if value is None:
+            return setting.default
+        seconds = settings.duration_seconds(value)
+        if seconds is None:
+            self.value_problem(key, f"{value!r} is not a duration like 90d, 12h, 30m, 45s "
+                               "or a number of seconds")
+            return setting.default
+        if seconds < setting.minimum:
+            self.value_problem(key, f"must be at least {setting.minimum:g} s")
+            return setting.default
+        return seconds
 
     def choice(self, key, aliases=()):
         setting, value = BY_NAME[key], self.raw(key)

@@ -9,10 +9,14 @@ imports nothing of the package: ``swiftdrop --help`` and ``check
 
 from dataclasses import dataclass
 import difflib
+import math
 
 # Types of value: how the loader reads the text and what the role's spec must say.
 TEXT, SECRET, URL, PATH = "text", "secret", "url", "path"
 BOOLEAN, NUMBER, INTEGER, CHOICE, LIST = "boolean", "number", "integer", "choice", "list"
+DURATION = "duration"  # 90d, 12h, 30m, 45s or seconds; read as seconds
+
+DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
 # The verdicts a destination may refuse with 550; swiftdrop.verdicts says what each means.
 REFUSABLE_VERDICTS = ("spam-reject", "spam-soft-reject", "spf-fail", "dkim-fail",
@@ -77,6 +81,9 @@ SETTINGS = (
             default=False, role="create_container"),
     Setting("reject_verdicts", LIST, "verdicts refused with 550 instead of stored",
             choices=REFUSABLE_VERDICTS, role="reject_verdicts"),
+    Setting("retention", DURATION, "age at which Swift's object-expirer deletes a stored "
+            "message, whatever its state; unset: kept until purged", minimum=1, unit="s",
+            role="retention"),
     Setting("queue_index", CHOICE, "how consumers find the messages", default="listing",
             choices=("listing", "redis-stream"), role="queue_index", reader="queue"),
     Setting("queue_lock", CHOICE, "where a claim's lock lives", default="swift",
@@ -119,6 +126,16 @@ SETTINGS = (
             role="webhook.tempurl_key", reader="webhook"),
 )
 BY_NAME = {setting.name: setting for setting in SETTINGS}
+
+
+def duration_seconds(text):
+    """Seconds from 90d / 12h / 30m / 45s / 3600, or None when `text` is no finite duration."""
+    factor = DURATION_UNITS.get(text[-1:], 1)
+    try:
+        seconds = float(text[:-1] if text[-1:] in DURATION_UNITS else text) * factor
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) else None
 
 
 def setting_of(key):

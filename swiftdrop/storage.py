@@ -194,6 +194,10 @@ class SwiftStore:
         headers = [("Content-Type", content_type), ("ETag", message.md5),
                    ("If-None-Match", "*")]
         headers.extend((f"X-Object-Meta-{key}", value) for key, value in metadata.items())
+        if destination.retention is not None:
+            # Swift turns it into X-Delete-At, which its server-side copies
+            # keep: every state the queue moves the message to expires with it.
+            headers.append(("X-Delete-After", f"{destination.retention:.0f}"))
         last_error = StoreError("no attempt could start before the deadline")
         for attempt in range(1, destination.account.retries + 2):
             if deadline.remaining() < MIN_ATTEMPT_SECONDS:

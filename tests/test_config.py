@@ -68,6 +68,26 @@ def test_sections_with_equal_settings_share_one_account(tmp_path):
     assert config.destinations[0].target != config.destinations[1].target
 
 
+def test_retention_is_read_as_seconds_and_inherited(tmp_path):
+    config = load(write(tmp_path, BASE + """
+        retention = 90d
+        [SHORT]
+        recipient = a@x.example
+        container = short
+        retention = 12h
+        [KEPT]
+        recipient = b@x.example
+        container = kept
+        retention = ""
+        [SECONDS]
+        recipient = c@x.example
+        container = seconds
+        retention = 3600
+        """))
+    assert [destination.retention for destination in config.destinations] == [
+        90 * 86400, 12 * 3600, None, 3600]
+
+
 def test_key_is_not_in_the_repr(tmp_path):
     config = load(write(tmp_path, BASE))
     assert "testing" not in repr(config)
@@ -118,6 +138,12 @@ def test_key_is_not_in_the_repr(tmp_path):
      "P", "tenant_name", "and os_options_project_name both name the project"),
     (BASE + "queue_retry_delay = 600\nqueue_retry_longest = 60\n", "DEFAULT",
      "queue_retry_longest", "shorter than queue_retry_delay"),
+    (BASE + "retention = 90 days\n", "DEFAULT", "retention", "not a duration like 90d"),
+    (BASE + "retention = infd\n", "DEFAULT", "retention", "not a duration"),
+    (BASE + "retention = 0.5\n", "DEFAULT", "retention", "must be at least 1 s"),
+    (BASE + "retention = 30d\n[P]\nrecipient = a@x.example\ncontainer = fallback\n"
+     "retention = 90d\n", "P", "retention", "differs from [DEFAULT]'s, which stores into the "
+     "same container 'fallback'"),
 ])
 def test_bad_config_names_file_section_and_key(tmp_path, text, section, key, words):
     error = error_for(tmp_path, text)

@@ -23,7 +23,8 @@ ROLE_ONLY = {"name", "cacert_pem", "os_options", "webhook", "webhook.workers",
 SPEC_TYPES = {settings.TEXT: {"str"}, settings.SECRET: {"str"}, settings.URL: {"str"},
               settings.PATH: {"path", "str"}, settings.BOOLEAN: {"bool"},
               settings.NUMBER: {"float", "int"}, settings.INTEGER: {"int"},
-              settings.CHOICE: {"str"}, settings.LIST: {"list"}}
+              settings.CHOICE: {"str"}, settings.LIST: {"list"},
+              settings.DURATION: {"str"}}
 ROLE_SETTINGS = [setting for setting in SETTINGS if setting.role]
 
 
@@ -109,6 +110,7 @@ def test_the_role_s_ini_template_renders_every_key_the_way_the_loader_reads_it(t
         "user": "u", "key": "k #{ not a comment, not a template }", "tenant_name": "t",
         "cacert": str(ca), "timeout": 7.5, "retries": 4,
         "create_container": True, "reject_verdicts": ["spf-fail", "dkim-fail"],
+        "retention": "90d",
         "queue_index": "redis-stream", "queue_lock": "redis",
         "queue_redis_url": "redis://127.0.0.1:6379/3", "queue_lease": 700,
         "queue_max_attempts": 9, "queue_retry_delay": 5, "queue_retry_longest": 50,
@@ -126,7 +128,7 @@ def test_the_role_s_ini_template_renders_every_key_the_way_the_loader_reads_it(t
     default, production = config.load(str(ini)).destinations
     read = {**vars(default.account), **vars(default.queue), "container": default.container,
             "create_container": default.create_container,
-            "reject_verdicts": list(default.reject_verdicts)}
+            "reject_verdicts": list(default.reject_verdicts), "retention": default.retention}
     for setting in ROLE_SETTINGS:
         if setting.role.startswith("webhook."):
             field = setting.role.split(".", 1)[1]
@@ -139,6 +141,8 @@ def test_the_role_s_ini_template_renders_every_key_the_way_the_loader_reads_it(t
             assert production.recipients == tuple(named["recipients"])
         else:
             expected = chosen[setting.name]
+            if setting.kind == settings.DURATION:
+                expected = settings.duration_seconds(expected)
             assert read[setting.name.removeprefix("queue_")] == expected, setting.name
             assert expected != setting.default, f"{setting.name}: choose a non-default value"
     assert production.container == "p-mail" and production.account.cacert is None
