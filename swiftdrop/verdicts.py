@@ -1,4 +1,4 @@
-"""Ask rspamd what it thinks of a message: SPF, DKIM, DMARC and spam verdicts.
+"""Ask rspamd what it thinks of a message: SPF, DKIM, DMARC, ARC and spam verdicts.
 
 A before-queue proxy cannot use milters for this (Postfix's milters see only
 the SMTP commands in front of a proxy, never the message), so the filter
@@ -46,6 +46,11 @@ DMARC_SYMBOLS = {"DMARC_POLICY_ALLOW": "pass", "DMARC_POLICY_ALLOW_WITH_FAILURES
                  "DMARC_POLICY_REJECT": "fail", "DMARC_POLICY_QUARANTINE": "fail",
                  "DMARC_POLICY_SOFTFAIL": "fail", "DMARC_NA": "none",
                  "DMARC_DNSFAIL": "temperror", "DMARC_BAD_POLICY": "permerror"}
+# ARC (RFC 8617): what the forwarders on the way (mailing lists, forwarding
+# hosts) vouch for, where SPF and DKIM alone mislead. The meanings are
+# rspamd's own (lua_auth_results): ARC_REJECT is a seal that does not verify.
+ARC_SYMBOLS = {"ARC_ALLOW": "pass", "ARC_REJECT": "fail", "ARC_INVALID": "permerror",
+               "ARC_DNSFAIL": "temperror", "ARC_NA": "none"}
 # The published policy, when the symbol says it (a failure's symbol names it;
 # DMARC_POLICY_ALLOW carries it among its options).
 DMARC_POLICY_OF_SYMBOL = {"DMARC_POLICY_REJECT": "reject",
@@ -54,8 +59,8 @@ DMARC_POLICY_OF_SYMBOL = {"DMARC_POLICY_REJECT": "reject",
 DMARC_POLICIES = ("none", "quarantine", "reject")
 # The metadata keys, lower-case as Swift returns them (queue claim's JSON).
 VERDICT_KEYS = ("spam-action", "spam-score", "spf", "dkim", "dmarc", "dmarc-policy",
-                "verdict-symbols")
-MAX_SPAM_SYMBOLS = 5  # besides the SPF/DKIM/DMARC ones: the highest scores
+                "arc", "verdict-symbols")
+MAX_SPAM_SYMBOLS = 5  # besides the SPF/DKIM/DMARC/ARC ones: the highest scores
 MAX_SYMBOLS_VALUE = 200  # within Swift's 256-byte metadata values
 
 # What a destination may refuse with 550 (ini key reject_verdicts).
@@ -80,6 +85,7 @@ class Verdicts:
     dkim: str = UNAVAILABLE
     dmarc: str = UNAVAILABLE
     dmarc_policy: str | None = UNAVAILABLE
+    arc: str = UNAVAILABLE
     symbols: str = ""
 
     @property
@@ -90,13 +96,13 @@ class Verdicts:
         """The X-Object-Meta-* keys (without the prefix) and their values."""
         values = {"Spam-Action": self.action, "Spam-Score": self.score, "Spf": self.spf,
                   "Dkim": self.dkim, "Dmarc": self.dmarc, "Dmarc-Policy": self.dmarc_policy,
-                  "Verdict-Symbols": self.symbols}
+                  "Arc": self.arc, "Verdict-Symbols": self.symbols}
         return {key: value for key, value in values.items() if value}
 
     def summary(self):
         """One line for the journal (SWIFTDROP_VERDICTS)."""
         return (f"spam={self.action}/{self.score} spf={self.spf} dkim={self.dkim} "
-                f"dmarc={self.dmarc}/{self.dmarc_policy or '-'}")
+                f"dmarc={self.dmarc}/{self.dmarc_policy or '-'} arc={self.arc}")
 
     def matching(self, refusals):
         """The names among `refusals` (a destination's reject_verdicts) that apply."""
@@ -256,9 +262,11 @@ def parse_answer(body):
     spf, spf_symbol = _decide(symbols, SPF_SYMBOLS)
     dkim, dkim_symbol = _decide(symbols, DKIM_SYMBOLS)
     dmarc, dmarc_symbol = _decide(symbols, DMARC_SYMBOLS)
-    deciding = [symbol for symbol in (spf_symbol, dkim_symbol, dmarc_symbol) if symbol]
+    arc, arc_symbol = _decide(symbols, ARC_SYMBOLS)
+    deciding = [symbol for symbol in (spf_symbol, dkim_symbol, dmarc_symbol, arc_symbol)
+                if symbol]
     return Verdicts(action=action, score=f"{score:.2f}", spf=spf, dkim=dkim, dmarc=dmarc,
-                    dmarc_policy=_dmarc_policy(symbols, dmarc_symbol),
+                    dmarc_policy=_dmarc_policy(symbols, dmarc_symbol), arc=arc,
                     symbols=_symbols_value(deciding, symbols,
                                            pre_result=answer.get("is_skipped") is True))
 

@@ -33,8 +33,10 @@ from tests.support.rawsmtp import RawSmtp
 from tests.support.rspamd import (
     CLIENT,
     DOMAIN,
+    FORWARDER,
     DnsServer,
     RspamdServer,
+    arc_seal,
     dkim_key,
     sign,
 )
@@ -69,6 +71,16 @@ def test_symbols_become_the_fixed_lower_case_values():
     assert verdicts.score == "-0.50"
     assert verdicts.symbols == ("R_SPF_SOFTFAIL R_DKIM_REJECT DMARC_POLICY_QUARANTINE "
                                 "HFILTER_HELO_BAREIP")
+
+
+@pytest.mark.parametrize(("symbol", "verdict"), [
+    ("ARC_ALLOW", "pass"), ("ARC_REJECT", "fail"), ("ARC_INVALID", "permerror"),
+    ("ARC_DNSFAIL", "temperror"), ("ARC_NA", "none"), (None, "none")])
+def test_the_arc_symbol_becomes_the_arc_verdict(symbol, verdict):
+    verdicts = parse_answer(answer(**({symbol: (0.0, {})} if symbol else {})))
+    assert verdicts.arc == verdict
+    assert verdicts.metadata()["Arc"] == verdict
+    assert verdicts.summary().endswith(f" arc={verdict}")
 
 
 def test_a_passing_dmarc_takes_the_policy_from_the_symbol_options():
@@ -244,6 +256,52 @@ def test_dkim_alone_passes_dmarc_from_a_client_spf_does_not_allow(
                                        client=SOFTFAIL_CLIENT))
     assert (metadata["spf"], metadata["dkim"], metadata["dmarc"]) == ("softfail", "pass",
                                                                       "pass")
+
+
+def forwarded_through_a_list(private_key):
+    """example.test's signed mail as a list hands it on: a footer added, then sealed.
+
+    The footer breaks the author's DKIM signature; the list vouches, in its
+    seal, for the SPF, DKIM and DMARC pass it saw on arrival.
+    """
+    signed = sign(message(), private_key)
+    with_footer = signed + b"--\r\nYou are subscribed to a list.\r\n"
+    return arc_seal(with_footer, private_key,
+                    f"spf=pass smtp.mailfrom={DOMAIN}; dkim=pass header.d={DOMAIN}; "
+                    f"dmarc=pass header.from={DOMAIN}")
+
+
+@pytest.mark.slow
+def test_a_forwarded_message_fails_spf_and_dmarc_yet_its_arc_chain_passes(
+        swift, filter_with_rspamd, dkim_private_key):
+    body = forwarded_through_a_list(dkim_private_key[0])
+    reply = send(filter_with_rspamd.address, body, client=SOFTFAIL_CLIENT,
+                 helo=f"mail.{FORWARDER}")
+    [(metadata, stored_body)] = stored(swift, reply)
+    assert stored_body == body
+    assert (metadata["spf"], metadata["dkim"], metadata["dmarc"]) == ("softfail", "fail",
+                                                                      "fail")
+    assert metadata["arc"] == "pass"
+    assert "ARC_ALLOW" in metadata["verdict-symbols"]
+
+
+@pytest.mark.slow
+def test_an_arc_seal_over_a_message_changed_after_sealing_fails(
+        swift, filter_with_rspamd, dkim_private_key):
+    altered = forwarded_through_a_list(dkim_private_key[0]).replace(b"subscribed",
+                                                                    b"unsubscribed")
+    metadata = verdicts_of(swift, send(filter_with_rspamd.address, altered,
+                                       client=SOFTFAIL_CLIENT, helo=f"mail.{FORWARDER}"))
+    assert metadata["arc"] == "fail"
+    assert "ARC_REJECT" in metadata["verdict-symbols"]
+
+
+@pytest.mark.slow
+def test_mail_that_no_forwarder_sealed_has_no_arc_verdict(swift, filter_with_rspamd,
+                                                          dkim_private_key):
+    metadata = verdicts_of(swift, send(filter_with_rspamd.address,
+                                       sign(message(), dkim_private_key[0])))
+    assert metadata["arc"] == "none"
 
 
 @pytest.mark.slow

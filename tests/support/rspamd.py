@@ -29,6 +29,9 @@ DOMAIN = "example.test"
 # checks for loopback clients, so the client must not be 127.0.0.1.
 CLIENT = "192.0.2.10"
 SELECTOR = "test"
+# A mailing list that forwards example.test's mail and seals it with ARC; its
+# key is the same test key, under its own name.
+FORWARDER = f"lists.{DOMAIN}"
 # How long rspamd may take to start: it compiles its Hyperscan regexps first.
 STARTUP_TIMEOUT = 300
 # Modules that would query the Internet (through our DNS, where they fail)
@@ -58,6 +61,19 @@ def sign(message, private_key, domain=DOMAIN):
     return signature + message
 
 
+def arc_seal(message, private_key, results, domain=FORWARDER):
+    """`message` sealed by `domain` (python3-dkim's arc_sign), as a forwarder that saw `results`.
+
+    The forwarder writes what it verified on arrival as its own
+    Authentication-Results, then seals: ARC-Authentication-Results,
+    ARC-Message-Signature and ARC-Seal, the first hop's (i=1).
+    """
+    received = f"Authentication-Results: {domain}; {results}\r\n".encode() + message
+    seal = dkim.arc_sign(received, SELECTOR.encode(), domain.encode(), private_key,
+                         domain.encode())
+    return b"".join(seal) + received
+
+
 class DnsServer:
     """dnsmasq on a reserved loopback port with the test domains' records."""
 
@@ -68,6 +84,7 @@ class DnsServer:
             DOMAIN: f"v=spf1 ip4:{CLIENT} ~all",
             f"_dmarc.{DOMAIN}": "v=DMARC1; p=reject",
             f"{SELECTOR}._domainkey.{DOMAIN}": f"v=DKIM1; k=rsa; p={dkim_public_key}",
+            f"{SELECTOR}._domainkey.{FORWARDER}": f"v=DKIM1; k=rsa; p={dkim_public_key}",
             # a second domain whose SPF fails hard, for "fail" rather than "softfail"
             f"strict.{DOMAIN}": f"v=spf1 ip4:{CLIENT} -all",
         }
