@@ -72,3 +72,36 @@ def test_only_crlf_dot_crlf_ends_a_message_for_every_client_loopback_too(tmp_pat
     assert settings == {"smtpd_forbid_bare_newline": "normalize",
                         "smtpd_forbid_bare_newline_exclusions": "",
                         "mynetworks": "127.0.0.0/8 [::1]/128"}
+
+
+def test_trusted_relays_are_exempt_from_postscreen_and_anvil_and_from_nothing_else(tmp_path):
+    """A known relay skips postscreen's tests and the rate limits, never the relay check."""
+    trusted = ["198.51.100.0/24", "2001:db8:7::/48", "192.0.2.10"]
+    settings = role_main_cf(tmp_path, "smtpd_client_event_limit_exceptions",
+                            "postscreen_access_list", "mynetworks", "smtpd_relay_restrictions",
+                            swiftdrop_trusted_networks=trusted)
+    assert settings == {
+        "smtpd_client_event_limit_exceptions":
+            "127.0.0.0/8, [::1]/128, 198.51.100.0/24, [2001:db8:7::]/48, 192.0.2.10",
+        "postscreen_access_list": "permit_mynetworks, cidr:/etc/postfix/postscreen_trusted.cidr",
+        "mynetworks": "127.0.0.0/8 [::1]/128",
+        "smtpd_relay_restrictions": "permit_mynetworks, reject_unauth_destination"}
+    rendered(tmp_path, "postscreen_trusted.cidr", swiftdrop_trusted_networks=trusted)
+    table = tmp_path / "postscreen_trusted.cidr"
+
+    def looked_up(address):  # Postfix's own cidr table reader
+        result = subprocess.run(["postmap", "-c", str(tmp_path), "-q", address, f"cidr:{table}"],
+                                capture_output=True, text=True, check=False)
+        assert result.stderr == "", result.stderr
+        return result.stdout.strip() or None
+
+    assert [looked_up(address) for address in
+            ("198.51.100.200", "2001:db8:7:1::25", "192.0.2.10", "192.0.2.11", "203.0.113.5")
+            ] == ["permit", "permit", "permit", None, None]
+
+
+def test_without_trusted_relays_only_loopback_is_exempt(tmp_path):
+    settings = role_main_cf(tmp_path, "smtpd_client_event_limit_exceptions")
+    assert settings == {"smtpd_client_event_limit_exceptions": "127.0.0.0/8, [::1]/128"}
+    table = rendered(tmp_path, "postscreen_trusted.cidr")
+    assert [line for line in table.splitlines() if line and not line.startswith("#")] == []
