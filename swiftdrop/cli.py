@@ -216,6 +216,11 @@ def build_parser():
                                    "SPF, DKIM, DMARC and spam verdicts of every message and "
                                    "store them as metadata on each copy (default: no "
                                    "verdicts); see reject_verdicts in the ini")
+    serve_parser.add_argument("--antivirus", action="store_true",
+                              help="the rspamd of --rspamd-url has clamd scan every message "
+                                   "(its antivirus module, symbol CLAM_VIRUS): store the "
+                                   "virus verdict, clean, infected or unavailable (default: "
+                                   "not scanned, no virus verdict)")
     serve_parser.add_argument("--rspamd-timeout", type=positive_duration, default=RSPAMD_TIMEOUT,
                               metavar="SECONDS", help="give up on rspamd after this long "
                               "(cut to what is left of --store-timeout) and store the message "

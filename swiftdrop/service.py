@@ -210,6 +210,21 @@ def in_flight_problem(config, store_timeout):
     return None
 
 
+def antivirus_problem(config, options):
+    """Why the virus verdict would not be what the ini asks (None: it is).
+
+    A destination that refuses viruses while nothing scans would refuse
+    nothing, silently: the filter does not start instead.
+    """
+    if options.antivirus and not options.rspamd_url:
+        return "--antivirus needs --rspamd-url: rspamd is what asks clamd"
+    refusing = [d.section for d in config.destinations if "virus" in d.reject_verdicts]
+    if refusing and not options.antivirus:
+        return (f"[{refusing[0]}] reject_verdicts lists virus, but without --antivirus no "
+                "message is scanned and none would be refused")
+    return None
+
+
 def serve(options):
     """Entry point of ``swiftdrop serve``; returns the process exit status."""
     configure_logging(options.log_target)
@@ -230,9 +245,11 @@ def serve(options):
     if not listeners:
         log.error("cannot start: no socket from systemd and no --listen given")
         return EX_CONFIG
-    if (problem := in_flight_problem(config, options.store_timeout)) is not None:
-        log.error("cannot start: %s", problem)
-        return EX_CONFIG
+    for problem in (in_flight_problem(config, options.store_timeout),
+                    antivirus_problem(config, options)):
+        if problem is not None:
+            log.error("cannot start: %s", problem)
+            return EX_CONFIG
     namer = MaildirNamer(options.hostname)
     admin_relay = (AdminRelay(options.admin_relay, options.admin_local_parts, namer.hostname)
                    if options.admin_relay else None)
@@ -244,7 +261,8 @@ def serve(options):
     activity = Activity()
     metrics.on_reply(activity.replied)
     verdicts = (RspamdClient(options.rspamd_url, options.rspamd_timeout,
-                             mta_name=namer.hostname, alerter=alerter)
+                             mta_name=namer.hostname, alerter=alerter,
+                             antivirus=options.antivirus)
                 if options.rspamd_url else None)
     deliver = metrics.MeasuredDelivery(
         Deliverer(config, SwiftStore(), namer, options.store_timeout, alerter=alerter,

@@ -20,7 +20,7 @@ DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
 # The verdicts a destination may refuse with 550; swiftdrop.verdicts says what each means.
 REFUSABLE_VERDICTS = ("spam-reject", "spam-soft-reject", "spf-fail", "dkim-fail",
-                      "dmarc-reject", "dmarc-quarantine")
+                      "dmarc-reject", "dmarc-quarantine", "virus")
 
 # os_options that swiftclient's get_auth() understands; anything else is a typo
 # that swiftclient would silently ignore.

@@ -1,4 +1,4 @@
-"""Ask rspamd what it thinks of a message: SPF, DKIM, DMARC, ARC and spam verdicts.
+"""Ask rspamd what it thinks of a message: SPF, DKIM, DMARC, ARC, virus and spam verdicts.
 
 A before-queue proxy cannot use milters for this (Postfix's milters see only
 the SMTP commands in front of a proxy, never the message), so the filter
@@ -7,6 +7,12 @@ the message is spooled and before any copy is stored. The answer becomes a
 few fixed, lower-case ``X-Object-Meta-*`` values on every copy (the
 consumer's equivalent of SES's ``spfVerdict``, ``dkimVerdict`` ...); the
 stored bytes are never changed.
+
+With ``--antivirus`` rspamd also has clamd scan the message (its antivirus
+module, symbol CLAM_VIRUS): the virus verdict is ``clean``, ``infected``
+(with the name clamd gave) or ``unavailable`` (clamd down or slow, or
+rspamd itself). Without it the message was not scanned, and no virus key
+is written: "clean" would be a claim nobody checked.
 
 A verdict engine must never cost mail: when rspamd is down, slow, or
 answers something we cannot read, every verdict is ``unavailable``, the
@@ -51,6 +57,10 @@ DMARC_SYMBOLS = {"DMARC_POLICY_ALLOW": "pass", "DMARC_POLICY_ALLOW_WITH_FAILURES
 # rspamd's own (lua_auth_results): ARC_REJECT is a seal that does not verify.
 ARC_SYMBOLS = {"ARC_ALLOW": "pass", "ARC_REJECT": "fail", "ARC_INVALID": "permerror",
                "ARC_DNSFAIL": "temperror", "ARC_NA": "none"}
+# What rspamd's antivirus module adds for clamd (the role's antivirus.conf):
+# the symbol with the virus names as options, or _FAIL when clamd did not answer.
+VIRUS_SYMBOL, VIRUS_FAIL_SYMBOL = "CLAM_VIRUS", "CLAM_VIRUS_FAIL"
+CLEAN, INFECTED = "clean", "infected"
 # The published policy, when the symbol says it (a failure's symbol names it;
 # DMARC_POLICY_ALLOW carries it among its options).
 DMARC_POLICY_OF_SYMBOL = {"DMARC_POLICY_REJECT": "reject",
@@ -59,7 +69,7 @@ DMARC_POLICY_OF_SYMBOL = {"DMARC_POLICY_REJECT": "reject",
 DMARC_POLICIES = ("none", "quarantine", "reject")
 # The metadata keys, lower-case as Swift returns them (queue claim's JSON).
 VERDICT_KEYS = ("spam-action", "spam-score", "spf", "dkim", "dmarc", "dmarc-policy",
-                "arc", "verdict-symbols")
+                "arc", "virus", "virus-name", "verdict-symbols")
 MAX_SPAM_SYMBOLS = 5  # besides the SPF/DKIM/DMARC/ARC ones: the highest scores
 MAX_SYMBOLS_VALUE = 200  # within Swift's 256-byte metadata values
 
@@ -72,6 +82,7 @@ REFUSABLE = {
     "dmarc-reject": lambda v: v.dmarc == "fail" and v.dmarc_policy == "reject",
     "dmarc-quarantine": lambda v: v.dmarc == "fail" and v.dmarc_policy in ("quarantine",
                                                                           "reject"),
+    "virus": lambda v: v.virus == INFECTED,
 }
 
 
@@ -86,6 +97,8 @@ class Verdicts:
     dmarc: str = UNAVAILABLE
     dmarc_policy: str | None = UNAVAILABLE
     arc: str = UNAVAILABLE
+    virus: str | None = None  # None: not scanned (no --antivirus)
+    virus_name: str | None = None
     symbols: str = ""
 
     @property
@@ -96,20 +109,23 @@ class Verdicts:
         """The X-Object-Meta-* keys (without the prefix) and their values."""
         values = {"Spam-Action": self.action, "Spam-Score": self.score, "Spf": self.spf,
                   "Dkim": self.dkim, "Dmarc": self.dmarc, "Dmarc-Policy": self.dmarc_policy,
-                  "Arc": self.arc, "Verdict-Symbols": self.symbols}
+                  "Arc": self.arc, "Virus": self.virus, "Virus-Name": self.virus_name,
+                  "Verdict-Symbols": self.symbols}
         return {key: value for key, value in values.items() if value}
 
     def summary(self):
         """One line for the journal (SWIFTDROP_VERDICTS)."""
         return (f"spam={self.action}/{self.score} spf={self.spf} dkim={self.dkim} "
-                f"dmarc={self.dmarc}/{self.dmarc_policy or '-'} arc={self.arc}")
+                f"dmarc={self.dmarc}/{self.dmarc_policy or '-'} arc={self.arc}"
+                + ("" if self.virus is None else f" virus={self.virus}"))
 
     def matching(self, refusals):
         """The names among `refusals` (a destination's reject_verdicts) that apply."""
         return [name for name in refusals if REFUSABLE[name](self)]
 
 
-NO_VERDICTS = Verdicts()
+NO_VERDICTS = Verdicts()  # rspamd unavailable, nothing scanned for viruses
+NO_VERDICTS_SCANNED = Verdicts(virus=UNAVAILABLE)  # the same with --antivirus
 
 
 class Unreadable(Exception):
@@ -119,7 +135,7 @@ class Unreadable(Exception):
 class RspamdClient:
     """One ``POST /checkv2`` per message; never raises, never outlasts its time."""
 
-    def __init__(self, url, timeout, *, mta_name=None, alerter=None):
+    def __init__(self, url, timeout, *, mta_name=None, alerter=None, antivirus=False):
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"{url!r} is not an http://HOST:PORT URL")
@@ -129,6 +145,7 @@ class RspamdClient:
         self.timeout = timeout
         self.mta_name = mta_name  # this MX's name, for rspamd's Authentication-Results
         self.alerter = alerter
+        self.antivirus = antivirus  # rspamd has clamd scan every message
 
     def check(self, envelope, message, *, deadline, queue_id=None):
         """The Verdicts for `message`; NO_VERDICTS (all unavailable) on any failure."""
@@ -138,7 +155,7 @@ class RspamdClient:
                 raise TimeoutError("no time left before the message's deadline")
             answer = self._exchange(self.headers(envelope, message, queue_id), message,
                                     seconds)
-            verdicts = parse_answer(answer)
+            verdicts = parse_answer(answer, antivirus=self.antivirus)
         except (OSError, http.client.HTTPException, Unreadable) as error:
             return self.unavailable(describe(error, seconds))
         except Exception as error:  # a bug of ours must not cost the message either
@@ -157,7 +174,7 @@ class RspamdClient:
                                              "SWIFTDROP_REASON": reason})
         if self.alerter is not None:
             self.alerter.verdicts_unavailable(self.url, reason)
-        return NO_VERDICTS
+        return NO_VERDICTS_SCANNED if self.antivirus else NO_VERDICTS
 
     def headers(self, envelope, message, queue_id):
         """rspamd's request headers: the real client from XFORWARD, not Postfix's 127.0.0.1."""
@@ -243,8 +260,12 @@ def describe(error, seconds):
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
 
 
-def parse_answer(body):
-    """Verdicts from /checkv2's JSON; Unreadable if it is not what rspamd sends."""
+def parse_answer(body, *, antivirus=False):
+    """Verdicts from /checkv2's JSON; Unreadable if it is not what rspamd sends.
+
+    `antivirus`: rspamd was set to have clamd scan the message, so no
+    virus symbol means clean.
+    """
     try:
         answer = json.loads(body)
     except ValueError:
@@ -263,10 +284,12 @@ def parse_answer(body):
     dkim, dkim_symbol = _decide(symbols, DKIM_SYMBOLS)
     dmarc, dmarc_symbol = _decide(symbols, DMARC_SYMBOLS)
     arc, arc_symbol = _decide(symbols, ARC_SYMBOLS)
-    deciding = [symbol for symbol in (spf_symbol, dkim_symbol, dmarc_symbol, arc_symbol)
-                if symbol]
+    virus, virus_name, virus_symbol = _virus(symbols) if antivirus else (None, None, None)
+    deciding = [symbol for symbol in (spf_symbol, dkim_symbol, dmarc_symbol, arc_symbol,
+                                      virus_symbol) if symbol]
     return Verdicts(action=action, score=f"{score:.2f}", spf=spf, dkim=dkim, dmarc=dmarc,
                     dmarc_policy=_dmarc_policy(symbols, dmarc_symbol), arc=arc,
+                    virus=virus, virus_name=virus_name,
                     symbols=_symbols_value(deciding, symbols,
                                            pre_result=answer.get("is_skipped") is True))
 
@@ -277,6 +300,19 @@ def _decide(symbols, meanings):
         if symbol in symbols:
             return verdict, symbol
     return "none", None
+
+
+def _virus(symbols):
+    """(verdict, the first name clamd gave or None, the deciding symbol or None)."""
+    if VIRUS_SYMBOL in symbols:
+        options = symbols[VIRUS_SYMBOL].get("options") or []
+        names = [str(name) for name in options] if isinstance(options, list) else []
+        name = "".join(ch if ch.isprintable() and ch.isascii() else "?"
+                       for ch in names[0])[:MAX_SYMBOLS_VALUE] if names else None
+        return INFECTED, name, VIRUS_SYMBOL
+    if VIRUS_FAIL_SYMBOL in symbols:
+        return UNAVAILABLE, None, VIRUS_FAIL_SYMBOL
+    return CLEAN, None, None
 
 
 def _dmarc_policy(symbols, dmarc_symbol):

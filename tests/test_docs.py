@@ -308,7 +308,8 @@ class GivenVerdicts:
 
     def check(self, envelope, message, *, deadline, queue_id=None):
         return Verdicts(action="no action", score="-0.80", spf="pass", dkim="pass",
-                        dmarc="pass", dmarc_policy="reject", arc="none", symbols="R_SPF_ALLOW")
+                        dmarc="pass", dmarc_policy="reject", arc="none", virus="infected",
+                        virus_name="Eicar-Signature", symbols="R_SPF_ALLOW")
 
 
 def test_the_metadata_keys_the_docs_may_name_are_what_swiftdrop_writes(swift, tmp_path):

@@ -7,6 +7,7 @@ rspamd compiles its regexps at start (tens of seconds on a loaded machine),
 so the end-to-end tests are marked slow.
 """
 
+import base64
 import http.server
 import json
 import pathlib
@@ -27,6 +28,7 @@ from swiftdrop.verdicts import (
     parse_answer,
 )
 from tests.conftest import create_containers
+from tests.support.clamd import SAMPLE, SIGNATURE_NAME, ClamdServer
 from tests.support.filterproc import FULL_REPLY, FilterProcess, run_swiftdrop
 from tests.support.ports import reserve_port
 from tests.support.rawsmtp import RawSmtp
@@ -83,6 +85,26 @@ def test_the_arc_symbol_becomes_the_arc_verdict(symbol, verdict):
     assert verdicts.summary().endswith(f" arc={verdict}")
 
 
+@pytest.mark.parametrize(("symbols", "virus", "name"), [
+    ({}, "clean", None),
+    ({"CLAM_VIRUS": (0.0, {"options": ["Win.Test.EICAR_HDB-1", "Other"]})}, "infected",
+     "Win.Test.EICAR_HDB-1"),
+    ({"CLAM_VIRUS": (0.0, {"options": ["Bad\u00e9\nName"]})}, "infected", "Bad??Name"),
+    ({"CLAM_VIRUS": (0.0, {})}, "infected", None),
+    ({"CLAM_VIRUS_FAIL": (0.0, {"options": ["failed to scan"]})}, "unavailable", None)])
+def test_the_antivirus_symbols_become_the_virus_verdict(symbols, virus, name):
+    verdicts = parse_answer(answer(**symbols), antivirus=True)
+    assert (verdicts.virus, verdicts.virus_name) == (virus, name)
+    assert verdicts.metadata()["Virus"] == virus
+    assert verdicts.metadata().get("Virus-Name") == name
+
+
+def test_without_antivirus_no_message_is_called_clean():
+    verdicts = parse_answer(answer(CLAM_VIRUS=(0.0, {"options": ["Seen.Anyway"]})))
+    assert verdicts.virus is None and "Virus" not in verdicts.metadata()
+    assert "virus" not in verdicts.summary()
+
+
 def test_a_passing_dmarc_takes_the_policy_from_the_symbol_options():
     verdicts = parse_answer(answer(DMARC_POLICY_ALLOW=(-0.5, {"options": [DOMAIN, "reject"]})))
     assert (verdicts.dmarc, verdicts.dmarc_policy, verdicts.spf) == ("pass", "reject", "none")
@@ -136,8 +158,15 @@ def dns(dkim_private_key, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def rspamd(dns):
-    server = RspamdServer(dns.port).start()
+def clamd(tmp_path_factory):
+    server = ClamdServer(tmp_path_factory.mktemp("clamd")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def rspamd(dns, clamd):
+    server = RspamdServer(dns.port, clamd_port=clamd.port).start()
     yield server
     server.close()
 
@@ -150,7 +179,7 @@ def write_verdicts_ini(path, swift):
         f"authurl = {swift.auth_url}\nuser = test:tester\nkey = testing\n"
         "create_container = true\n\n"
         f"[REFUSING]\nrecipient = strict@example.com\ncontainer = {REFUSING}\n"
-        "reject_verdicts = spam-reject, dmarc-reject\n\n"
+        "reject_verdicts = spam-reject, dmarc-reject, virus\n\n"
         f"[QUEUE]\nrecipient = queue@example.com\ncontainer = {QUEUED}\n")
     path.chmod(0o640)
     create_containers(path)
@@ -165,7 +194,7 @@ def verdicts_ini(swift, tmp_path_factory):
 @pytest.fixture(scope="module")
 def filter_with_rspamd(rspamd, verdicts_ini, tmp_path_factory):
     with FilterProcess(verdicts_ini, tmp_path_factory.mktemp("filter"),
-                       "--rspamd-url", rspamd.url, "--log-target", "stderr",
+                       "--rspamd-url", rspamd.url, "--antivirus", "--log-target", "stderr",
                        *FULL_REPLY) as process:
         yield process
 
@@ -304,6 +333,65 @@ def test_mail_that_no_forwarder_sealed_has_no_arc_verdict(swift, filter_with_rsp
     assert metadata["arc"] == "none"
 
 
+def with_attachment(payload, filename="invoice.pdf.exe"):
+    """A signed-looking message with `payload` as a base64 attachment."""
+    encoded = base64.encodebytes(payload).replace(b"\n", b"\r\n")
+    return message(body=b"--part\r\nContent-Type: text/plain\r\n\r\nSee attached.\r\n"
+                   b"--part\r\nContent-Type: application/octet-stream\r\n"
+                   b"Content-Transfer-Encoding: base64\r\n"
+                   b'Content-Disposition: attachment; filename="' + filename.encode()
+                   + b'"\r\n\r\n' + encoded + b"--part--\r\n").replace(
+        b"Content-Type: text/plain; charset=us-ascii",
+        b'Content-Type: multipart/mixed; boundary="part"', 1)
+
+
+@pytest.mark.slow
+def test_an_infected_attachment_is_stored_with_its_virus_name(swift, filter_with_rspamd):
+    body = with_attachment(b"junk before " + SAMPLE + b" junk after")
+    reply = send(filter_with_rspamd.address, body)
+    [(metadata, stored_body)] = stored(swift, reply)
+    assert stored_body == body  # tag only: the bytes as sent
+    assert (metadata["virus"], metadata["virus-name"]) == ("infected", SIGNATURE_NAME)
+    assert "CLAM_VIRUS" in metadata["verdict-symbols"]
+    assert metadata["spf"] == "pass"  # the other verdicts are there too
+
+
+@pytest.mark.slow
+def test_a_clean_message_is_clean_and_names_no_virus(swift, filter_with_rspamd):
+    metadata = verdicts_of(swift, send(filter_with_rspamd.address,
+                                       with_attachment(b"an ordinary attachment")))
+    assert metadata["virus"] == "clean"
+    assert "virus-name" not in metadata
+
+
+@pytest.mark.slow
+def test_a_virus_is_refused_where_the_destination_opted_in(swift, filter_with_rspamd):
+    connection = swift.connection()
+
+    def held():
+        return [len(connection.get_container(name)[1]) for name in (TAGGED, REFUSING)]
+
+    before = held()
+    code, text = send(filter_with_rspamd.address, with_attachment(SAMPLE),
+                      recipients=("bob@example.com", "strict@example.com"))
+    assert code == 550 and text.startswith("5.7.1"), text
+    assert held() == before  # one reply for the message: stored for nobody
+
+
+@pytest.mark.slow
+def test_clamd_down_means_stored_with_the_virus_verdict_unavailable_and_the_rest_intact(
+        swift, clamd, filter_with_rspamd, dkim_private_key):
+    clamd.stop()
+    try:
+        body = sign(with_attachment(SAMPLE), dkim_private_key[0])
+        metadata = verdicts_of(swift, send(filter_with_rspamd.address, body))
+    finally:
+        clamd.start()
+    assert metadata["virus"] == "unavailable"
+    assert "virus-name" not in metadata
+    assert (metadata["spf"], metadata["dkim"], metadata["dmarc"]) == ("pass", "pass", "pass")
+
+
 @pytest.mark.slow
 def test_gtube_is_stored_with_tag_only(swift, filter_with_rspamd):
     metadata = verdicts_of(swift, send(filter_with_rspamd.address,
@@ -366,7 +454,8 @@ def test_queue_claim_and_run_carry_the_verdicts(swift, filter_with_rspamd, verdi
 
 def assert_stored_unavailable(swift, reply):
     metadata = verdicts_of(swift, reply)
-    for key in ("spam-action", "spam-score", "spf", "dkim", "dmarc", "dmarc-policy"):
+    for key in ("spam-action", "spam-score", "spf", "dkim", "dmarc", "dmarc-policy", "arc",
+                "virus"):  # the filters here run with --antivirus: not scanned either
         assert metadata[key] == "unavailable", (key, metadata)
 
 
@@ -375,7 +464,8 @@ def test_rspamd_not_listening_means_stored_unavailable_and_one_notice(swift, ver
     nothing = reserve_port()  # reserved, so nothing else listens there either
     url = f"http://127.0.0.1:{nothing}"
     with Webhook() as hook, FilterProcess(
-            verdicts_ini, tmp_path, "--rspamd-url", url, "--alert-webhook", hook.url,
+            verdicts_ini, tmp_path, "--rspamd-url", url, "--antivirus",
+            "--alert-webhook", hook.url,
             "--log-target", "stderr", *FULL_REPLY) as process:
         # GTUBE to a refusing destination: without verdicts nothing is refused.
         for _ in range(2):
@@ -427,7 +517,8 @@ def test_rspamd_slow_or_garbage_means_stored_within_the_deadline_and_unavailable
         swift, verdicts_ini, tmp_path, stalling_rspamd, behaviour):
     Stalling.behaviour = behaviour
     url = f"http://127.0.0.1:{stalling_rspamd.server_address[1]}"
-    with FilterProcess(verdicts_ini, tmp_path, "--rspamd-url", url, "--rspamd-timeout", "1",
+    with FilterProcess(verdicts_ini, tmp_path, "--rspamd-url", url, "--antivirus",
+                       "--rspamd-timeout", "1",
                        "--store-timeout", "20", "--log-target", "stderr",
                        *FULL_REPLY) as process:
         started = time.monotonic()
@@ -443,7 +534,7 @@ def test_rspamd_slow_or_garbage_means_stored_within_the_deadline_and_unavailable
 def test_rspamd_stopped_then_started_again(swift, rspamd, verdicts_ini, tmp_path,
                                            dkim_private_key):
     """The real rspamd stopped: stored, unavailable; started again: verdicts again."""
-    with FilterProcess(verdicts_ini, tmp_path, "--rspamd-url", rspamd.url,
+    with FilterProcess(verdicts_ini, tmp_path, "--rspamd-url", rspamd.url, "--antivirus",
                        "--log-target", "stderr", *FULL_REPLY) as process:
         rspamd.stop()
         assert_stored_unavailable(swift, send(process.address, message()))
@@ -462,6 +553,18 @@ def test_reject_verdicts_typo_names_file_section_and_key(swift, tmp_path):
     result = run_swiftdrop("check", "--config-only", "--config", str(ini))
     assert result.returncode == 78
     assert f"{ini}: [X] reject_verdicts: 'dmarc-rejct' is not one of" in result.stderr
+
+
+@pytest.mark.parametrize(("arguments", "words"), [
+    ([], "[REFUSING] reject_verdicts lists virus, but without --antivirus no message is "
+         "scanned and none would be refused"),
+    (["--antivirus"], "--antivirus needs --rspamd-url: rspamd is what asks clamd")])
+def test_serve_will_not_start_where_the_virus_verdict_would_be_a_pretence(
+        verdicts_ini, arguments, words):
+    result = run_swiftdrop("serve", "--config", str(verdicts_ini), "--listen",
+                           f"127.0.0.1:{reserve_port()}", "--log-target", "stderr", *arguments)
+    assert result.returncode == 78
+    assert f"cannot start: {words}" in result.stderr
 
 
 def test_serve_refuses_a_url_that_is_not_http(swift_ini):

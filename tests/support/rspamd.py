@@ -42,6 +42,20 @@ DISABLED_MODULES = ("fuzzy_check", "rbl", "surbl", "phishing", "asn", "neural",
                     "whitelist", "maillist")
 
 
+# As roles/swiftdrop/templates/rspamd/antivirus.conf.j2 writes it, with the
+# test's clamd and a short wait: clamd away must not cost the other verdicts.
+ANTIVIRUS_CONF = """\
+clamav {{
+  type = "clamav";
+  servers = "{servers}";
+  symbol = "CLAM_VIRUS";
+  scan_mime_parts = false;
+  timeout = 2.0;
+  retransmits = 1;
+}}
+"""
+
+
 def dkim_key(workdir):
     """An RSA key pair: (private key PEM, the p= value of its DNS record)."""
     private = pathlib.Path(workdir) / "dkim.key"
@@ -129,7 +143,7 @@ class DnsServer:
 class RspamdServer:
     """rspamd with one normal worker on 127.0.0.1:port; stop() and start() again freely."""
 
-    def __init__(self, dns_port):
+    def __init__(self, dns_port, clamd_port=None):
         self.port = reserve_port()
         # Under /tmp and readable: rspamd's workers run as nobody.
         self.root = pathlib.Path(tempfile.mkdtemp(prefix="swiftdrop-rspamd-"))
@@ -153,6 +167,9 @@ class RspamdServer:
             (local / f"{module}.conf").write_text("enabled = false;\n")
         (self.confdir / "override.d" / "worker-normal.inc").write_text(
             f'bind_socket = "127.0.0.1:{self.port}";\ncount = 1;\n')
+        if clamd_port is not None:  # the role's antivirus.conf, with the test's clamd
+            (local / "antivirus.conf").write_text(ANTIVIRUS_CONF.format(
+                servers=f"127.0.0.1:{clamd_port}"))
         self.log_path = self.root / "rspamd.log"
         self.process = None
 

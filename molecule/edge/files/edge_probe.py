@@ -18,6 +18,7 @@ library only: it runs on the controller and in the guest.
 """
 
 import argparse
+import concurrent.futures
 import json
 import smtplib
 import socket
@@ -128,10 +129,17 @@ def pipeline(options):
 
 
 def burst(options):
-    """One connection and one message after another; the codes and how long it all took."""
-    codes, started = [], time.monotonic()
-    for number in range(options.count):
-        codes.append(send(options, f"Subject: burst {number}\r\n\r\nburst\r\n".encode())[0])
+    """--count messages, a connection each, over --parallel sessions at a time.
+
+    The codes in the order sent, and how long it all took.
+    """
+    started = time.monotonic()
+
+    def one(number):
+        return send(options, f"Subject: burst {number}\r\n\r\nburst\r\n".encode())[0]
+
+    with concurrent.futures.ThreadPoolExecutor(options.parallel) as sessions:
+        codes = list(sessions.map(one, range(options.count)))
     return {"codes": codes, "seconds": round(time.monotonic() - started, 1)}
 
 
@@ -170,6 +178,7 @@ def main():
     parser.add_argument("--size", type=int, help="declare SIZE= in MAIL FROM")
     parser.add_argument("--count", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=0)
+    parser.add_argument("--parallel", type=int, default=1, help="burst: sessions at a time")
     parser.add_argument("--message-id", default="<verdict@example.net>")
     parser.add_argument("--dkim-key", help="PEM private key to sign with")
     parser.add_argument("--save", help="write the message as sent to this file")
