@@ -211,6 +211,10 @@ def build_parser():
                               help="serve Prometheus metrics on http://ADDRESS/metrics "
                                    "(127.0.0.1:PORT or [::1]:PORT; another address only if "
                                    "you mean it: the figures are not secret, but not public)")
+    serve_parser.add_argument("--tls-certificate", action="append", default=[], metavar="PATH",
+                              help="export when the certificate in PATH (PEM, e.g. Postfix's "
+                                   "/etc/postfix/tls/cert.pem) expires, read at each scrape of "
+                                   "--metrics-listen; repeatable")
     serve_parser.add_argument("--rspamd-url", type=rspamd_url, metavar="URL",
                               help="ask this rspamd (e.g. http://127.0.0.1:11333) for the "
                                    "SPF, DKIM, DMARC and spam verdicts of every message and "
