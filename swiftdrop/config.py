@@ -144,6 +144,10 @@ class Destination:
     container: str
     account: Account
     create_container: bool = False
+    # Containers the messages are spread over (swiftdrop.shards); shard 0 is `container`.
+    container_shards: int = 1
+    # Which of its section's shard containers this is (swiftdrop.shards.shard_destinations).
+    shard: int = 0
     queue: QueueSettings = QueueSettings()
     # Verdicts that get a message refused (550) instead of stored; () tags only.
     reject_verdicts: tuple = ()
@@ -265,6 +269,7 @@ def _validate(path, parsed, problems):
             recipients=recipients,
             container=_container(section),
             account=account,
+            container_shards=_container_shards(section),
             create_container=section.boolean("create_container"),
             queue=queue,
             reject_verdicts=_reject_verdicts(section),
@@ -457,6 +462,17 @@ def _container(section):
     if "/" in container or len(container.encode()) > 256:
         section.value_problem("container", f"{container!r} is not a valid container name")
     return container
+
+
+def _container_shards(section):
+    """container_shards; shard k's name (``<container>-<k>``) must be a container name too."""
+    shards = section.number("container_shards")
+    container = section.raw("container") or ""
+    if shards > 1 and len(f"{container}-{shards - 1}".encode()) > 256:
+        section.combination_problem(("container", "container_shards"), "container_shards",
+                                    f"{container!r} with the shard suffix -{shards - 1} is "
+                                    "longer than Swift's 256 bytes")
+    return shards
 
 
 def _queue(section, account):
