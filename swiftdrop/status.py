@@ -161,8 +161,8 @@ def report(since_seconds, matches=(), metrics_address=None, now=None):
     ingest, webhook = read_entries(since, matches)
     status = {"since": since.isoformat(), "until": now.isoformat(), **summarize(ingest),
               "socket": socket_state(), "webhooks": summarize_webhooks(webhook)}
-    for per in status["containers"].values():
-        per["per_second"] = round(per["stored"] / since_seconds, 3)
+    for per in status["containers"].values():  # --since 0s: an empty window, no rate
+        per["per_second"] = round(per["stored"] / since_seconds, 3) if since_seconds else 0.0
     if metrics_address:
         status["metrics"] = read_metrics(metrics_address)
     return status
