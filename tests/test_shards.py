@@ -6,9 +6,12 @@ them as one queue.
 """
 
 import collections
+from email.message import EmailMessage
 import json
 import subprocess
+import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -18,11 +21,14 @@ from swiftdrop.queue.sharded import ShardedQueue, merge_figures
 from swiftdrop.queue_commands import make_queue
 from swiftdrop.shards import search_order, shard_for, shard_index, shard_names
 from swiftdrop.status import render, summarize
+from swiftdrop.worker import WebhookConsumer, consume
 from tests.support.filterproc import FULL_REPLY, FilterProcess, run_swiftdrop, swiftdrop_command
 from tests.support.ports import reserve_port
 from tests.test_metrics import scrape, value
 from tests.test_queue import ACCOUNT_KEYS
 from tests.test_service import send, stored_location
+from tests.test_webhook import Receiver
+from tests.test_webhook import make_ini as webhook_ini
 
 CONTAINER_COUNTER = iter(range(1000))
 
@@ -340,8 +346,16 @@ def test_the_stream_index_announces_each_copy_in_its_shard_s_stream(swift, tmp_p
             where, name = stored_location(send(process.address, "s@origin.test",
                                                ["r@example.com"], f"Subject: {number}\r\n\r\n"))
             stored[name.removeprefix("cur/")] = where
+    cli = ("queue", "--config", str(ini), "--group", "default")
+    first = json.loads(subprocess.run(swiftdrop_command(*cli, "claim"), capture_output=True,
+                                      text=True, check=True).stdout)
+    assert first["container"] == stored[first["name"]]
+    finish = subprocess.run(swiftdrop_command(*cli, "finish", first["name"], "--token",
+                                              first["token"], "--state", "done"),
+                            capture_output=True, text=True, check=True)
+    assert finish.stdout.strip() == f"done/{first['name']}"
     queue = make_queue(destination, "default")
-    got = {}
+    got = {first["name"]: first["container"]}
     try:
         while (claimed := queue.claim()) is not None:
             got[claimed.name] = claimed.container
@@ -379,3 +393,40 @@ def test_status_counts_each_container_a_destination_stored_into():
     assert lines[at + 1:at + 3] == ["    mail: stored 1, 0.1/s", "    mail-2: stored 2, 0.2/s"]
     assert "  [BILLING] stored 1, failed 0" in lines  # one container: no line of its own
     assert not any(line.startswith("    billing") for line in lines)
+
+
+def test_the_webhook_posts_each_shard_s_mail_naming_and_linking_its_container(swift, tmp_path):
+    container = fresh_container()
+    with Receiver() as receiver:
+        ini = webhook_ini(tmp_path / "swiftdrop.ini", swift, container, receiver.url,
+                          container_shards="3", webhook_inline_limit="1024",
+                          create_container="true")
+        checked(ini)
+        destination = config_module.load(str(ini)).catch_all
+        big = b"x" * 5000
+        message = EmailMessage()
+        message["Subject"] = "linked"
+        message.set_content("see attached\n")
+        message.add_attachment(big, maintype="application", subtype="octet-stream",
+                               filename="big.bin")
+        names = names_of(9)
+        for name in names:
+            swift.connection().put_object(shard_for(destination, name).container, "cur/" + name,
+                                          message.as_bytes())
+        queue = make_queue(destination, None)
+        try:
+            outcomes = consume(queue, WebhookConsumer(destination, destination.webhook),
+                               threading.Event(), once=True)
+        finally:
+            queue.close()
+        assert outcomes == {"done": len(names)}
+        posted = {request.json["name"]: request for request in receiver.requests}
+    assert set(posted) == set(names)
+    for name, request in posted.items():
+        expected = shard_for(destination, name).container
+        assert request.headers["X-SwiftDrop-Id"] == f"{expected}/{name}"
+        assert request.json["container"] == expected
+        [linked] = request.json["message"]["attachments"]
+        assert f"/{expected}/attachments/" in linked["url"]
+        with urllib.request.urlopen(linked["url"], timeout=10) as response:
+            assert response.read() == big
