@@ -278,6 +278,7 @@ def _validate(path, parsed, problems):
             webhook_keys=webhook_keys,
         ))
     _same_retention_per_copy(destinations, problems)
+    _same_shards_per_container(destinations, problems)
     return Config(path=path, destinations=tuple(destinations))
 
 
@@ -294,6 +295,25 @@ def _same_retention_per_copy(destinations, problems):
                          f"differs from [{other.section}]'s, which stores into the same "
                          f"container {destination.container!r}: a message for both is one "
                          "copy, with one expiry")
+
+
+def _same_shards_per_container(destinations, problems):
+    """Sections that store into one container spread it over the same shard containers.
+
+    A message for both is one copy, stored where the first section's shards
+    put it: a section of fewer shards would never find the copies in the others.
+    """
+    first = {}
+    told = {(error.section, error.key) for error in problems.found}
+    for destination in destinations:
+        if (destination.section, "container_shards") in told:  # its value is wrong already
+            continue
+        other = first.setdefault(destination.target, destination)
+        if other.container_shards != destination.container_shards:
+            problems.add(destination.section, "container_shards",
+                         f"differs from [{other.section}]'s, which stores into the same "
+                         f"container {destination.container!r}: a message for both is one "
+                         "copy, in one of the same shard containers")
 
 
 class _Section:

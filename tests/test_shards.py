@@ -117,6 +117,18 @@ def test_container_shards_is_inherited_from_default_and_one_unless_given(tmp_pat
         "ok   [P] container p-2", "ok   [Q] container q"]
 
 
+def test_sections_of_one_container_must_agree_on_its_shards(tmp_path, swift):
+    ini = sharded_ini(tmp_path / "swiftdrop.ini", swift, "c", 3)
+    ini.write_text(ini.read_text() + "[P]\nrecipient = p@example.com\ncontainer_shards = 2\n"
+                   "[Q]\nrecipient = q@example.com\ncontainer = other\ncontainer_shards = 2\n")
+    with pytest.raises(config_module.ConfigError) as raised:
+        config_module.load(str(ini))
+    [problem] = raised.value.problems
+    assert (problem.section, problem.key) == ("P", "container_shards")
+    assert "differs from [DEFAULT]'s, which stores into the same container 'c'" in \
+        problem.problem
+
+
 @pytest.mark.slow  # the real filter
 def test_the_filter_spreads_the_mail_over_the_shards_byte_for_byte(swift, tmp_path):
     container = fresh_container()
