@@ -33,11 +33,11 @@ from tests.test_webhook import make_ini as webhook_ini
 CONTAINER_COUNTER = iter(range(1000))
 
 
-def sharded_ini(path, swift, container, shards, **queue):
-    """An ini whose catch-all is `container` over `shards` containers."""
+def sharded_ini(path, swift, container, shards, extra=(), **queue):
+    """An ini whose catch-all is `container` over `shards` containers; `extra`: more lines."""
     lines = ["[DEFAULT]", "recipient = DEFAULT", f"container = {container}",
              f"authurl = {swift.auth_url}", "user = test:tester", "key = testing",
-             "create_container = true"]
+             "create_container = true", *extra]
     if shards is not None:
         lines.append(f"container_shards = {shards}")
     lines += [f"{key if key in ACCOUNT_KEYS else 'queue_' + key} = {value}"
@@ -132,7 +132,8 @@ def test_sections_of_one_container_must_agree_on_its_shards(tmp_path, swift):
 @pytest.mark.slow  # the real filter
 def test_the_filter_spreads_the_mail_over_the_shards_byte_for_byte(swift, tmp_path):
     container = fresh_container()
-    ini = sharded_ini(tmp_path / "swiftdrop.ini", swift, container, 4)
+    ini = sharded_ini(tmp_path / "swiftdrop.ini", swift, container, 4,
+                      extra=["retention = 90d"])
     assert len(checked(ini)) == 4
     destination = config_module.load(str(ini)).catch_all
     sent = {}
@@ -157,6 +158,7 @@ def test_the_filter_spreads_the_mail_over_the_shards_byte_for_byte(swift, tmp_pa
         headers, stored = connection.get_object(where, name)
         assert stored == body
         assert headers["x-object-meta-rcpt-to"].startswith("r")
+        assert "x-delete-at" in headers  # every shard keeps the destination's retention
     total = sum(int(connection.head_container(each)["x-container-object-count"])
                 for each in shard_names(container, 4))
     assert total == len(sent)
