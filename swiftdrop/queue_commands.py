@@ -124,23 +124,27 @@ def queue_group(options):
     return options.group
 
 
-def make_queue(destination, group):
+def make_queue(destination, group, connection=None):
     """The destination's queue: the container's listing, or its Redis stream index.
 
     With container_shards > 1, one such queue per shard container behind a
-    ShardedQueue, which makes them one (swiftdrop.queue.sharded).
+    ShardedQueue, which makes them one (swiftdrop.queue.sharded); their
+    connections share one token.
     """
     if destination.container_shards > 1:
-        from .queue.sharded import ShardedQueue  # noqa: PLC0415 - see the module docstring
+        from .queue.connection import SharedToken, connect  # noqa: PLC0415 - see the module docstring
+        from .queue.sharded import ShardedQueue  # noqa: PLC0415
 
-        return ShardedQueue(destination, lambda shard: make_queue(shard, group))
+        token = SharedToken()
+        return ShardedQueue(destination, lambda shard: make_queue(
+            shard, group, connect(shard, shared=token)))
     if destination.queue.index == "redis-stream":
         from .queue.stream import StreamQueue  # noqa: PLC0415
 
-        return StreamQueue(destination, group)
+        return StreamQueue(destination, group, connection=connection)
     from .queue import MailQueue  # noqa: PLC0415
 
-    return MailQueue(destination)
+    return MailQueue(destination, connection=connection)
 
 
 def shard_queues(queue):

@@ -17,6 +17,7 @@ import pytest
 
 from swiftdrop import config as config_module
 from swiftdrop.queue import MailQueue
+from swiftdrop.queue import connection as connection_module
 from swiftdrop.queue.sharded import ShardedQueue, merge_figures
 from swiftdrop.queue_commands import make_queue
 from swiftdrop.shards import search_order, shard_for, shard_index, shard_names
@@ -444,3 +445,28 @@ def test_the_webhook_posts_each_shard_s_mail_naming_and_linking_its_container(sw
         assert f"/{expected}/attachments/" in linked["url"]
         with urllib.request.urlopen(linked["url"], timeout=10) as response:
             assert response.read() == big
+
+
+def test_the_shards_of_a_queue_share_one_token_and_renew_it_once_refused(swift, sharded,
+                                                                        monkeypatch):
+    _, destination = sharded
+    store(swift, destination, names_of(9))
+    asked = []
+    real = connection_module.authenticate
+    monkeypatch.setattr(connection_module, "authenticate",
+                        lambda *args: asked.append(args) or real(*args))
+    queue = make_queue(destination, None)
+    try:
+        for _ in range(3):  # a claim from each shard in turn
+            queue.finish(queue.claim(), "done")
+        assert len(asked) == 1
+        for shard in queue.shards:  # the token runs out: Swift refuses it (401)
+            shard.connection.token = shard.connection._taken = "AUTH_tk-run-out"
+        queue.shards[0].connection._shared.token = "AUTH_tk-run-out"
+        while (claimed := queue.claim()) is not None:
+            queue.finish(claimed, "done")
+        assert len(asked) == 2
+    finally:
+        queue.close()
+    assert sum(len(names_in(swift, each, "done/"))
+               for each in shard_names(destination.container, 3)) == 9
