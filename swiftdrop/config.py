@@ -144,6 +144,10 @@ class Destination:
     container: str
     account: Account
     create_container: bool = False
+    # Containers the messages are spread over (swiftdrop.shards); shard 0 is `container`.
+    container_shards: int = 1
+    # Which of its section's shard containers this is (swiftdrop.shards.shard_destinations).
+    shard: int = 0
     queue: QueueSettings = QueueSettings()
     # Verdicts that get a message refused (550) instead of stored; () tags only.
     reject_verdicts: tuple = ()
@@ -265,6 +269,7 @@ def _validate(path, parsed, problems):
             recipients=recipients,
             container=_container(section),
             account=account,
+            container_shards=_container_shards(section),
             create_container=section.boolean("create_container"),
             queue=queue,
             reject_verdicts=_reject_verdicts(section),
@@ -273,6 +278,7 @@ def _validate(path, parsed, problems):
             webhook_keys=webhook_keys,
         ))
     _same_retention_per_copy(destinations, problems)
+    _same_shards_per_container(destinations, problems)
     return Config(path=path, destinations=tuple(destinations))
 
 
@@ -289,6 +295,25 @@ def _same_retention_per_copy(destinations, problems):
                          f"differs from [{other.section}]'s, which stores into the same "
                          f"container {destination.container!r}: a message for both is one "
                          "copy, with one expiry")
+
+
+def _same_shards_per_container(destinations, problems):
+    """Sections that store into one container spread it over the same shard containers.
+
+    A message for both is one copy, stored where the first section's shards
+    put it: a section of fewer shards would never find the copies in the others.
+    """
+    first = {}
+    told = {(error.section, error.key) for error in problems.found}
+    for destination in destinations:
+        if (destination.section, "container_shards") in told:  # its value is wrong already
+            continue
+        other = first.setdefault(destination.target, destination)
+        if other.container_shards != destination.container_shards:
+            problems.add(destination.section, "container_shards",
+                         f"differs from [{other.section}]'s, which stores into the same "
+                         f"container {destination.container!r}: a message for both is one "
+                         "copy, in one of the same shard containers")
 
 
 class _Section:
@@ -457,6 +482,17 @@ def _container(section):
     if "/" in container or len(container.encode()) > 256:
         section.value_problem("container", f"{container!r} is not a valid container name")
     return container
+
+
+def _container_shards(section):
+    """container_shards; shard k's name (``<container>-<k>``) must be a container name too."""
+    shards = section.number("container_shards")
+    container = section.raw("container") or ""
+    if shards > 1 and len(f"{container}-{shards - 1}".encode()) > 256:
+        section.combination_problem(("container", "container_shards"), "container_shards",
+                                    f"{container!r} with the shard suffix -{shards - 1} is "
+                                    "longer than Swift's 256 bytes")
+    return shards
 
 
 def _queue(section, account):

@@ -260,7 +260,7 @@ def serve(options):
     if options.alert_webhook or options.alert_mail:
         alerter = Alerter(options.alert_interval, webhook_url=options.alert_webhook,
                           mail_to=options.alert_mail, relay=admin_relay)
-    metrics.known_destinations(destination.section for destination in config.destinations)
+    metrics.known_destinations(config.destinations)
     activity = Activity()
     metrics.on_reply(activity.replied)
     verdicts = (RspamdClient(options.rspamd_url, options.rspamd_timeout,
