@@ -25,6 +25,7 @@ from configobj import ConfigObj, ConfigObjError
 from . import settings
 from .lease import HEARTBEAT_ROOM, LEASE_MARGIN, longest_request, shortest_lease
 from .settings import BY_NAME, OS_OPTIONS, OS_OPTIONS_PREFIX, setting_of
+from .shards import shard_names
 
 DEFAULT_PATH = "/etc/swiftdrop.ini"
 CATCH_ALL = "DEFAULT"
@@ -277,43 +278,52 @@ def _validate(path, parsed, problems):
             webhook=webhook_keys if webhook_keys.url else None,
             webhook_keys=webhook_keys,
         ))
-    _same_retention_per_copy(destinations, problems)
-    _same_shards_per_container(destinations, problems)
+    _same_per_copy(destinations, problems)
+    _no_container_is_another_s_shard(destinations, problems)
     return Config(path=path, destinations=tuple(destinations))
 
 
-def _same_retention_per_copy(destinations, problems):
-    """Sections that store into one container share each message's one copy, and its expiry."""
-    first = {}
-    told = {(error.section, error.key) for error in problems.found}
-    for destination in destinations:
-        if (destination.section, "retention") in told:  # its value is wrong already
-            continue
-        other = first.setdefault(destination.target, destination)
-        if other.retention != destination.retention:
-            problems.add(destination.section, "retention",
-                         f"differs from [{other.section}]'s, which stores into the same "
-                         f"container {destination.container!r}: a message for both is one "
-                         "copy, with one expiry")
+# What sections that store into one container must agree on: a message for
+# both is one copy, and this is what that copy has.
+ONE_PER_COPY = {"retention": "with one expiry",
+                "container_shards": "in one of the same shard containers"}
 
 
-def _same_shards_per_container(destinations, problems):
-    """Sections that store into one container spread it over the same shard containers.
+def _same_per_copy(destinations, problems):
+    """Sections that store into one container share each message's one copy: ONE_PER_COPY.
 
-    A message for both is one copy, stored where the first section's shards
-    put it: a section of fewer shards would never find the copies in the others.
+    A section of fewer shards would never find the copies in the others; a
+    second expiry cannot be given to the same copy.
     """
-    first = {}
     told = {(error.section, error.key) for error in problems.found}
+    for key, copy_has in ONE_PER_COPY.items():
+        first = {}
+        for destination in destinations:
+            if (destination.section, key) in told:  # its value is wrong already
+                continue
+            other = first.setdefault(destination.target, destination)
+            if getattr(other, key) != getattr(destination, key):
+                problems.add(destination.section, key,
+                             f"differs from [{other.section}]'s, which stores into the same "
+                             f"container {destination.container!r}: a message for both is "
+                             f"one copy, {copy_has}")
+
+
+def _no_container_is_another_s_shard(destinations, problems):
+    """Shard k of container "mail" is "mail-k": no other destination may store there too.
+
+    Their messages would mix, and each one's queue would take the other's.
+    """
+    owners = {}
     for destination in destinations:
-        if (destination.section, "container_shards") in told:  # its value is wrong already
-            continue
-        other = first.setdefault(destination.target, destination)
-        if other.container_shards != destination.container_shards:
-            problems.add(destination.section, "container_shards",
-                         f"differs from [{other.section}]'s, which stores into the same "
-                         f"container {destination.container!r}: a message for both is one "
-                         "copy, in one of the same shard containers")
+        for name in shard_names(destination.container, destination.container_shards):
+            other = owners.setdefault((destination.account, name), destination)
+            if other.target != destination.target:
+                problems.add(destination.section, "container",
+                             f"{name!r} is a container of [{other.section}] too (its "
+                             f"{other.container!r} with container_shards = "
+                             f"{other.container_shards}): their messages would mix")
+                break
 
 
 class _Section:
