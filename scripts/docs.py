@@ -217,7 +217,10 @@ def metric_names():
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
     names = set()
     metrics = swiftdrop_module("metrics")
-    for family in (*metrics.REGISTRY.collect(), *metrics.WORKER_REGISTRY.collect()):
+    # the certificate gauges: registered by serve --tls-certificate only
+    certificates = swiftdrop_module("certificates").CertificateCollector(())
+    for family in (*metrics.REGISTRY.collect(), *metrics.WORKER_REGISTRY.collect(),
+                   *certificates.collect()):
         names.update(family.name + suffix for suffix in ("", *suffixes.get(family.type, ())))
     empty = {prefix: {"count": 0, "bytes": 0} for prefix in swiftdrop_module("queue").PREFIXES}
     exposition = swiftdrop_module("queue_report").format_stats(

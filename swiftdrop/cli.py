@@ -34,6 +34,7 @@ from .arguments import (
 from .process import EX_CONFIG, EX_USAGE, configure_logging, print_config_error
 from .queue_commands import queue_command
 from .retries import retry_schedule
+from .shards import shard_destinations
 
 # Postfix gives up on the filter after smtpd_proxy_timeout (100 s by default);
 # our reply must come well before, or a message stored after the client was
@@ -211,6 +212,10 @@ def build_parser():
                               help="serve Prometheus metrics on http://ADDRESS/metrics "
                                    "(127.0.0.1:PORT or [::1]:PORT; another address only if "
                                    "you mean it: the figures are not secret, but not public)")
+    serve_parser.add_argument("--tls-certificate", action="append", default=[], metavar="PATH",
+                              help="export when the certificate in PATH (PEM, e.g. Postfix's "
+                                   "/etc/postfix/tls/cert.pem) expires, read at each scrape of "
+                                   "--metrics-listen; repeatable")
     serve_parser.add_argument("--rspamd-url", type=rspamd_url, metavar="URL",
                               help="ask this rspamd (e.g. http://127.0.0.1:11333) for the "
                                    "SPF, DKIM, DMARC and spam verdicts of every message and "
@@ -414,15 +419,19 @@ def check(options):
         return (f"[{destination.section}] container {destination.container} "
                 f"in {destination.account.describe()}")
 
+    # Every shard container of a destination, each a line: a missing one would
+    # fail the copies that hash to it (swiftdrop.shards).
+    containers = [shard for destination in config.destinations
+                  for shard in shard_destinations(destination)]
     if options.config_only:
-        for destination in config.destinations:
+        for destination in containers:
             print(f"ok   {where(destination)}")
         return 0
     from .failures import describe_failure  # noqa: PLC0415 - see the module docstring
     from .storage import SwiftStore  # noqa: PLC0415
 
     store, failures = SwiftStore(), 0
-    for destination in config.destinations:
+    for destination in containers:
         try:
             headers = store.check(destination)
         except Exception as error:  # whatever breaks one section, report it and go on

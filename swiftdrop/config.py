@@ -25,6 +25,7 @@ from configobj import ConfigObj, ConfigObjError
 from . import settings
 from .lease import HEARTBEAT_ROOM, LEASE_MARGIN, longest_request, shortest_lease
 from .settings import BY_NAME, OS_OPTIONS, OS_OPTIONS_PREFIX, setting_of
+from .shards import shard_names
 
 DEFAULT_PATH = "/etc/swiftdrop.ini"
 CATCH_ALL = "DEFAULT"
@@ -144,6 +145,10 @@ class Destination:
     container: str
     account: Account
     create_container: bool = False
+    # Containers the messages are spread over (swiftdrop.shards); shard 0 is `container`.
+    container_shards: int = 1
+    # Which of its section's shard containers this is (swiftdrop.shards.shard_destinations).
+    shard: int = 0
     queue: QueueSettings = QueueSettings()
     # Verdicts that get a message refused (550) instead of stored; () tags only.
     reject_verdicts: tuple = ()
@@ -265,6 +270,7 @@ def _validate(path, parsed, problems):
             recipients=recipients,
             container=_container(section),
             account=account,
+            container_shards=_container_shards(section),
             create_container=section.boolean("create_container"),
             queue=queue,
             reject_verdicts=_reject_verdicts(section),
@@ -272,23 +278,52 @@ def _validate(path, parsed, problems):
             webhook=webhook_keys if webhook_keys.url else None,
             webhook_keys=webhook_keys,
         ))
-    _same_retention_per_copy(destinations, problems)
+    _same_per_copy(destinations, problems)
+    _no_container_is_another_s_shard(destinations, problems)
     return Config(path=path, destinations=tuple(destinations))
 
 
-def _same_retention_per_copy(destinations, problems):
-    """Sections that store into one container share each message's one copy, and its expiry."""
-    first = {}
+# What sections that store into one container must agree on: a message for
+# both is one copy, and this is what that copy has.
+ONE_PER_COPY = {"retention": "with one expiry",
+                "container_shards": "in one of the same shard containers"}
+
+
+def _same_per_copy(destinations, problems):
+    """Sections that store into one container share each message's one copy: ONE_PER_COPY.
+
+    A section of fewer shards would never find the copies in the others; a
+    second expiry cannot be given to the same copy.
+    """
     told = {(error.section, error.key) for error in problems.found}
+    for key, copy_has in ONE_PER_COPY.items():
+        first = {}
+        for destination in destinations:
+            if (destination.section, key) in told:  # its value is wrong already
+                continue
+            other = first.setdefault(destination.target, destination)
+            if getattr(other, key) != getattr(destination, key):
+                problems.add(destination.section, key,
+                             f"differs from [{other.section}]'s, which stores into the same "
+                             f"container {destination.container!r}: a message for both is "
+                             f"one copy, {copy_has}")
+
+
+def _no_container_is_another_s_shard(destinations, problems):
+    """Shard k of container "mail" is "mail-k": no other destination may store there too.
+
+    Their messages would mix, and each one's queue would take the other's.
+    """
+    owners = {}
     for destination in destinations:
-        if (destination.section, "retention") in told:  # its value is wrong already
-            continue
-        other = first.setdefault(destination.target, destination)
-        if other.retention != destination.retention:
-            problems.add(destination.section, "retention",
-                         f"differs from [{other.section}]'s, which stores into the same "
-                         f"container {destination.container!r}: a message for both is one "
-                         "copy, with one expiry")
+        for name in shard_names(destination.container, destination.container_shards):
+            other = owners.setdefault((destination.account, name), destination)
+            if other.target != destination.target:
+                problems.add(destination.section, "container",
+                             f"{name!r} is a container of [{other.section}] too (its "
+                             f"{other.container!r} with container_shards = "
+                             f"{other.container_shards}): their messages would mix")
+                break
 
 
 class _Section:
@@ -457,6 +492,17 @@ def _container(section):
     if "/" in container or len(container.encode()) > 256:
         section.value_problem("container", f"{container!r} is not a valid container name")
     return container
+
+
+def _container_shards(section):
+    """container_shards; shard k's name (``<container>-<k>``) must be a container name too."""
+    shards = section.number("container_shards")
+    container = section.raw("container") or ""
+    if shards > 1 and len(f"{container}-{shards - 1}".encode()) > 256:
+        section.combination_problem(("container", "container_shards"), "container_shards",
+                                    f"{container!r} with the shard suffix -{shards - 1} is "
+                                    "longer than Swift's 256 bytes")
+    return shards
 
 
 def _queue(section, account):

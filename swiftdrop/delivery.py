@@ -13,7 +13,8 @@ from .envelope import envelope_path, recipient_metadata
 from .failures import StoreError
 from .naming import MAILDIR_PREFIX
 from .reception import Message
-from .routing import Router
+from .routing import Delivery, Router
+from .shards import shard_for
 from .smtp import QUEUE_WRITE_ERROR
 from .storage import metadata_value
 from .stream_index import entry_fields
@@ -89,7 +90,11 @@ class Deliverer:
 
     def deliver(self, envelope, message, name, fields, deadline):
         for_admin = self.admin_recipients(envelope.recipients)
-        deliveries = self.router.route([r for r in envelope.recipients if r not in for_admin])
+        # Each copy goes to the shard container its name hashes to (swiftdrop.shards):
+        # from here on, and in the reply and journal entry, that container is the copy's.
+        deliveries = [Delivery(shard_for(delivery.destination, name), delivery.recipients)
+                      for delivery in self.router.route(
+                          [r for r in envelope.recipients if r not in for_admin])]
         fields["SWIFTDROP_CONTAINER"] = " ".join(d.destination.container for d in deliveries)
         fields["SWIFTDROP_SECTION"] = " ".join(d.destination.section for d in deliveries)
         verdicts = None
@@ -185,6 +190,8 @@ class Deliverer:
                 stored.append((delivery, copy))
                 fields["SWIFTDROP_ATTEMPTS"] += copy.attempts
                 metrics.COPIES.labels(delivery.destination.section, "stored").inc()
+                metrics.SHARD_COPIES.labels(delivery.destination.section,
+                                            str(delivery.destination.shard)).inc()
         except StoreError as error:
             destination = delivery.destination
             fields["SWIFTDROP_ATTEMPTS"] += getattr(error, "attempts", 0)

@@ -38,6 +38,10 @@ MESSAGES = Counter("swiftdrop_messages", "Messages by final reply: stored (250),
                    "(451), rejected (5xx)", ["result"], registry=REGISTRY)
 COPIES = Counter("swiftdrop_copies", "Copies of messages by destination (ini section) and "
                  "result", ["destination", "result"], registry=REGISTRY)
+# By the shard's number, not its container's name: no label holds a container's name.
+SHARD_COPIES = Counter("swiftdrop_shard_copies", "Copies stored by destination and shard "
+                       "container (0: the container itself, k: <container>-k)",
+                       ["destination", "shard"], registry=REGISTRY)
 STORE_DURATION = Histogram("swiftdrop_store_duration_seconds", "End of DATA to the reply",
                            buckets=DURATION_BUCKETS, registry=REGISTRY)
 MESSAGE_SIZE = Histogram("swiftdrop_message_size_bytes", "Size of received messages",
@@ -88,14 +92,17 @@ for _result in RESULTS:
 for _result in ("checked", "unavailable"):
     VERDICT_CHECKS.labels(_result)
 
-def known_destinations(sections):
+def known_destinations(destinations):
     """Create each destination's series at 0, so a first failure is an increase.
 
     Prometheus' increase() cannot see the step to a series' first value.
+    Each shard container of a destination has its own series of stored copies.
     """
-    for section in sections:
+    for destination in destinations:
         for result in ("stored", "failed"):
-            COPIES.labels(section, result)
+            COPIES.labels(destination.section, result)
+        for shard in range(destination.container_shards):
+            SHARD_COPIES.labels(destination.section, str(shard))
 
 
 def known_webhook(section):

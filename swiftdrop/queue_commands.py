@@ -124,41 +124,63 @@ def queue_group(options):
     return options.group
 
 
-def make_queue(destination, group):
-    """The destination's queue: the container's listing, or its Redis stream index."""
-    if destination.queue.index == "redis-stream":
-        from .queue.stream import StreamQueue  # noqa: PLC0415 - see the module docstring
+def make_queue(destination, group, connection=None):
+    """The destination's queue: the container's listing, or its Redis stream index.
 
-        return StreamQueue(destination, group)
+    With container_shards > 1, one such queue per shard container behind a
+    ShardedQueue, which makes them one (swiftdrop.queue.sharded); their
+    connections share one token.
+    """
+    if destination.container_shards > 1:
+        from .queue.connection import SharedToken, connect  # noqa: PLC0415 - see the module docstring
+        from .queue.sharded import ShardedQueue  # noqa: PLC0415
+
+        token = SharedToken()
+        return ShardedQueue(destination, lambda shard: make_queue(
+            shard, group, connect(shard, shared=token)))
+    if destination.queue.index == "redis-stream":
+        from .queue.stream import StreamQueue  # noqa: PLC0415
+
+        return StreamQueue(destination, group, connection=connection)
     from .queue import MailQueue  # noqa: PLC0415
 
-    return MailQueue(destination)
+    return MailQueue(destination, connection=connection)
+
+
+def shard_queues(queue):
+    """The single-container queues behind `queue`: its shards', or itself."""
+    return getattr(queue, "shards", [queue])
 
 
 def reconcile_command(queue):
-    """``queue reconcile``: a line per copy announced now, and how many."""
-    from .queue.envelope import read_recipients  # noqa: PLC0415 - see the module docstring
-    from .queue.states import metadata_of  # noqa: PLC0415
-    from .stream_index import StreamIndex, reconcile  # noqa: PLC0415
-    from .verdicts import VERDICT_KEYS  # noqa: PLC0415
+    """``queue reconcile``: a line per copy announced now, and how many; every shard's."""
+    from .stream_index import StreamIndex, reconcile  # noqa: PLC0415 - see the module docstring
 
-    index = StreamIndex(None, queue.container, client=queue.client)
-
-    def envelope_of(name):
-        headers = queue.connection.head_object(queue.container, "cur/" + name)
-        metadata = metadata_of(headers)
-        envelope = {"mail_from": metadata.get("mail-from", "<>"),
-                    "rcpt_to": read_recipients(queue.connection, queue.container, metadata),
-                    **{key: metadata.get(key.replace("_", "-"), "") for key in (
-                        "client_address", "client_name", "client_helo", "message_id")}}
-        verdicts = {key: metadata[key] for key in VERDICT_KEYS if key in metadata}
-        return envelope, int(headers.get("content-length", 0)), verdicts
-
-    announced = reconcile(index, queue.connection, envelope_of=envelope_of)
+    announced = []
+    for shard in shard_queues(queue):
+        index = StreamIndex(None, shard.container, client=shard.client)
+        announced += reconcile(index, shard.connection,
+                               envelope_of=lambda name, shard=shard: stored_envelope(shard, name))
     for name in announced:
         print(f"announced {name}")
     print(f"announced {len(announced)} copy(ies) the filter had not")
     return 0
+
+
+def stored_envelope(queue, name):
+    """(envelope, size, verdicts) of cur/`name` as stored, for the stream index's entry."""
+    from .queue.envelope import read_recipients  # noqa: PLC0415 - see the module docstring
+    from .queue.states import metadata_of  # noqa: PLC0415
+    from .verdicts import VERDICT_KEYS  # noqa: PLC0415
+
+    headers = queue.connection.head_object(queue.container, "cur/" + name)
+    metadata = metadata_of(headers)
+    envelope = {"mail_from": metadata.get("mail-from", "<>"),
+                "rcpt_to": read_recipients(queue.connection, queue.container, metadata),
+                **{key: metadata.get(key.replace("_", "-"), "") for key in (
+                    "client_address", "client_name", "client_helo", "message_id")}}
+    verdicts = {key: metadata[key] for key in VERDICT_KEYS if key in metadata}
+    return envelope, int(headers.get("content-length", 0)), verdicts
 
 
 def rights_needed(options):
@@ -182,11 +204,7 @@ def envelope_fields(claimed):
 
 def queue_action(queue, options):
     """One claim, finish, recover, purge or stats; its exit status."""
-    from .libraries import ClientException  # noqa: PLC0415 - see the module docstring
-    from .queue import Claimed, LostLock  # noqa: PLC0415
-    from .queue.envelope import read_recipients  # noqa: PLC0415
-    from .queue.states import CUR, DONE, FAILED, PROCESSING, RETRY, metadata_of  # noqa: PLC0415
-    from .queue_report import format_stats, write_output  # noqa: PLC0415
+    from .queue_report import format_stats, write_output  # noqa: PLC0415 - see the module docstring
 
     action = options.action
     if action == "claim":
@@ -198,6 +216,7 @@ def queue_action(queue, options):
             with open(options.output, "wb") as handle:
                 handle.write(claimed.body)
         print(json.dumps({"name": claimed.name, "token": claimed.token,
+                          "container": claimed.container or queue.container,
                           "size": len(claimed.body), "attempts": claimed.attempts,
                           "delivery": claimed.delivery, "redelivered": claimed.redelivered,
                           "replayed": claimed.replayed,
@@ -210,44 +229,9 @@ def queue_action(queue, options):
             print("swiftdrop: queue finish needs --token, the token its claim printed: "
                   "without it, it could finish a claim that is not yours", file=sys.stderr)
             return EX_USAGE
-        if hasattr(queue, "held"):  # the stream index: the token names the entry
+        if queue.settings.index == "redis-stream":  # the token names the stream's entry
             return finish_held(queue, options)
-        try:
-            headers = queue.connection.head_object(queue.container, PROCESSING + options.name)
-        except ClientException as error:
-            if error.http_status != 404:
-                raise
-            # No claim to finish: not a failure that passes by itself (75).
-            state = queue.state_of(options.name, (DONE, FAILED, RETRY, CUR))
-            where = f"it is in {state}" if state else "no such message in any state"
-            print(f"swiftdrop: queue finish: {options.name} is not in {PROCESSING} "
-                  f"({where}): nothing to finish", file=sys.stderr)
-            return 1
-        # The claim records its token on the object: another token there is another
-        # claim. The copy's Last-Modified fences the move, as the claim's own would.
-        mine = headers.get("x-object-meta-lock-token") == options.token
-        metadata = metadata_of(headers)
-        dedup = metadata.get("dedup") == "1"  # its claim's --dedup: leave a marker
-        # The marker's key needs the content's digest: from the body, unless
-        # the filter stored it (earlier builds stored it as Dedup-Md5).
-        body = (queue.connection.get_object(queue.container, PROCESSING + options.name)[1]
-                if dedup and mine and "dedup-md5" not in metadata else b"")
-        claimed = Claimed(options.name, body, metadata, options.token,
-                          attempts=int(headers.get("x-object-meta-attempts", 0)),
-                          delivery=int(headers.get("x-object-meta-deliveries", 0)) + 1,
-                          fence=headers.get("last-modified"),
-                          dedup=dedup,
-                          recipients=read_recipients(queue.connection, queue.container,
-                                                     metadata) if dedup and mine else [])
-        try:
-            if not mine:
-                raise LostLock(options.name)
-            reason = options.reason if options.state == "failed" else None
-            print(queue.finish(claimed, options.state, reason=reason) + options.name)
-        except LostLock:
-            print(f"swiftdrop: the lock on {options.name} is not yours (any more)",
-                  file=sys.stderr)
-            return 1
+        return finish_listed(queue, options)
     elif action == "recover":
         for what, name in queue.recover():
             print(f"{name}: {what}")
@@ -262,6 +246,54 @@ def queue_action(queue, options):
     elif action == "stats":
         write_output(format_stats(queue.stats(), queue.destination, options.format),
                      options.output)
+    return 0
+
+
+def finish_listed(queue, options):
+    """``queue finish`` on the listing queue: the claim its token names, if it still holds."""
+    from .libraries import ClientException  # noqa: PLC0415 - see the module docstring
+    from .queue import Claimed, LostLock  # noqa: PLC0415
+    from .queue.envelope import read_recipients  # noqa: PLC0415
+    from .queue.states import CUR, DONE, FAILED, PROCESSING, RETRY, metadata_of  # noqa: PLC0415
+
+    if queue.destination.container_shards > 1:  # the shard that has it in processing/
+        queue = queue.holding(options.name, PROCESSING)
+    try:
+        headers = queue.connection.head_object(queue.container, PROCESSING + options.name)
+    except ClientException as error:
+        if error.http_status != 404:
+            raise
+        # No claim to finish: not a failure that passes by itself (75).
+        state = queue.state_of(options.name, (DONE, FAILED, RETRY, CUR))
+        where = f"it is in {state}" if state else "no such message in any state"
+        print(f"swiftdrop: queue finish: {options.name} is not in {PROCESSING} "
+              f"({where}): nothing to finish", file=sys.stderr)
+        return 1
+    # The claim records its token on the object: another token there is another
+    # claim. The copy's Last-Modified fences the move, as the claim's own would.
+    mine = headers.get("x-object-meta-lock-token") == options.token
+    metadata = metadata_of(headers)
+    dedup = metadata.get("dedup") == "1"  # its claim's --dedup: leave a marker
+    # The marker's key needs the content's digest: from the body, unless
+    # the filter stored it (earlier builds stored it as Dedup-Md5).
+    body = (queue.connection.get_object(queue.container, PROCESSING + options.name)[1]
+            if dedup and mine and "dedup-md5" not in metadata else b"")
+    claimed = Claimed(options.name, body, metadata, options.token,
+                      attempts=int(headers.get("x-object-meta-attempts", 0)),
+                      delivery=int(headers.get("x-object-meta-deliveries", 0)) + 1,
+                      fence=headers.get("last-modified"),
+                      dedup=dedup,
+                      recipients=read_recipients(queue.connection, queue.container,
+                                                 metadata) if dedup and mine else [])
+    try:
+        if not mine:
+            raise LostLock(options.name)
+        reason = options.reason if options.state == "failed" else None
+        print(queue.finish(claimed, options.state, reason=reason) + options.name)
+    except LostLock:
+        print(f"swiftdrop: the lock on {options.name} is not yours (any more)",
+              file=sys.stderr)
+        return 1
     return 0
 
 

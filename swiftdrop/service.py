@@ -22,6 +22,7 @@ from . import config as config_module
 from . import metrics
 from .admin_relay import AdminRelay
 from .alerts import Alerter
+from .certificates import CertificateCollector
 from .delivery import Deliverer
 from .health import Activity, Heartbeat
 from .naming import MaildirNamer
@@ -232,6 +233,8 @@ def serve(options):
         config = config_module.load(options.config)
         # Before the SMTP socket: once that answers, so do the metrics.
         if options.metrics_listen:
+            if options.tls_certificate:
+                metrics.REGISTRY.register(CertificateCollector(options.tls_certificate))
             metrics.serve_metrics(options.metrics_listen)
         listeners = ([bind_listener(spec) for spec in options.listen] if options.listen
                      else inherited_listeners())
@@ -257,7 +260,7 @@ def serve(options):
     if options.alert_webhook or options.alert_mail:
         alerter = Alerter(options.alert_interval, webhook_url=options.alert_webhook,
                           mail_to=options.alert_mail, relay=admin_relay)
-    metrics.known_destinations(destination.section for destination in config.destinations)
+    metrics.known_destinations(config.destinations)
     activity = Activity()
     metrics.on_reply(activity.replied)
     verdicts = (RspamdClient(options.rspamd_url, options.rspamd_timeout,

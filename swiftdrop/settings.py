@@ -77,6 +77,9 @@ SETTINGS = (
             unit="s", role="timeout"),
     Setting("retries", INTEGER, "extra attempts after a failed one", default=2, minimum=0,
             role="retries"),
+    Setting("container_shards", INTEGER, "containers the messages are spread over, by a hash "
+            "of their names; raise it, never lower it", default=1, minimum=1,
+            role="container_shards"),
     Setting("create_container", BOOLEAN, "swiftdrop check creates a missing container",
             default=False, role="create_container"),
     Setting("reject_verdicts", LIST, "verdicts refused with 550 instead of stored",

@@ -53,6 +53,7 @@ def summarize(entries):
     # refused: a destination's reject_verdicts answered 550, nothing stored.
     counts = {"stored": 0, "failed": 0, "refused": 0, "forwarded": 0}
     destinations, durations, last_failure = {}, [], None
+    containers = {}  # where the stored copies went: a destination's shard containers each
     for entry in entries:
         result = entry["SWIFTDROP_RESULT"]
         if result not in counts:
@@ -68,6 +69,12 @@ def summarize(entries):
                 per = destinations.setdefault(name, {"stored": 0, "failed": 0})
                 if result in per:
                     per[result] += 1
+        if result == "stored":  # a container per section, in the same order
+            for name, container in zip(section.split(),
+                                       entry.get("SWIFTDROP_CONTAINER", "").split(),
+                                       strict=False):
+                per = containers.setdefault(container, {"section": name, "stored": 0})
+                per["stored"] += 1
         if result == "failed":
             last_failure = {
                 "time": entry["__REALTIME_TIMESTAMP"].astimezone(datetime.UTC).isoformat(),
@@ -78,7 +85,8 @@ def summarize(entries):
             }
     return {**counts,
             "store_ms": {"p50": percentile(durations, 0.5), "p99": percentile(durations, 0.99)},
-            "destinations": destinations, "last_failure": last_failure}
+            "destinations": destinations, "containers": containers,
+            "last_failure": last_failure}
 
 
 def summarize_webhooks(entries):
@@ -153,6 +161,8 @@ def report(since_seconds, matches=(), metrics_address=None, now=None):
     ingest, webhook = read_entries(since, matches)
     status = {"since": since.isoformat(), "until": now.isoformat(), **summarize(ingest),
               "socket": socket_state(), "webhooks": summarize_webhooks(webhook)}
+    for per in status["containers"].values():  # --since 0s: an empty window, no rate
+        per["per_second"] = round(per["stored"] / since_seconds, 3) if since_seconds else 0.0
     if metrics_address:
         status["metrics"] = read_metrics(metrics_address)
     return status
@@ -168,6 +178,7 @@ def render(status):
                  else "  store time: no messages")
     for name, per in sorted(status["destinations"].items()):
         lines.append(f"  [{name}] stored {per['stored']:,}, failed {per['failed']:,}")
+        lines.extend(render_shards(name, status.get("containers", {})))
     failure = status["last_failure"]
     lines.append("  last failure: —" if failure is None else
                  f"  last failure: {failure['time'][:19]}Z [{failure['section']}] "
@@ -183,6 +194,20 @@ def render(status):
                      f"{metrics.get('messages_failed', '?')}, rejected "
                      f"{metrics.get('messages_rejected', '?')}")
     return "\n".join(lines)
+
+
+def render_shards(section, containers):
+    """A line per container of a destination that stored into several (container_shards).
+
+    Each container's write rate, as Swift's guidance on a container is in
+    writes a second; nothing for a destination of one container.
+    """
+    own = sorted((container, per) for container, per in containers.items()
+                 if per["section"] == section)
+    if len(own) < 2:
+        return []
+    return [f"    {container}: stored {per['stored']:,}, {per['per_second']:g}/s"
+            for container, per in own]
 
 
 def render_webhooks(webhooks):

@@ -30,6 +30,7 @@ import time
 
 from . import metrics
 from .naming import delivery_time
+from .shards import shard_destinations
 
 log = logging.getLogger(__name__)
 
@@ -152,11 +153,12 @@ class Announcer:
     """
 
     def __init__(self, destinations, index_factory=StreamIndex):
-        self._indexes = {}
+        self._indexes = {}  # (section, container): each shard container has its own stream
         for destination in destinations:
             if destination.queue.index == "redis-stream":
-                self._indexes[destination.section] = index_factory(
-                    destination.queue.redis_url, destination.container)
+                for shard in shard_destinations(destination):
+                    self._indexes[(shard.section, shard.container)] = index_factory(
+                        shard.queue.redis_url, shard.container)
                 for result in ("announced", "failed"):  # at 0, so that increase() sees a first
                     metrics.ANNOUNCES.labels(destination.section, result)
         self._errors = redis_errors() if self._indexes else ()
@@ -166,7 +168,7 @@ class Announcer:
 
     def announce(self, destination, name, fields, *, deadline):
         """Announce one copy if its destination has the index; True unless it failed."""
-        index = self._indexes.get(destination.section)
+        index = self._indexes.get((destination.section, destination.container))
         if index is None:
             return True
         section = destination.section

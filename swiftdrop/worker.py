@@ -125,17 +125,20 @@ def consume(queue, consumer, stop, *, poll=5.0, dedup=False, once=False):
             stop.wait(poll * (1 + POLL_JITTER * (2 * random.random() - 1)))
             continue
         handed = None
+        # The queue of the shard container it came from (swiftdrop.queue.sharded):
+        # its container, connection and lock, from hand-over to finish.
+        holder = queue.holder(claimed)
         try:
-            handed = consumer.hand_over(queue, claimed, stop)
-            target = _finish(queue, claimed, handed, stop=stop, failing=failing)
+            handed = consumer.hand_over(holder, claimed, stop)
+            target = _finish(holder, claimed, handed, stop=stop, failing=failing)
         except LostLock:
-            queue.abandon(claimed)
+            holder.abandon(claimed)
             log.error("lost the lock on %s while working on it; leaving it", claimed.name)
             outcomes["lost"] += 1
             if handed is not None:
-                consumer.finished(queue, claimed, handed, None)
+                consumer.finished(holder, claimed, handed, None)
             continue
-        consumer.finished(queue, claimed, handed, target)
+        consumer.finished(holder, claimed, handed, target)
         outcomes["unfinished" if target is None else target.rstrip("/")] += 1
     return outcomes
 
@@ -178,7 +181,9 @@ class WebhookConsumer:
     def __init__(self, destination, settings):
         self.settings, self.section = settings, destination.section
         self.url = public_url(settings.url)
-        self._key = None  # the container's TempURL key, looked up before the first link
+        # Each container's TempURL key (a shard container has its own), looked up
+        # before its first link.
+        self._keys = {}
         metrics.known_webhook(self.section)
 
     def hand_over(self, queue, claimed, stop):
@@ -200,10 +205,10 @@ class WebhookConsumer:
         fields = identity_headers(queue.container, claimed)
         if self.settings.format == "raw":
             return claimed.body, "message/rfc822", {**fields, **raw_headers(claimed)}
-        if self._key is None:
-            self._key = tempurl_key(queue.connection, queue.container,
-                                    self.settings.tempurl_key)
-        links = Links(queue.connection, queue.container, self._key,
+        if queue.container not in self._keys:
+            self._keys[queue.container] = tempurl_key(queue.connection, queue.container,
+                                                      self.settings.tempurl_key)
+        links = Links(queue.connection, queue.container, self._keys[queue.container],
                       self.settings.link_lifetime)
         body = json_body(queue.container, claimed, links, self.settings.inline_limit)
         return body, "application/json", fields

@@ -32,7 +32,7 @@ def test_promtool_checks_the_rules_and_runs_their_unit_tests():
     check = subprocess.run(["promtool", "check", "rules", str(RULES)], capture_output=True,
                            text=True, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 8 rules found" in check.stdout
+    assert "SUCCESS: 10 rules found" in check.stdout
     unit = subprocess.run(["promtool", "test", "rules", str(RULE_TESTS)], capture_output=True,
                           text=True, check=False)
     assert unit.returncode == 0, unit.stdout + unit.stderr
@@ -48,7 +48,11 @@ def test_the_role_variable_marks_only_store_failings_for_line():
     assert marked == {"SwiftDropStoreFailing": [f"for: 2m{marker}"], "SwiftDropNoMailStored": [],
                       "SwiftDropAuthStorm": [], "SwiftDropDown": [],
                       "SwiftDropWebhookDeadLetters": [], "SwiftDropQueueOldestWaiting": [],
-                      "SwiftDropAnnounceLag": [], "SwiftDropAnnounceFailures": []}
+                      "SwiftDropAnnounceLag": [], "SwiftDropAnnounceFailures": [],
+                      "SwiftDropCertificateExpiresSoon": [], "SwiftDropCertificateUnreadable": []}
+    days = [line.strip() for line in RULES.read_text().splitlines()
+            if line.endswith("  # swiftdrop_prometheus_certificate_warning_days")]
+    assert days == ["< 14 * 86400  # swiftdrop_prometheus_certificate_warning_days"]
 
 
 def quick_rules(path):

@@ -141,6 +141,9 @@ def test_key_is_not_in_the_repr(tmp_path):
     (BASE + "retention = 90 days\n", "DEFAULT", "retention", "not a duration like 90d"),
     (BASE + "retention = infd\n", "DEFAULT", "retention", "not a duration"),
     (BASE + "retention = 0.5\n", "DEFAULT", "retention", "must be at least 1 s"),
+    (BASE + "container_shards = 3\n[P]\nrecipient = a@x.example\ncontainer = fallback-2\n"
+     "container_shards = 1\n", "P", "container", "'fallback-2' is a container of [DEFAULT] too "
+     "(its 'fallback' with container_shards = 3): their messages would mix"),
     (BASE + "retention = 30d\n[P]\nrecipient = a@x.example\ncontainer = fallback\n"
      "retention = 90d\n", "P", "retention", "differs from [DEFAULT]'s, which stores into the "
      "same container 'fallback'"),

@@ -1,5 +1,6 @@
 """``swiftdrop serve --metrics-listen``: the counters match what was sent, checked from outside."""
 
+import calendar
 import subprocess
 import time
 import urllib.request
@@ -113,3 +114,38 @@ def test_without_metrics_listen_the_filter_serves_no_metrics(swift_ini, tmp_path
                                    check=True).stdout
     own = [line for line in listening.splitlines() if f"pid={process.process.pid}," in line]
     assert len(own) == 1 and f"127.0.0.1:{process.port} " in own[0], own
+
+
+def certificate(path, days):
+    """A self-signed certificate valid for `days` (openssl), written to `path`; its notAfter."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj",
+                    "/CN=mx.example.test", "-days", str(days), "-keyout", str(path) + ".key",
+                    "-out", str(path)], check=True, capture_output=True)
+    end = subprocess.run(["openssl", "x509", "-in", str(path), "-noout", "-enddate", "-dateopt",
+                          "iso_8601"], check=True, capture_output=True, text=True).stdout
+    return calendar.timegm(time.strptime(end.strip().removeprefix("notAfter="),
+                                         "%Y-%m-%d %H:%M:%SZ"))
+
+
+def test_the_certificate_s_expiry_is_read_at_each_scrape(swift_ini, tmp_path):
+    """A renewal shows at the next scrape, without a restart; a broken file says so."""
+    cert = tmp_path / "cert.pem"
+    first = certificate(cert, 5)
+    metrics_port = reserve_port()
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with FilterProcess(swift_ini, tmp_path, "--metrics-listen", f"127.0.0.1:{metrics_port}",
+                       "--tls-certificate", str(cert), "--log-target", "stderr") as process:
+        text = scrape(url)
+        assert value(text, "swiftdrop_tls_certificate_expiry_timestamp_seconds",
+                     path=str(cert)) == first
+        assert value(text, "swiftdrop_tls_certificate_readable", path=str(cert)) == 1
+        renewed = certificate(cert, 90)
+        assert renewed > first
+        assert value(scrape(url), "swiftdrop_tls_certificate_expiry_timestamp_seconds",
+                     path=str(cert)) == renewed
+        cert.write_text("not a certificate\n")
+        text = scrape(url)
+        assert value(text, "swiftdrop_tls_certificate_readable", path=str(cert)) == 0
+        assert value(text, "swiftdrop_tls_certificate_expiry_timestamp_seconds",
+                     path=str(cert)) is None
+        assert f"cannot read the TLS certificate {cert}" in process.log()

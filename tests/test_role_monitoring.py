@@ -42,11 +42,13 @@ def test_by_default_metrics_on_loopback_and_a_watchdog():
     [exec_start] = directive(unit, "ExecStart")
     arguments = exec_start.split()
     assert arguments[arguments.index("--metrics-listen") + 1] == "127.0.0.1:10096"
+    # Postfix's certificate, whose expiry the rules watch
+    assert arguments[arguments.index("--tls-certificate") + 1] == "/etc/postfix/tls/cert.pem"
     assert directive(unit, "WatchdogSec") == ["30"]
 
 
 def test_metrics_and_watchdog_can_be_switched_off():
     unit = render_service_unit(swiftdrop_metrics_listen="", swiftdrop_watchdog_sec=0)
-    assert "--metrics-listen" not in unit
+    assert "--metrics-listen" not in unit and "--tls-certificate" not in unit
     assert directive(unit, "WatchdogSec") == []
 

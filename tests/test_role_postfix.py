@@ -79,13 +79,16 @@ def test_trusted_relays_are_exempt_from_postscreen_and_anvil_and_from_nothing_el
     trusted = ["198.51.100.0/24", "2001:db8:7::/48", "192.0.2.10"]
     settings = role_main_cf(tmp_path, "smtpd_client_event_limit_exceptions",
                             "postscreen_access_list", "mynetworks", "smtpd_relay_restrictions",
+                            "postscreen_client_connection_count_limit",
                             swiftdrop_trusted_networks=trusted)
     assert settings == {
         "smtpd_client_event_limit_exceptions":
             "127.0.0.0/8, [::1]/128, 198.51.100.0/24, [2001:db8:7::]/48, 192.0.2.10",
         "postscreen_access_list": "permit_mynetworks, cidr:/etc/postfix/postscreen_trusted.cidr",
         "mynetworks": "127.0.0.0/8 [::1]/128",
-        "smtpd_relay_restrictions": "permit_mynetworks, reject_unauth_destination"}
+        "smtpd_relay_restrictions": "permit_mynetworks, reject_unauth_destination",
+        # counted before the access list: left to smtpd's anvil, which has the exceptions
+        "postscreen_client_connection_count_limit": "0"}
     rendered(tmp_path, "postscreen_trusted.cidr", swiftdrop_trusted_networks=trusted)
     table = tmp_path / "postscreen_trusted.cidr"
 
@@ -101,7 +104,9 @@ def test_trusted_relays_are_exempt_from_postscreen_and_anvil_and_from_nothing_el
 
 
 def test_without_trusted_relays_only_loopback_is_exempt(tmp_path):
-    settings = role_main_cf(tmp_path, "smtpd_client_event_limit_exceptions")
-    assert settings == {"smtpd_client_event_limit_exceptions": "127.0.0.0/8, [::1]/128"}
+    settings = role_main_cf(tmp_path, "smtpd_client_event_limit_exceptions",
+                            "postscreen_client_connection_count_limit")
+    assert settings == {"smtpd_client_event_limit_exceptions": "127.0.0.0/8, [::1]/128",
+                        "postscreen_client_connection_count_limit": "20"}
     table = rendered(tmp_path, "postscreen_trusted.cidr")
     assert [line for line in table.splitlines() if line and not line.startswith("#")] == []

@@ -108,7 +108,7 @@ def test_the_role_s_ini_template_renders_every_key_the_way_the_loader_reads_it(t
     chosen = {
         "container": "mail", "auth_version": "3", "authurl": "https://swift.example.test/v3",
         "user": "u", "key": "k #{ not a comment, not a template }", "tenant_name": "t",
-        "cacert": str(ca), "timeout": 7.5, "retries": 4,
+        "cacert": str(ca), "timeout": 7.5, "retries": 4, "container_shards": 3,
         "create_container": True, "reject_verdicts": ["spf-fail", "dkim-fail"],
         "retention": "90d",
         "queue_index": "redis-stream", "queue_lock": "redis",
@@ -127,6 +127,7 @@ def test_the_role_s_ini_template_renders_every_key_the_way_the_loader_reads_it(t
                             swiftdrop_destinations=[{"name": "DEFAULT", **chosen}, named]))
     default, production = config.load(str(ini)).destinations
     read = {**vars(default.account), **vars(default.queue), "container": default.container,
+            "container_shards": default.container_shards,
             "create_container": default.create_container,
             "reject_verdicts": list(default.reject_verdicts), "retention": default.retention}
     for setting in ROLE_SETTINGS:
@@ -163,7 +164,8 @@ def test_no_number_outside_a_key_s_range_is_taken(tmp_path, setting, value):
         assert [(p.section, p.key) for p in error.problems] == [("DEFAULT", setting.name)]
         return
     taken = {**vars(destination.account), **vars(destination.queue),
-             **{f"webhook_{k}": v for k, v in vars(destination.webhook_keys).items()}}
+             **{f"webhook_{k}": v for k, v in vars(destination.webhook_keys).items()},
+             "container_shards": destination.container_shards}
     number = taken.get(setting.name, taken.get(setting.name.removeprefix("queue_")))
     assert number == setting.default or number >= setting.minimum
     assert re.fullmatch(r"[0-9.e+-]*", value) or value == "", "garbage was taken"

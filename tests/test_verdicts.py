@@ -442,14 +442,15 @@ def test_queue_claim_and_run_carry_the_verdicts(swift, filter_with_rspamd, verdi
     assert claim.returncode == 0, claim.stderr
     metadata = json.loads(claim.stdout)["metadata"]
     assert (metadata["spf"], metadata["dkim"], metadata["dmarc"]) == ("pass", "pass", "pass")
+    assert (metadata["arc"], metadata["virus"]) == ("none", "clean")
     seen = tmp_path / "environment"
     worker = run_swiftdrop(
         "queue", "--config", str(verdicts_ini), "--destination", "QUEUE", "run", "--once",
         "--poll", "0.1", "--", "sh", "-c",
         f'echo "$SWIFTDROP_SPF $SWIFTDROP_DKIM $SWIFTDROP_DMARC $SWIFTDROP_DMARC_POLICY '
-        f'$SWIFTDROP_SPAM_ACTION" >> {seen}; cat > /dev/null')
+        f'$SWIFTDROP_SPAM_ACTION $SWIFTDROP_ARC $SWIFTDROP_VIRUS" >> {seen}; cat > /dev/null')
     assert worker.returncode == 0, worker.stderr
-    assert seen.read_text() == "pass pass pass reject no action\n"
+    assert seen.read_text() == "pass pass pass reject no action none clean\n"
 
 
 def assert_stored_unavailable(swift, reply):

@@ -63,6 +63,8 @@ class MailQueue(Claiming, Finishing, Recovery, Replaying, Counting, Dedup, Holdi
         self.destination = destination
         self.settings = destination.queue
         self.container = destination.container
+        # Where --dedup markers go: this container, or one of all the shards'.
+        self.marker_containers = (self.container,)
         self.connection = connection or connect(destination)
         account = destination.account
         # The longest one request may take: a step under the lock starts only
@@ -101,3 +103,7 @@ class MailQueue(Claiming, Finishing, Recovery, Replaying, Counting, Dedup, Holdi
     def refusal(self, error):
         """One line naming the right Swift refused this user (a 403), else None."""
         return refusal(self.destination, error)
+
+    def holder(self, claimed):
+        """The queue that holds `claimed`: this one (a sharded queue has one per shard)."""
+        return self

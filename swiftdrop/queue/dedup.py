@@ -4,6 +4,7 @@ import hashlib
 import re
 
 from ..libraries import ClientException
+from ..shards import shard_index
 
 DEDUP_PREFIX = "dedup/"
 FIRST_FIELD_END = re.compile(rb"\n(?=[^ \t])")
@@ -45,12 +46,24 @@ class Dedup:
         key = hashlib.sha256(f"{message_id}\0{content}\0{recipients}".encode()).hexdigest()
         return DEDUP_PREFIX + key
 
+    def _marker_container(self, marker):
+        """The container of a dedup marker: with shards, the one its key hashes to.
+
+        A marker is keyed by content, not by message, and a repeat's name
+        hashes to any shard: every shard's queue puts and looks for a
+        marker in the same container (``marker_containers``, all of the
+        destination's, which swiftdrop.queue.sharded sets).
+        """
+        containers = self.marker_containers
+        return containers[shard_index(marker, len(containers))]
+
     def remember_done(self, claimed):
         """Note a done message for the dedup window: one PUT, for --dedup claims only."""
         marker = self._dedup_marker(claimed) if claimed.dedup else None
         if marker and self.settings.dedup_window > 0:
+            # the name as str: swiftclient can resend it
             self.connection.put_object(
-                self.container, marker, claimed.name,  # str: swiftclient can resend it
+                self._marker_container(marker), marker, claimed.name,
                 headers={"X-Delete-After": str(int(self.settings.dedup_window))})
 
     def duplicate_of(self, claimed):
@@ -59,7 +72,8 @@ class Dedup:
         if marker is None:
             return None
         try:
-            return self.connection.get_object(self.container, marker)[1].decode()
+            return self.connection.get_object(self._marker_container(marker),
+                                              marker)[1].decode()
         except ClientException as error:
             if error.http_status == 404:
                 return None

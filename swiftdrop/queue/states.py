@@ -54,6 +54,9 @@ class Claimed:
     # whether the reconciler found the copy after Redis lost what it knew.
     entry: dict = field(default_factory=dict, repr=False)
     possible_repeat: bool = False
+    # The shard container it was claimed from, with container_shards > 1
+    # (swiftdrop.queue.sharded); "" for a destination of one container.
+    container: str = ""
 
     @property
     def path(self):

@@ -207,6 +207,10 @@ class StreamQueue(StreamBooks):
         self.leases.start(name, token, time.monotonic(), self.settings.lease)
         return claimed
 
+    def holder(self, claimed):
+        """The queue that holds `claimed`: this one (a sharded queue has one per shard)."""
+        return self
+
     def check(self, claimed):
         """Raise LostLock if the heartbeat found the claim taken over."""
         if (claimed.name, claimed.token) in self.heartbeat.lost:

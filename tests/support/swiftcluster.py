@@ -25,7 +25,10 @@ back takes writes again at once.
 The launcher half, ``python3 -m tests.support.swiftcluster serve|daemon|
 rings``, runs one server (printing ``READY <port>``), one daemon, or builds
 the rings; like SwiftServer's it needs Debian's ``python3-swift`` and
-imports it lazily. The object replicator uses ssync (Swift's own HTTP
+imports it lazily. ``setup`` is for a cluster that another supervisor runs
+(systemd, in molecule/fleet's Swift guest): it writes the configs and rings
+with fixed ports and a proxy on any address, and prints every process's
+command as JSON. The object replicator uses ssync (Swift's own HTTP
 protocol) because there is no rsync daemon; the database replicators only
 need rsync to copy a whole database to a node that has none of it, which
 these tests never need: their containers exist on every node before a node
@@ -98,9 +101,7 @@ mount_check = false
 bind_ip = {host}
 bind_port = {port}
 user = {user}
-log_udp_host = {host}
-log_udp_port = {log_port}
-log_name = node{node}-{server}
+{log}log_name = node{node}-{server}
 recon_cache_path = {recon}
 
 [pipeline:main]
@@ -120,12 +121,17 @@ sync_method = ssync
 interval = {interval}
 """
 
+# Where every process sends its syslog datagrams: the cluster's LogSink.
+# Without it (a cluster run by systemd in a guest), Swift logs to /dev/log.
+LOG_CONF = """\
+log_udp_host = {host}
+log_udp_port = {log_port}
+"""
+
 PROXY_DEFAULTS = """\
 [DEFAULT]
 swift_dir = {workdir}
-log_udp_host = {host}
-log_udp_port = {log_port}
-log_name = proxy
+{log}log_name = proxy
 """
 
 # A stopped node refuses connections at once, so short timeouts only cut
@@ -163,13 +169,13 @@ def build_rings(workdir: pathlib.Path, ports: dict[str, list[int]]) -> None:
         builder.get_ring().save(str(workdir / f"{server}.ring.gz"))
 
 
-def run_server(conf: pathlib.Path, port: int) -> None:
+def run_server(conf: pathlib.Path, port: int, host: str) -> None:
     """Serve the one WSGI app of ``conf`` on ``port``; print READY once listening."""
     import eventlet
     from swift.common.wsgi import loadapp
 
     prepare_swift(conf)
-    listener = eventlet.listen((HOST, port))
+    listener = eventlet.listen((host, port))
     app = loadapp(str(conf))
     server = eventlet.spawn(serve, app, listener)
     print(f"READY {port}", flush=True)
@@ -205,17 +211,34 @@ def main(argv: list[str] | None = None) -> None:
     server = commands.add_parser("serve", help="run one server")
     server.add_argument("--conf", type=pathlib.Path, required=True)
     server.add_argument("--port", type=int, required=True)
+    server.add_argument("--host", default=HOST, help="address to listen on")
     daemon = commands.add_parser("daemon", help="run one daemon")
     daemon.add_argument("--conf", type=pathlib.Path, required=True)
     daemon.add_argument("name", choices=sorted(DAEMONS))
+    setup = commands.add_parser(
+        "setup", help="write a cluster's configs and rings for another supervisor "
+        "(systemd in a guest); print its processes as JSON")
+    setup.add_argument("--workdir", type=pathlib.Path, required=True)
+    setup.add_argument("--proxy-host", required=True, help="address the proxy listens on")
+    setup.add_argument("--proxy-port", type=int, required=True)
+    setup.add_argument("--first-node-port", type=int, required=True,
+                       help="node N's servers listen on this + 10 N, + 1, + 2")
+    setup.add_argument("--memcache", required=True, help="host:port of a running memcached")
     args = parser.parse_args(argv)
     if args.command == "rings":
         build_rings(args.workdir, args.ports)
         return
+    if args.command == "setup":
+        cluster = SwiftCluster(args.workdir, args.proxy_port, proxy_host=args.proxy_host,
+                               first_node_port=args.first_node_port)
+        cluster.write_configs(args.memcache)
+        build_rings(cluster.workdir, cluster.ring_ports())
+        json.dump(cluster.processes(), sys.stdout, indent=1)
+        return
     signal.signal(signal.SIGTERM, exit_now)
     patch_eventlet()
     if args.command == "serve":
-        run_server(args.conf, args.port)
+        run_server(args.conf, args.port, args.host)
     else:
         run_daemon(args.conf, args.name)
 
@@ -238,16 +261,20 @@ class ClusterServer(LaunchedServer):
 
     health_path = "/healthcheck"
 
-    def __init__(self, name: str, conf: pathlib.Path, port: int):
+    def __init__(self, name: str, conf: pathlib.Path, port: int, host: str = HOST):
         self.name = name
         self.conf = conf
         self.port = port
+        self.host = host
+
+    def command(self) -> list[str]:
+        return launcher("serve", "--conf", str(self.conf), "--port", str(self.port),
+                        "--host", self.host)
 
     def start(self, timeout: float = 30) -> None:
         if self.process is not None:
             raise RuntimeError(f"{self.name} is already running")
-        self.launch(launcher("serve", "--conf", str(self.conf), "--port", str(self.port)),
-                    cwd=REPO_ROOT, env=child_env(), timeout=timeout)
+        self.launch(self.command(), cwd=REPO_ROOT, env=child_env(), timeout=timeout)
 
     @property
     def running(self) -> bool:
@@ -270,11 +297,13 @@ class ClusterDaemon:
         self.conf = conf
         self.process: subprocess.Popen | None = None
 
+    def command(self) -> list[str]:
+        return launcher("daemon", "--conf", str(self.conf), self.kind)
+
     def start(self) -> None:
         if self.process is None:
             self.process = subprocess.Popen(
-                launcher("daemon", "--conf", str(self.conf), self.kind),
-                cwd=REPO_ROOT, env=child_env(), start_new_session=True,
+                self.command(), cwd=REPO_ROOT, env=child_env(), start_new_session=True,
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
 
     def stop(self, signum: int = signal.SIGTERM) -> None:
@@ -300,28 +329,28 @@ class ClusterDaemon:
 class Node:
     """One storage node: its servers (account, container, object) and daemons."""
 
-    def __init__(self, number: int, workdir: pathlib.Path, log_port: int):
+    def __init__(self, number: int, workdir: pathlib.Path, first_port: int | None = None):
+        """Servers on reserved ports, or on first_port, + 1, + 2 if given."""
         self.number = number
         self.devices = workdir / f"node{number}"
         self.device = self.devices / device_name(number)
         self.recon = workdir / f"node{number}-recon"  # not in devices: no device
         self.servers: dict[str, ClusterServer] = {}
-        for server in STORAGE_SERVERS:
+        for offset, server in enumerate(STORAGE_SERVERS):
             conf = workdir / f"node{number}-{server}-server.conf"
-            self.servers[server] = ClusterServer(f"node{number} {server}-server", conf,
-                                                 reserve_port())
+            port = reserve_port() if first_port is None else first_port + offset
+            self.servers[server] = ClusterServer(f"node{number} {server}-server", conf, port)
         self.daemons = [ClusterDaemon(number, kind, self.servers[server].conf)
                         for kind, (server, _, _) in DAEMONS.items()]
-        self.log_port = log_port
 
-    def write_configs(self, workdir: pathlib.Path) -> None:
+    def write_configs(self, workdir: pathlib.Path, log: str) -> None:
         self.device.mkdir(parents=True, exist_ok=True)
         self.recon.mkdir(exist_ok=True)
         user = pwd.getpwuid(os.getuid()).pw_name  # swift's daemons switch to it
         for server, process in self.servers.items():
             process.conf.write_text(NODE_CONF.format(
                 workdir=workdir, devices=self.devices, host=HOST, port=process.port,
-                user=user, log_port=self.log_port, node=self.number, server=server,
+                user=user, log=log, node=self.number, server=server,
                 recon=self.recon,
                 interval=SWEEP_INTERVAL))
 
@@ -360,18 +389,24 @@ class SwiftCluster:
     """Three storage nodes, a proxy and memcached, as child processes.
 
     Ports are fixed at construction, so the rings (built once, in start())
-    and the storage URLs stay valid across restarts of any part.
+    and the storage URLs stay valid across restarts of any part. Reserved
+    ones by default; the ``setup`` launcher command gives fixed ones (and a
+    proxy on another address than loopback) for a cluster that systemd runs.
     """
 
-    def __init__(self, workdir: pathlib.Path):
+    def __init__(self, workdir: pathlib.Path, port: int | None = None, *,
+                 proxy_host: str = HOST, first_node_port: int | None = None):
         self.workdir = pathlib.Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log: LogSink | None = None
-        self.port = reserve_port()
+        self.port = port or reserve_port()
         self.auth_url = f"http://{HOST}:{self.port}/auth/v1.0"
         self.accounts = {**ACCOUNTS, **MEMBERS}
-        self.proxy = ClusterServer("proxy", self.workdir / "proxy-server.conf", self.port)
-        self.nodes: list[Node] = []
+        self.proxy = ClusterServer("proxy", self.workdir / "proxy-server.conf", self.port,
+                                   proxy_host)
+        self.nodes = [Node(number, self.workdir,
+                           None if first_node_port is None else first_node_port + 10 * number)
+                      for number in range(NODES)]
         self.memcached: subprocess.Popen | None = None
 
     # -- whole cluster -----------------------------------------------------
@@ -379,16 +414,10 @@ class SwiftCluster:
     def start(self, timeout: float = 60) -> None:
         """Write configs and rings, start every process, wait until all serve."""
         self.log = LogSink(self.workdir / "swift.log")
-        self.nodes = [Node(number, self.workdir, self.log.port) for number in range(NODES)]
         self.memcached, memcache_port = start_memcached(timeout)
-        (self.workdir / "swift.conf").write_text(SWIFT_CONF)
-        for node in self.nodes:
-            node.write_configs(self.workdir)
-        self._write_proxy_config(memcache_port)
-        ports = {server: [node.servers[server].port for node in self.nodes]
-                 for server in STORAGE_SERVERS}
+        self.write_configs(f"{HOST}:{memcache_port}", self.log.port)
         subprocess.run(launcher("rings", "--workdir", str(self.workdir),
-                                "--ports", json.dumps(ports)),
+                                "--ports", json.dumps(self.ring_ports())),
                        cwd=REPO_ROOT, env=child_env(), check=True)
         self._start_servers([*self._storage_servers(), self.proxy], timeout)
         for node in self.nodes:
@@ -484,6 +513,41 @@ class SwiftCluster:
         return swiftclient.Connection(authurl=self.auth_url, user=user, key=key,
                                       auth_version="1", **kwargs)
 
+    # -- for another supervisor (the launcher's setup command) --------------
+
+    def write_configs(self, memcache: str, log_port: int | None = None) -> None:
+        """Write swift.conf and every server's config; logs to /dev/log without log_port."""
+        log = "" if log_port is None else LOG_CONF.format(host=HOST, log_port=log_port)
+        (self.workdir / "swift.conf").write_text(SWIFT_CONF)
+        for node in self.nodes:
+            node.write_configs(self.workdir, log)
+        proxy = PROXY_CONF.format(auth="tempauth", token_life=86400,
+                                  users=tempauth_users(), memcache=memcache,
+                                  storage_url_scheme="default", proxy_options=PROXY_OPTIONS)
+        self.proxy.conf.write_text(PROXY_DEFAULTS.format(workdir=self.workdir, log=log) + proxy)
+
+    def ring_ports(self) -> dict[str, list[int]]:
+        """build_rings' ports: each server kind's, node by node."""
+        return {server: [node.servers[server].port for node in self.nodes]
+                for server in STORAGE_SERVERS}
+
+    def processes(self) -> list[dict]:
+        """Every process of the cluster but memcached, for a supervisor to run.
+
+        Each: its name, its node (None for the proxy), its port if it is a
+        server (it answers GET /healthcheck there once up) and its command.
+        """
+        processes = [{"name": "proxy-server", "node": None, "port": self.port,
+                      "command": self.proxy.command()}]
+        for node in self.nodes:
+            processes += [{"name": f"node{node.number}-{kind}-server", "node": node.number,
+                           "port": server.port, "command": server.command()}
+                          for kind, server in node.servers.items()]
+            processes += [{"name": f"node{node.number}-{daemon.kind}", "node": node.number,
+                           "port": None, "command": daemon.command()}
+                          for daemon in node.daemons]
+        return processes
+
     # -- helpers -------------------------------------------------------------
 
     def _storage_servers(self) -> list[ClusterServer]:
@@ -494,14 +558,6 @@ class SwiftCluster:
         with concurrent.futures.ThreadPoolExecutor(max(len(servers), 1)) as pool:
             for started in [pool.submit(server.start, timeout) for server in servers]:
                 started.result()
-
-    def _write_proxy_config(self, memcache_port: int) -> None:
-        proxy = PROXY_CONF.format(auth="tempauth", token_life=86400,
-                                  users=tempauth_users(), memcache=f"{HOST}:{memcache_port}",
-                                  storage_url_scheme="default", proxy_options=PROXY_OPTIONS)
-        defaults = PROXY_DEFAULTS.format(workdir=self.workdir, host=HOST,
-                                         log_port=self.log.port)
-        self.proxy.conf.write_text(defaults + proxy)
 
 
 if __name__ == "__main__":
