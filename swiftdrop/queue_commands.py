@@ -252,7 +252,7 @@ def queue_action(queue, options):
 def finish_listed(queue, options):
     """``queue finish`` on the listing queue: the claim its token names, if it still holds."""
     from .libraries import ClientException  # noqa: PLC0415 - see the module docstring
-    from .queue import Claimed, LostLock  # noqa: PLC0415
+    from .queue import Claimed  # noqa: PLC0415
     from .queue.envelope import read_recipients  # noqa: PLC0415
     from .queue.states import CUR, DONE, FAILED, PROCESSING, RETRY, metadata_of  # noqa: PLC0415
 
@@ -285,31 +285,38 @@ def finish_listed(queue, options):
                       dedup=dedup,
                       recipients=read_recipients(queue.connection, queue.container,
                                                  metadata) if dedup and mine else [])
-    try:
-        if not mine:
-            raise LostLock(options.name)
-        reason = options.reason if options.state == "failed" else None
-        print(queue.finish(claimed, options.state, reason=reason) + options.name)
-    except LostLock:
-        print(f"swiftdrop: the lock on {options.name} is not yours (any more)",
-              file=sys.stderr)
-        return 1
-    return 0
+    if not mine:
+        return not_yours(options.name, "lock")
+    return finish_printing(queue, claimed, options, "lock")
 
 
 def finish_held(queue, options):
     """``queue finish`` on the stream index: the claim the token names, if it still holds."""
     from .queue import LostLock  # noqa: PLC0415 - see the module docstring
 
-    reason = options.reason if options.state == "failed" else None
     try:
         claimed = queue.held(options.name, options.token)
+    except LostLock:
+        return not_yours(options.name, "claim")
+    return finish_printing(queue, claimed, options, "claim")
+
+
+def finish_printing(queue, claimed, options, holding):
+    """queue.finish as `options` say, printing where the message went; 1 if it is not ours now."""
+    from .queue import LostLock  # noqa: PLC0415 - see the module docstring
+
+    reason = options.reason if options.state == "failed" else None
+    try:
         print(queue.finish(claimed, options.state, reason=reason) + options.name)
     except LostLock:
-        print(f"swiftdrop: the claim on {options.name} is not yours (any more)",
-              file=sys.stderr)
-        return 1
+        return not_yours(options.name, holding)
     return 0
+
+
+def not_yours(name, holding):
+    """The refusal of a finish whose `holding` (lock, claim) is someone else's: exit status 1."""
+    print(f"swiftdrop: the {holding} on {name} is not yours (any more)", file=sys.stderr)
+    return 1
 
 
 def replay_command(queue, options):
