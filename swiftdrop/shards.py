@@ -25,7 +25,12 @@ from .naming import MAILDIR_PREFIX
 
 def shard_names(container, count):
     """The N container names of a destination, shard 0 (the configured one) first."""
-    return (container, *(f"{container}-{index}" for index in range(1, count)))
+    return tuple(shard_name(container, number) for number in range(count))
+
+
+def shard_name(container, number):
+    """Shard 0 is the configured container itself; shard k is ``<container>-k``."""
+    return container if number == 0 else f"{container}-{number}"
 
 
 def shard_index(name, count):
@@ -36,17 +41,22 @@ def shard_index(name, count):
 
 def shard_destinations(destination):
     """One Destination per shard container, each a single-container destination."""
-    return tuple(dataclasses.replace(destination, container=container, container_shards=1,
-                                     shard=number)
-                 for number, container in enumerate(shard_names(
-                     destination.container, destination.container_shards)))
+    return tuple(_shard(destination, number) for number in range(destination.container_shards))
 
 
 def shard_for(destination, name):
-    """The single-container Destination that stores the message `name`."""
+    """The single-container Destination that stores the message `name`.
+
+    Per message, on the filter's path: only that shard's Destination is made.
+    """
     if destination.container_shards == 1:
         return destination
-    return shard_destinations(destination)[shard_index(name, destination.container_shards)]
+    return _shard(destination, shard_index(name, destination.container_shards))
+
+
+def _shard(destination, number):
+    return dataclasses.replace(destination, container=shard_name(destination.container, number),
+                               container_shards=1, shard=number)
 
 
 def search_order(name, count):
