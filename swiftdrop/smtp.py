@@ -15,7 +15,7 @@ import logging
 import re
 
 from . import metrics
-from .reception import DATA_CHUNK, Inbound, MessageTooBig, SpoolError, receive
+from .reception import Inbound, MessageTooBig, SpoolError, receive
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class SmtpSession:
     def __init__(self, connection, deliver, *, hostname, max_message_size,
                  spool_dir=None, idle_timeout=300):
         self.connection = connection
-        self.reader = Inbound(connection.makefile("rb", buffering=DATA_CHUNK))
+        self.reader = Inbound(connection.recv)
         self.deliver = deliver
         self.hostname = hostname
         self.max_message_size = max_message_size
@@ -117,8 +117,6 @@ class SmtpSession:
         except TimeoutError:
             self.send_quietly("421 4.4.2 Error: timeout exceeded")
             log.warning("closing idle connection after timeout")
-        finally:
-            self.reader.close()
 
     def send(self, reply):
         self.connection.sendall(reply.encode("utf-8") + b"\r\n")

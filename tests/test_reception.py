@@ -31,7 +31,7 @@ class TrickleRaw(io.RawIOBase):
 
 def unstuff_all(stream, sizes=(65536,), after=b""):
     """Unstuff `stream` + `after`; check that `after` (pipelined input) is left unread."""
-    inbound = Inbound(io.BufferedReader(TrickleRaw(stream + after, sizes), buffer_size=65536))
+    inbound = Inbound(TrickleRaw(stream + after, sizes).read)
     body = b"".join(unstuff(inbound))
     assert inbound.readline(1 << 20) == after
     return body
@@ -95,3 +95,23 @@ def test_message_id_is_found_in_folded_headers_only():
 ])
 def test_dedup_digest_ignores_only_the_topmost_received_field(first, second, same):
     assert (content_digest(first) == content_digest(second)) is same
+
+
+def test_inbound_lines_span_receives_and_stop_at_the_limit():
+    inbound = Inbound(TrickleRaw(b"EHLO a\r\nMAIL FROM:<x@y>\r\nRCPT TO:<" + b"z" * 40
+                                 + b">\r\nQUIT", (3, 1, 7)).read)
+    assert inbound.readline(4096) == b"EHLO a\r\n"
+    assert inbound.readline(4096) == b"MAIL FROM:<x@y>\r\n"
+    assert inbound.readline(20) == b"RCPT TO:<" + b"z" * 11  # cut at the limit
+    assert inbound.readline(4096) == b"z" * 29 + b">\r\n"
+    assert inbound.readline(4096) == b"QUIT"  # the peer closed before its line end
+    assert inbound.readline(4096) == b""
+
+
+def test_inbound_hands_data_on_before_it_reads_more():
+    inbound = Inbound(TrickleRaw(b"DATA\r\nSubject: x\r\n", (65536,)).read)
+    assert inbound.readline(4096) == b"DATA\r\n"
+    assert bytes(inbound.read1(65536)) == b"Subject: x\r\n"  # received with the command
+    inbound.unread(b"QUIT\r\n")
+    assert inbound.readline(4096) == b"QUIT\r\n"
+    assert inbound.read1(65536) == b""
