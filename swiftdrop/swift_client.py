@@ -43,6 +43,8 @@ SEND_BLOCK = 256 * 1024
 NAME_SAFE = "/,=:@"
 MAX_LINE = 65536
 MAX_HEADERS = 100
+MAX_HEAD = MAX_HEADERS * 1024  # the status line and headers of one answer
+RECEIVE_SIZE = 16384  # an answer's head and short body in one recv
 # What a reused connection raises when the server closed it while it was idle.
 STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError,
          ConnectionAbortedError)
@@ -188,9 +190,11 @@ class Connection:
     """One kept-alive HTTP/1.1 connection: a request written in one send, its answer read.
 
     The few kinds of answer Swift gives the filter (a status, some headers,
-    an empty or short body) are read here directly: http.client parses
-    every answer's headers with the email package, a third of the filter's
-    CPU on a 5 KB message. `sock` is what the watchdog shuts down.
+    an empty or short body) are read here directly, with the socket's own
+    ``recv``: http.client parses every answer's headers with the email
+    package, a third of the filter's CPU on a 5 KB message, and even a
+    BufferedReader costs a Python-level read per answer and a call per
+    header line. `sock` is what the watchdog shuts down.
     """
 
     def __init__(self, host, port, netloc, tls, timeout):
@@ -203,9 +207,9 @@ class Connection:
             sock.close()
             raise
         self.sock = sock
-        self.reader = sock.makefile("rb")
         self.host = netloc.encode("idna")
         self.reusable = True
+        self._received = bytearray()  # read from the socket, not yet taken as answer
 
     def exchange(self, request):
         """Send `request`, return Swift's Answer; what the socket raises, or an HTTPException."""
@@ -231,11 +235,9 @@ class Connection:
         return self._answer(request.method)
 
     def _answer(self, method):
-        status, reason, version = self._status_line()
+        status, reason, version, headers = self._head()
         while 100 <= status < 200:  # an interim answer: the real one follows
-            self._headers()
-            status, reason, version = self._status_line()
-        headers = self._headers()
+            status, reason, version, headers = self._head()
         if method == "HEAD" or status in (204, 304):
             content = b""
         elif "chunked" in headers.get("transfer-encoding", "").lower():
@@ -243,62 +245,84 @@ class Connection:
         elif "content-length" in headers:
             content = self._exactly(_length(headers["content-length"]))
         else:
-            content, self.reusable = self.reader.read(), False  # to the end of the connection
-        if headers.get("connection", "").lower() == "close" or version == "HTTP/1.0":
+            content, self.reusable = self._to_the_end(), False
+        if (headers.get("connection", "").lower() == "close" or version == "HTTP/1.0"
+                or self._received):  # more than the answer: nothing to trust it for
             self.reusable = False
         return Answer(status, reason, headers, content)
 
-    def _line(self):
-        line = self.reader.readline(MAX_LINE + 1)
-        if len(line) > MAX_LINE:
-            raise http.client.LineTooLong("header line")
-        return line
+    def _receive(self):
+        """Add what the socket has to what was received; False once the peer closed."""
+        more = self.sock.recv(RECEIVE_SIZE)
+        self._received += more
+        return bool(more)
 
-    def _status_line(self):
-        line = self._line()
-        if not line:
-            raise http.client.RemoteDisconnected("Remote end closed connection without response")
-        version, _, rest = line.decode("latin-1").rstrip("\r\n").partition(" ")
+    def _head(self):
+        """(status, reason, version, headers) of the next answer, its blank line consumed."""
+        received = self._received
+        while (end := received.find(b"\r\n\r\n")) < 0:
+            if len(received) > MAX_HEAD:
+                raise http.client.LineTooLong("header block")
+            if not self._receive():
+                if not received:
+                    raise http.client.RemoteDisconnected(
+                        "Remote end closed connection without response")
+                raise http.client.IncompleteRead(bytes(received))
+        lines = received[:end].decode("latin-1").split("\r\n")
+        del received[:end + 4]
+        version, _, rest = lines[0].partition(" ")
         code, _, reason = rest.partition(" ")
         if not version.startswith("HTTP/") or len(code) != 3 or not code.isdigit():
-            raise http.client.BadStatusLine(line.decode("latin-1"))
-        return int(code), reason.strip(), version
-
-    def _headers(self):
+            raise http.client.BadStatusLine(lines[0])
+        if len(lines) > MAX_HEADERS + 1:
+            raise http.client.HTTPException(f"more than {MAX_HEADERS} headers")
         headers = {}
-        while (line := self._line()) not in (b"\r\n", b"\n"):
-            if not line:
-                raise http.client.IncompleteRead(b"", None)
-            if len(headers) >= MAX_HEADERS:
-                raise http.client.HTTPException(f"more than {MAX_HEADERS} headers")
-            name, _, value = line.decode("latin-1").partition(":")
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
-        return headers
+        return int(code), reason.strip(), version, headers
 
     def _exactly(self, size):
-        content = self.reader.read(size)
-        if len(content) < size:
-            raise http.client.IncompleteRead(content, size - len(content))
+        received = self._received
+        while len(received) < size:
+            if not self._receive():
+                raise http.client.IncompleteRead(bytes(received), size - len(received))
+        content = bytes(received[:size])
+        del received[:size]
         return content
+
+    def _line(self):
+        received = self._received
+        while (end := received.find(b"\n")) < 0:
+            if len(received) > MAX_LINE:
+                raise http.client.LineTooLong("chunk size line")
+            if not self._receive():
+                raise http.client.IncompleteRead(bytes(received))
+        line = bytes(received[:end + 1])
+        del received[:end + 1]
+        return line
 
     def _chunked(self):
         parts = []
         while True:
-            line = self._line()
-            if not line:
-                raise http.client.IncompleteRead(b"".join(parts))
-            size = _length(line.split(b";", 1)[0], 16)
+            size = _length(self._line().split(b";", 1)[0], 16)
             if not size:
                 break
             parts.append(self._exactly(size))
             self._exactly(2)  # the CRLF after the chunk
-        while self._line() not in (b"\r\n", b"\n", b""):
+        while self._line() not in (b"\r\n", b"\n"):
             pass  # trailers: nothing the filter needs
         return b"".join(parts)
 
+    def _to_the_end(self):
+        while self._receive():
+            pass
+        content = bytes(self._received)
+        self._received.clear()
+        return content
+
     def close(self):
         if self.sock is not None:
-            self.reader.close()
             self.sock.close()
             self.sock = None
 
