@@ -27,8 +27,8 @@ class Cut:
     def __init__(self):
         self.connections = []
         self.fired = False
+        self.finished = False
         self._lock = threading.Lock()
-        self._done = False
 
     def add(self, connection):
         """Watch `connection` too; one taken after the deadline passed is shut at once."""
@@ -39,7 +39,7 @@ class Cut:
 
     def fire(self):
         with self._lock:
-            if self._done:
+            if self.finished:
                 return
             self.fired = True
             for connection in self.connections:
@@ -48,7 +48,7 @@ class Cut:
     def finish(self):
         """The request is over: a late fire must not touch a connection back in its pool."""
         with self._lock:
-            self._done = True
+            self.finished = True
 
 
 def _shut(connection):
@@ -89,10 +89,17 @@ class Watchdog:
     def _run(self):
         while True:
             with self._changed:
-                while not self._heap or self._heap[0][0] > time.monotonic():
-                    wait = self._heap[0][0] - time.monotonic() if self._heap else None
-                    self._changed.wait(wait)
-                _, _, cut = heapq.heappop(self._heap)
+                heap = self._heap
+                while True:
+                    # A finished request has nothing left to cut: it leaves the heap
+                    # without waking the thread at its time, so most requests
+                    # cost the watchdog nothing but their push.
+                    while heap and heap[0][2].finished:
+                        heapq.heappop(heap)
+                    if heap and heap[0][0] <= time.monotonic():
+                        break
+                    self._changed.wait(heap[0][0] - time.monotonic() if heap else None)
+                _, _, cut = heapq.heappop(heap)
             cut.fire()
 
 
