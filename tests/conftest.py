@@ -9,6 +9,13 @@ import time
 
 import pytest
 
+# The tests' own Keystone clients authenticate through swiftclient, which
+# finds keystoneclient only if it was importable when swiftclient.client was
+# first imported; swiftdrop.libraries refuses that import (the filter never
+# needs it) unless swiftclient is loaded already. Loaded here, before any
+# test module imports swiftdrop, it is whole whatever order the tests run in.
+import swiftclient.client  # noqa: F401
+
 from tests.support.filterproc import run_swiftdrop
 from tests.support.keystone import KeystoneServer
 from tests.support.redisserver import RedisServer
@@ -86,7 +93,25 @@ class Journal:
 
     def entries(self, timeout=10, **matches):
         """Entries matching all `matches` (FIELD=value); waits for them to be flushed."""
-        command = ["journalctl", "--no-pager", "-o", "json"]
+        return self._query(["-o", "json"], timeout, matches)
+
+    def of_process(self, process, timeout=10, **matches):
+        """The entries of one FilterProcess run, matching all `matches`.
+
+        A PID alone does not name a process: over a whole test run the kernel
+        hands the same PID to a later process, and the journal keeps the
+        earlier one's entries. Entries from before the run started are not its.
+        """
+        return self._query(["-o", "json", f"--since=@{process.started:.6f}"], timeout,
+                           dict(matches, _PID=process.process.pid))
+
+    def text_of(self, process):
+        """Every message one FilterProcess run logged, one per line."""
+        return "".join(f"{entry['MESSAGE']}\n" for entry in self.of_process(process, timeout=0))
+
+    @staticmethod
+    def _query(options, timeout, matches):
+        command = ["journalctl", "--no-pager", *options]
         command += [f"{field}={value}" for field, value in matches.items()]
         deadline = time.monotonic() + timeout
         while True:

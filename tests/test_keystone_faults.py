@@ -16,7 +16,6 @@ import concurrent.futures
 import contextlib
 import re
 import smtplib
-import subprocess
 import time
 
 import pytest
@@ -111,11 +110,11 @@ def send_concurrently(address):
         return list(pool.map(lambda number: send_timed(address, number), range(SESSIONS)))
 
 
-def entries_of(journald, pid, count, **matches):
+def entries_of(journald, process, count, **matches):
     """The filter's journal entries matching, once there are `count` of them."""
     deadline = time.monotonic() + 10
     while True:
-        entries = journald.entries(_PID=str(pid), **matches)
+        entries = journald.of_process(process, **matches)
         if len(entries) >= count or time.monotonic() > deadline:
             return entries
         time.sleep(0.2)
@@ -134,7 +133,6 @@ def test_keystone_outage_gives_451_in_time_with_reason_and_one_notice(
         with outage(keystone, kind):
             replies = send_concurrently(proc.address)
         after = send_timed(proc.address, "after")
-        pid = proc.process.pid
         notices = hook.wait_for(2)  # the failure notice, and the recovery after "after"
     slowest = max(seconds for _, seconds in replies)
     print(f"Keystone {kind}: {SESSIONS} sessions, slowest reply {slowest:.2f} s "
@@ -143,7 +141,7 @@ def test_keystone_outage_gives_451_in_time_with_reason_and_one_notice(
     assert slowest <= STORE_TIMEOUT + 1
     assert after[0] == 250, "not stored after Keystone recovered"
 
-    failed = entries_of(journald, pid, SESSIONS, SWIFTDROP_RESULT="failed")
+    failed = entries_of(journald, proc, SESSIONS, SWIFTDROP_RESULT="failed")
     assert len(failed) == SESSIONS
     for entry in failed:
         assert entry["PRIORITY"] == "3"
@@ -156,8 +154,7 @@ def test_keystone_outage_gives_451_in_time_with_reason_and_one_notice(
                 "status 500": "answered 500 Internal Server Error",
                 "status 503": "answered 503 Service Unavailable"}[kind]
     assert any(expected in reason for reason in reasons), reasons
-    everything = subprocess.run(["journalctl", "-o", "cat", f"_PID={pid}"],
-                                capture_output=True, text=True, check=True).stdout
+    everything = journald.text_of(proc)
     assert "internal error" not in everything
     assert "Traceback" not in everything
     [failure] = [n for n in notices if n["event"] == "swiftdrop.store_failed"]
@@ -187,9 +184,7 @@ def test_token_revoked_in_keystone_costs_one_reauthentication(
         assert send_timed(proc.address, "first")[0] == 250
         revoke_filter_token()
         replies = send_concurrently(proc.address)
-        pid = proc.process.pid
     assert [code for code, _ in replies] == [250] * SESSIONS
-    everything = subprocess.run(["journalctl", "-o", "cat", f"_PID={pid}"],
-                                capture_output=True, text=True, check=True).stdout
+    everything = journald.text_of(proc)
     assert len(re.findall(r"^authenticated ", everything, re.MULTILINE)) == 2, everything
     assert "answered 401" in everything  # the revocation was felt, and healed

@@ -36,7 +36,6 @@ def test_a_recovered_notice_follows_the_failure_notice(swift, tmp_path, journald
         assert send_from(proc.address, "192.0.2.8", "again@o.test") == 250
         received = hook.wait_for(2)
         metrics = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
-        pid = proc.process.pid
     recovered = received[1]
     assert recovered["event"] == "swiftdrop.store_recovered"
     assert recovered["section"] == "DEFAULT"
@@ -45,11 +44,11 @@ def test_a_recovered_notice_follows_the_failure_notice(swift, tmp_path, journald
     assert len(hook.notices) == 2  # the second stored message sends nothing more
     assert value(metrics, "swiftdrop_alerts_sent_total") == 2
 
-    [failed] = journald.entries(_PID=str(pid), SWIFTDROP_MAIL_FROM="s0@o.test")
+    [failed] = journald.of_process(proc, SWIFTDROP_MAIL_FROM="s0@o.test")
     assert failed["SWIFTDROP_RESULT"] == "failed"
     assert failed["SWIFTDROP_CLIENT_ADDRESS"] == "192.0.2.7"
     assert failed["SWIFTDROP_ATTEMPTS"] == "1"  # a 404 is not retried
-    [stored] = journald.entries(_PID=str(pid), SWIFTDROP_MAIL_FROM="back@o.test")
+    [stored] = journald.of_process(proc, SWIFTDROP_MAIL_FROM="back@o.test")
     assert stored["SWIFTDROP_RESULT"] == "stored"
     assert stored["SWIFTDROP_CLIENT_ADDRESS"] == "192.0.2.8"
     assert stored["SWIFTDROP_ATTEMPTS"] == "1"

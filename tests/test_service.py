@@ -348,17 +348,24 @@ def test_a_worker_serves_the_next_connection_and_max_connections_bounds_them():
     runner = threading.Thread(target=server.run, kwargs={"grace": 5}, daemon=True)
     runner.start()
 
-    def served_by(*clients):
-        for client in clients:
-            client.sendall(b"x")
-        return [int(client.makefile("rb").readline()) for client in clients]
+    def served_by(client):
+        client.sendall(b"x")
+        return int(client.makefile("rb").readline())
+
+    def wait_until_idle():
+        """The client has its answer a moment before the worker is back to waiting."""
+        deadline = time.monotonic() + 15
+        while not server.idle_workers:
+            assert time.monotonic() < deadline, "the worker did not wait for more"
+            time.sleep(0.01)
 
     try:
         release.set()
         one_after_another = []
         for _ in range(3):
             with socket.create_connection(listener.getsockname(), timeout=30) as client:
-                one_after_another += served_by(client)
+                one_after_another.append(served_by(client))
+            wait_until_idle()
         assert len(set(one_after_another)) == 1, "each connection started a thread of its own"
 
         release.clear()
@@ -448,23 +455,20 @@ def test_journald_entry_has_structured_fields(swift, swift_ini, tmp_path, journa
     assert entry["SWIFTDROP_RESULT"] == "stored"
     assert int(entry["SWIFTDROP_DURATION_MS"]) >= 0
     assert entry["PRIORITY"] == "6" and entry["SYSLOG_IDENTIFIER"] == "swiftdrop"
-    everything = subprocess.run(["journalctl", "-o", "cat", f"_PID={pid}"],
-                                capture_output=True, text=True, check=True).stdout
-    assert "testing" not in everything
+    assert "testing" not in journald.text_of(process)
 
 
 def failure_journal_entry(ini, workdir, journald, body):
     """Send `body` through a filter logging to the journal; it must fail with 451.
 
-    Returns the message's one journal entry (priority err) and the filter's pid.
+    Returns the message's one journal entry (priority err) and the filter's process.
     """
     with FilterProcess(ini, workdir, "--log-target", "journal") as process:
         code, _ = send(process.address, "s@o.test", ["a@example.com"], body)
-        pid = process.process.pid
     assert code == 451
-    [entry] = journald.entries(_PID=str(pid), SWIFTDROP_RESULT="failed")
+    [entry] = journald.of_process(process, SWIFTDROP_RESULT="failed")
     assert entry["PRIORITY"] == "3"
-    return entry, pid
+    return entry, process
 
 
 def test_failure_is_a_journal_entry_at_error_priority(swift, tmp_path, journald):

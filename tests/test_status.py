@@ -45,11 +45,14 @@ def test_status_reads_the_journal_and_the_metrics(swift, tmp_path, journald):
                     b"2\r\n")[0] == 250
         assert send(proc.address, "s@o.test", ["broken@example.com"], b"3\r\n")[0] == 451
         own = f"_PID={proc.process.pid}"
-        assert wait_for(lambda: json.loads(
-            status("--since", "10m", "--match", own, "--json"))["failed"] == 1)
-        report = json.loads(status("--since", "10m", "--match", own, "--metrics", metrics,
-                                   "--json"))
-        text = status("--since", "10m", "--match", own, "--metrics", metrics)
+
+        def of_this_run(*options):
+            """Its PID and its lifetime: the PID alone may name an earlier process too."""
+            lifetime = f"{int(time.time() - proc.started) + 2}s"
+            return status("--since", lifetime, "--match", own, *options)
+        assert wait_for(lambda: json.loads(of_this_run("--json"))["failed"] == 1)
+        report = json.loads(of_this_run("--metrics", metrics, "--json"))
+        text = of_this_run("--metrics", metrics)
     assert (report["stored"], report["failed"], report["forwarded"]) == (2, 1, 0)
     assert report["destinations"] == {"DEFAULT": {"stored": 2, "failed": 0},
                                       "BILLING": {"stored": 1, "failed": 0},

@@ -119,10 +119,10 @@ def test_an_untrusted_certificate_is_a_451_whose_journal_entry_says_why(
     keys = {key: str(ca.cert) for key in keys}
     ini = write_tls_ini(tmp_path / "swiftdrop.ini", dialled, **keys)
     before = object_names(front, ca)
-    entry, pid = failure_journal_entry(ini, tmp_path, journald, b"refused\r\n")
+    entry, process = failure_journal_entry(ini, tmp_path, journald, b"refused\r\n")
     assert f"TLS certificate of {dialled.url} not trusted: {reason}" in entry["MESSAGE"]
     # Certificates do not heal in a second: one attempt, no retry warnings.
-    warnings = journald.entries(timeout=0, _PID=str(pid), PRIORITY="4")
+    warnings = journald.of_process(process, timeout=0, PRIORITY="4")
     assert not [w for w in warnings if "attempt 1 failed" in w["MESSAGE"]]
     assert object_names(front, ca) == before
 

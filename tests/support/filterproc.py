@@ -48,6 +48,7 @@ class FilterProcess:
         self.extra_args = extra_args
         self.launcher = list(launcher)
         self.process = None
+        self.started = None  # wall clock, for the journal: its PID is reused later
 
     @property
     def address(self):
@@ -63,6 +64,7 @@ class FilterProcess:
     def start(self):
         log = open(self.log_path, "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
+        self.started = time.time()
         self.process = subprocess.Popen(self.command(), stdout=log, stderr=log, env=env)
         log.close()
         wait_for_port(self.port, process=self.process)
